@@ -1,0 +1,1 @@
+"""tfedge.models: Keras compression wrappers (pruning, QAT, clustering, distillation, factorization)."""

@@ -1,0 +1,13 @@
+"""tfedge: take a Keras model to a small, fast, fully-int8 TFLite model and prove it on a device.
+
+Importing ``tfedge`` does not import TensorFlow; the heavy parts load when they are used.
+
+Example:
+    >>> import tfedge
+    >>> tfedge.__version__
+    '0.1.0'
+"""
+
+__version__ = "0.1.0"
+
+__all__ = ["__version__"]

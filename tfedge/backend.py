@@ -1,0 +1,50 @@
+"""The one place where tfedge imports TensorFlow and Keras.
+
+Every other module takes ``tf``, ``keras`` (Keras 2, the ``tf_keras`` package that tfmot needs) and
+``keras3`` (TensorFlow 2.21's own ``tf.keras``, used only to read Keras 3 files) from here.
+Importing this module keeps TensorFlow's C++ and Python log noise off the terminal.
+
+Example:
+    >>> from tfedge.backend import keras, tf
+    >>> model = keras.Sequential([keras.layers.Dense(2, input_shape=(3,))])
+"""
+
+import logging
+import os
+import warnings
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+os.environ.setdefault("ABSL_MIN_LOG_LEVEL", "3")
+
+warnings.filterwarnings("ignore", category=DeprecationWarning)
+warnings.filterwarnings("ignore", category=FutureWarning)
+warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated.*")
+
+import absl.logging  # noqa: E402
+import keras as keras3  # noqa: E402
+import tensorflow as tf  # noqa: E402
+import tf_keras as keras  # noqa: E402
+
+absl.logging.set_verbosity(absl.logging.ERROR)
+tf.get_logger().setLevel(logging.ERROR)
+tf.autograph.set_verbosity(0)
+
+__all__ = ["tf", "keras", "keras3", "tfmot", "is_keras3_model", "is_keras2_model"]
+
+
+def tfmot():
+    """Return the ``tensorflow_model_optimization`` module (imported on first use; it is slow)."""
+    import tensorflow_model_optimization
+
+    return tensorflow_model_optimization
+
+
+def is_keras3_model(model) -> bool:
+    """True when ``model`` is a Keras 3 (``keras`` / ``tf.keras`` in TF 2.21) model."""
+    return isinstance(model, keras3.Model)
+
+
+def is_keras2_model(model) -> bool:
+    """True when ``model`` is a Keras 2 (``tf_keras``) model."""
+    return isinstance(model, keras.Model)

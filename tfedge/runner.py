@@ -1,0 +1,660 @@
+#!/usr/bin/env python3
+"""tfedge's device-side runner: benchmark ``.tflite`` models with whatever interpreter is installed.
+
+This one file is copied to a device and run there with plain ``python3``: it needs only the standard
+library, numpy and one TFLite interpreter (``ai_edge_litert``, else ``tflite_runtime``, else
+``tensorflow.lite``). It never imports tfedge. On the host, ``tfedge bench`` uses the same code.
+
+Protocol (``python3 runner.py --model A.tflite [--model B.tflite] [--data D.npz] ...``): one JSON
+object per line on stdout, as work finishes::
+
+    {"type": "result", "result": {...}}               # one per model, schema of design.md
+    {"type": "error", "model": "A.tflite", "message": "...", "hint": "..."}
+
+A fatal error (no interpreter, unreadable data) is an error line with ``"model": null`` and exit 1.
+
+Example:
+    >>> rows = list(bench_models(["model.tflite"], data="digits.npz", runs=50))  # doctest: +SKIP
+    >>> rows[0]["latency_ms"]["p50"]  # doctest: +SKIP
+"""
+
+import argparse
+import gzip
+import hashlib
+import json
+import os
+import platform
+import sys
+import time
+
+__all__ = ["RunnerError", "find_runtime", "device_info", "load_data", "bench_models", "main"]
+
+DEFAULT_WARMUP = 20
+DEFAULT_RUNS = 200
+EDGETPU_LIBRARY = {
+    "Linux": "libedgetpu.so.1",
+    "Darwin": "libedgetpu.1.dylib",
+    "Windows": "edgetpu.dll",
+}
+ARM_PARTS = {
+    "0xd03": "Cortex-A53",
+    "0xd04": "Cortex-A35",
+    "0xd05": "Cortex-A55",
+    "0xd07": "Cortex-A57",
+    "0xd08": "Cortex-A72",
+    "0xd09": "Cortex-A73",
+    "0xd0a": "Cortex-A75",
+    "0xd0b": "Cortex-A76",
+    "0xd0c": "Neoverse-N1",
+    "0xd40": "Neoverse-V1",
+    "0xd41": "Cortex-A78",
+    "0xd4f": "Neoverse-V2",
+    "0xd46": "Cortex-A510",
+    "0xd47": "Cortex-A710",
+    "0xd80": "Cortex-A520",
+    "0xd81": "Cortex-A720",
+    "0xd87": "Cortex-A725",
+}
+
+
+class RunnerError(Exception):
+    """A failure to report as one clean error line (``message`` plus an optional ``hint``)."""
+
+    def __init__(self, message, hint=None):
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+
+class Runtime:
+    """The interpreter found on this machine: its name, version, Interpreter class and delegate loader."""
+
+    def __init__(self, name, version, interpreter, load_delegate):
+        self.name = name
+        self.version = version
+        self.interpreter = interpreter
+        self.load_delegate = load_delegate
+
+    def as_dict(self):
+        return {"name": self.name, "version": self.version}
+
+
+def _distribution_version(name, module):
+    try:
+        from importlib import metadata
+
+        return metadata.version(name)
+    except Exception:
+        return getattr(module, "__version__", "unknown")
+
+
+def install_hint():
+    """The pip command that installs an interpreter for this Python and CPU architecture."""
+    machine = platform.machine().lower()
+    py = "%d.%d" % sys.version_info[:2]
+    exe = sys.executable or "python3"
+    if machine in ("armv7l", "armv6l") or sys.version_info < (3, 9):
+        return '%s -m pip install tflite-runtime "numpy<2"   (Python %s on %s)' % (exe, py, machine)
+    return "%s -m pip install ai-edge-litert   (Python %s on %s)" % (exe, py, machine)
+
+
+def find_runtime():
+    """Return the first interpreter that loads: ai_edge_litert, tflite_runtime, tensorflow.lite.
+
+    Raises:
+        RunnerError: when none is installed, with the pip command for this device.
+    """
+    tried = []
+    try:
+        from ai_edge_litert import interpreter as litert
+
+        version = _distribution_version("ai-edge-litert", litert)
+        return Runtime("ai-edge-litert", version, litert.Interpreter, litert.load_delegate)
+    except Exception as exc:  # ImportError, or a broken wheel (numpy ABI)
+        tried.append("ai_edge_litert (%s)" % _short(exc))
+    try:
+        from tflite_runtime import interpreter as tflr
+
+        version = _distribution_version("tflite-runtime", tflr)
+        return Runtime("tflite-runtime", version, tflr.Interpreter, tflr.load_delegate)
+    except Exception as exc:
+        tried.append("tflite_runtime (%s)" % _short(exc))
+    try:
+        import warnings
+
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            import tensorflow as tf
+
+        return Runtime(
+            "tensorflow", tf.__version__, tf.lite.Interpreter, tf.lite.experimental.load_delegate
+        )
+    except Exception as exc:
+        tried.append("tensorflow (%s)" % _short(exc))
+    raise RunnerError(
+        "no TFLite interpreter on this device (tried %s)" % "; ".join(tried),
+        "install one: " + install_hint(),
+    )
+
+
+def _short(exc):
+    text = str(exc).strip().splitlines()
+    return (text[0] if text else type(exc).__name__)[:120]
+
+
+def _read(path):
+    try:
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            return handle.read()
+    except OSError:
+        return ""
+
+
+def cpu_name():
+    """A readable CPU name: the x86 model name, or the ARM core from its part number."""
+    info = _read("/proc/cpuinfo")
+    fields = {}
+    parts = set()
+    for line in info.splitlines():
+        key, _, value = line.partition(":")
+        key, value = key.strip(), value.strip()
+        if key == "CPU part":
+            parts.add(value.lower())
+        fields.setdefault(key, value)
+    if fields.get("model name"):
+        return fields["model name"]
+    if parts:
+        names = sorted(ARM_PARTS.get(part, "ARM part " + part) for part in parts)
+        return " + ".join(names)
+    return platform.processor() or platform.machine()
+
+
+def board_model():
+    """The board name (e.g. ``Raspberry Pi 4 Model B``) where the device tree or cpuinfo gives one."""
+    model = _read("/proc/device-tree/model").strip("\x00\n ")
+    if model:
+        return model
+    for line in _read("/proc/cpuinfo").splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "Model":
+            return value.strip()
+    return None
+
+
+def device_info(name="local"):
+    """Describe this machine: name, machine, cpu, board model, cores, python, OS.
+
+    Example:
+        >>> device_info()["machine"] in ("x86_64", "aarch64", "armv7l", "arm64", "AMD64")
+        True
+    """
+    return {
+        "name": name,
+        "machine": platform.machine(),
+        "cpu": cpu_name(),
+        "model": board_model(),
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "system": platform.system(),
+        "release": platform.release(),
+    }
+
+
+def load_data(path):
+    """Read ``x`` (and ``y`` when present) from an ``.npz`` file.
+
+    Raises:
+        RunnerError: when the file is unreadable or has no ``x`` array.
+    """
+    import numpy as np
+
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            names = list(npz.files)
+            if "x" not in names:
+                raise RunnerError(
+                    "data file %s has arrays %s; expected 'x' (inputs) and optional 'y' (labels)"
+                    % (path, names),
+                    "save it with numpy.savez(path, x=inputs, y=labels)",
+                )
+            x = np.asarray(npz["x"])
+            y = np.asarray(npz["y"]) if "y" in names else None
+    except RunnerError:
+        raise
+    except Exception as exc:
+        raise RunnerError(
+            "cannot read data file %s: %s" % (path, _short(exc)),
+            "pass an .npz file written by numpy.savez with arrays x and y",
+        ) from exc
+    if y is not None and len(y) != len(x):
+        raise RunnerError(
+            "data file %s has %d inputs but %d labels" % (path, len(x), len(y)),
+            "x and y must have the same first dimension",
+        )
+    return x, y
+
+
+def _sha256_file(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _gzip_size(path):
+    with open(path, "rb") as handle:
+        return len(gzip.compress(handle.read(), compresslevel=9, mtime=0))
+
+
+def _reset_peak_rss():
+    try:
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")
+    except OSError:
+        pass
+
+
+def _peak_rss_mb():
+    for line in _read("/proc/self/status").splitlines():
+        if line.startswith("VmHWM:"):
+            return round(int(line.split()[1]) / 1024.0, 2)
+    try:
+        import resource
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return round(peak / (1024.0 * 1024.0 if sys.platform == "darwin" else 1024.0), 2)
+    except Exception:
+        return None
+
+
+def _tensor_info(detail):
+    scale, zero_point = detail.get("quantization", (0.0, 0))
+    return {
+        "name": detail.get("name"),
+        "dtype": _dtype_name(detail["dtype"]),
+        "shape": [int(d) for d in detail["shape"]],
+        "scale": float(scale),
+        "zero_point": int(zero_point),
+    }
+
+
+def _dtype_name(dtype):
+    import numpy as np
+
+    return np.dtype(dtype).name
+
+
+class _Feeder:
+    """Turns float samples into the model's input tensor (quantized with its own scale/zero point)."""
+
+    def __init__(self, detail):
+        import numpy as np
+
+        self.detail = detail
+        self.dtype = np.dtype(detail["dtype"])
+        self.shape = tuple(int(d) for d in detail["shape"])
+        self.batch = self.shape[0] if self.shape else 1
+        self.sample_shape = self.shape[1:]
+        self.scale, self.zero_point = detail.get("quantization", (0.0, 0))
+
+    def check(self, x):
+        import numpy as np
+
+        sample = tuple(x.shape[1:])
+        if sample == self.sample_shape:
+            return
+        if int(np.prod(sample)) != int(np.prod(self.sample_shape)):
+            raise RunnerError(
+                "data samples have shape %s but the model input '%s' is %s"
+                % (list(sample), self.detail.get("name"), list(self.shape)),
+                "give data whose x has shape [N, %s]"
+                % ", ".join(str(d) for d in self.sample_shape),
+            )
+
+    def __call__(self, x):
+        """Quantize a [b, ...] float batch into the input tensor, padding to the model's batch."""
+        import numpy as np
+
+        count = x.shape[0]
+        x = np.asarray(x).reshape((count,) + self.sample_shape)
+        if count < self.batch:
+            pad = np.zeros((self.batch - count,) + self.sample_shape, dtype=x.dtype)
+            x = np.concatenate([x, pad])
+        if self.dtype.kind in "iu":
+            if self.scale:
+                x = np.round(x.astype(np.float64) / self.scale) + self.zero_point
+            info = np.iinfo(self.dtype)
+            x = np.clip(x, info.min, info.max)
+        return np.ascontiguousarray(x.astype(self.dtype))
+
+    def random(self, seed=0):
+        """A deterministic random input of the right dtype (used when no data is given)."""
+        import numpy as np
+
+        rng = np.random.default_rng(seed)
+        if self.dtype.kind in "iu":
+            info = np.iinfo(self.dtype)
+            low, high = max(info.min, -128), min(info.max, 127)
+            return rng.integers(low, high + 1, size=self.shape).astype(self.dtype)
+        if self.dtype.kind == "b":
+            return rng.integers(0, 2, size=self.shape).astype(self.dtype)
+        return rng.uniform(-1.0, 1.0, size=self.shape).astype(self.dtype)
+
+
+def _predictions(output, detail, count):
+    """Top-1 class per sample from the first output (dequantized; one unit means a sigmoid)."""
+    import numpy as np
+
+    values = np.asarray(output)[:count].reshape(count, -1).astype(np.float64)
+    scale, zero_point = detail.get("quantization", (0.0, 0))
+    if scale:
+        values = (values - zero_point) * scale
+    if values.shape[1] == 1:
+        return (values[:, 0] > 0.5).astype(np.int64)
+    return values.argmax(axis=1)
+
+
+def _labels(y):
+    import numpy as np
+
+    y = np.asarray(y)
+    if y.ndim > 1 and y.shape[-1] > 1:
+        return y.reshape(len(y), -1).argmax(axis=1)
+    return y.reshape(len(y)).astype(np.int64)
+
+
+def _stats(times_ms):
+    import numpy as np
+
+    t = np.asarray(times_ms, dtype=np.float64)
+    if t.size == 0:
+        return None
+    return {
+        "mean": round(float(t.mean()), 4),
+        "std": round(float(t.std()), 4),
+        "min": round(float(t.min()), 4),
+        "p50": round(float(np.percentile(t, 50)), 4),
+        "p90": round(float(np.percentile(t, 90)), 4),
+        "p99": round(float(np.percentile(t, 99)), 4),
+        "max": round(float(t.max()), 4),
+    }
+
+
+def bench_one(
+    runtime,
+    path,
+    name=None,
+    data=None,
+    threads=1,
+    warmup=DEFAULT_WARMUP,
+    runs=DEFAULT_RUNS,
+    delegate=None,
+    device=None,
+):
+    """Measure one model: size, accuracy over ``data``, latency, first inference, init time, peak RSS.
+
+    Args:
+        runtime: the :class:`Runtime` from :func:`find_runtime`.
+        path: the ``.tflite`` file.
+        name: the name to report as ``model`` (defaults to ``path``).
+        data: ``(x, y)`` arrays (``y`` may be None), or None for a seeded random input.
+        threads: interpreter threads.
+        warmup: untimed invocations before the timed ones.
+        runs: timed invocations.
+        delegate: ``"edgetpu"`` to run on a Coral EdgeTPU, or None for the CPU.
+        device: the device dict to report (defaults to :func:`device_info`).
+
+    Returns:
+        The result dict of design.md's JSON schema.
+    """
+    import numpy as np
+
+    if not os.path.isfile(path):
+        raise RunnerError("model file not found: %s" % path, "check the path")
+    with open(path, "rb") as handle:
+        head = handle.read(8)
+    if len(head) < 8 or head[4:8] != b"TFL3":
+        raise RunnerError(
+            "%s is not a TFLite model (no TFL3 identifier)" % path,
+            "pass a .tflite file written by tfedge convert or the TFLite converter",
+        )
+    result = {
+        "model": name or path,
+        "sha256": _sha256_file(path),
+        "size_bytes": os.path.getsize(path),
+        "size_gzip_bytes": _gzip_size(path),
+    }
+    _reset_peak_rss()
+    delegates = None
+    if delegate:
+        if delegate != "edgetpu":
+            raise RunnerError("unknown delegate %r" % delegate, "use --delegate edgetpu")
+        library = EDGETPU_LIBRARY.get(platform.system(), "libedgetpu.so.1")
+        try:
+            delegates = [runtime.load_delegate(library)]
+        except Exception as exc:
+            raise RunnerError(
+                "cannot load the EdgeTPU delegate %s: %s" % (library, _short(exc)),
+                "install libedgetpu1-std from Coral's package repository and plug in the "
+                "Coral device (https://coral.ai/docs/accelerator/get-started/)",
+            ) from exc
+    start = time.perf_counter()
+    try:
+        interpreter = runtime.interpreter(
+            model_path=path, num_threads=threads, experimental_delegates=delegates
+        )
+        interpreter.allocate_tensors()
+    except Exception as exc:
+        raise RunnerError(
+            "the interpreter cannot load %s: %s" % (path, _short(exc)),
+            "the file may be truncated or use operators this runtime lacks",
+        ) from exc
+    init_ms = (time.perf_counter() - start) * 1000.0
+    inputs = interpreter.get_input_details()
+    outputs = interpreter.get_output_details()
+    feeders = [_Feeder(detail) for detail in inputs]
+
+    def invoke():
+        interpreter.invoke()
+
+    def set_inputs(batch_list):
+        for feeder, batch in zip(feeders, batch_list):
+            interpreter.set_tensor(feeder.detail["index"], batch)
+
+    accuracy = None
+    samples = 0
+    digest = hashlib.sha256()
+    if data is not None:
+        x, y = data
+        if len(feeders) != 1:
+            raise RunnerError(
+                "the model has %d inputs; data files feed single-input models" % len(feeders),
+                "bench it without --data (random inputs) or export a single-input model",
+            )
+        feeder = feeders[0]
+        feeder.check(x)
+        batch = max(feeder.batch, 1)
+        samples = int(len(x))
+        first = feeder(x[:batch])
+        set_inputs([first])
+        start = time.perf_counter()
+        invoke()
+        first_ms = (time.perf_counter() - start) * 1000.0
+        correct = 0
+        labels = _labels(y) if y is not None else None
+        for offset in range(0, samples, batch):
+            count = min(batch, samples - offset)
+            if offset:
+                set_inputs([feeder(x[offset : offset + count])])
+                invoke()
+            for detail in outputs:
+                value = interpreter.get_tensor(detail["index"])
+                digest.update(np.ascontiguousarray(value[:count]).tobytes())
+            if labels is not None:
+                predicted = _predictions(
+                    interpreter.get_tensor(outputs[0]["index"]), outputs[0], count
+                )
+                correct += int((predicted == labels[offset : offset + count]).sum())
+        if labels is not None and samples:
+            accuracy = round(correct / samples, 6)
+        timing_inputs = [first]
+    else:
+        timing_inputs = [feeder.random(seed) for seed, feeder in enumerate(feeders)]
+        set_inputs(timing_inputs)
+        start = time.perf_counter()
+        invoke()
+        first_ms = (time.perf_counter() - start) * 1000.0
+        for detail in outputs:
+            digest.update(np.ascontiguousarray(interpreter.get_tensor(detail["index"])).tobytes())
+
+    set_inputs(timing_inputs)
+    for _ in range(warmup):
+        invoke()
+    times = []
+    clock = time.perf_counter
+    for _ in range(runs):
+        start = clock()
+        invoke()
+        times.append((clock() - start) * 1000.0)
+
+    result.update(
+        {
+            "accuracy": accuracy,
+            "samples": samples,
+            "outputs_sha256": digest.hexdigest(),
+            "latency_ms": _stats(times),
+            "first_inference_ms": round(first_ms, 4),
+            "init_ms": round(init_ms, 4),
+            "peak_rss_mb": _peak_rss_mb(),
+            "threads": threads,
+            "warmup": warmup,
+            "runs": runs,
+            "delegate": delegate,
+            "runtime": runtime.as_dict(),
+            "device": device or device_info(),
+            "input": _tensor_info(inputs[0])
+            if len(inputs) == 1
+            else [_tensor_info(d) for d in inputs],
+            "output": _tensor_info(outputs[0])
+            if len(outputs) == 1
+            else [_tensor_info(d) for d in outputs],
+        }
+    )
+    return result
+
+
+def bench_models(
+    paths,
+    names=None,
+    data=None,
+    threads=1,
+    warmup=DEFAULT_WARMUP,
+    runs=DEFAULT_RUNS,
+    delegate=None,
+    device_name="local",
+):
+    """Bench several models in one process, one after another, with the same settings and data.
+
+    Args:
+        paths: the ``.tflite`` files.
+        names: names to report (default: the paths).
+        data: an ``.npz`` path, ``(x, y)`` arrays, or None.
+        threads: interpreter threads.
+        warmup: untimed invocations per model.
+        runs: timed invocations per model.
+        delegate: ``"edgetpu"`` or None.
+        device_name: the name reported in ``device.name``.
+
+    Yields:
+        ``("result", dict)`` or ``("error", {"model", "message", "hint"})`` per model, as each finishes.
+
+    Raises:
+        RunnerError: for fatal problems (no interpreter, unreadable data).
+    """
+    runtime = find_runtime()
+    if isinstance(data, (str, os.PathLike)):
+        data = load_data(data)
+    device = device_info(device_name)
+    names = list(names or paths)
+    for path, name in zip(paths, names):
+        try:
+            yield (
+                "result",
+                bench_one(runtime, path, name, data, threads, warmup, runs, delegate, device),
+            )
+        except RunnerError as exc:
+            yield "error", {"model": name, "message": exc.message, "hint": exc.hint}
+
+
+def _emit(obj):
+    sys.stdout.write(json.dumps(obj, sort_keys=False) + "\n")
+    sys.stdout.flush()
+
+
+def main(argv=None):
+    """Command-line entry: print JSON lines for each model; exit 1 on a fatal error."""
+    parser = argparse.ArgumentParser(description="tfedge device runner")
+    parser.add_argument("--model", action="append", default=[])
+    parser.add_argument("--name", action="append")
+    parser.add_argument("--data")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--warmup", type=int, default=DEFAULT_WARMUP)
+    parser.add_argument("--runs", type=int, default=DEFAULT_RUNS)
+    parser.add_argument("--delegate")
+    parser.add_argument("--device-name", default="local")
+    parser.add_argument("--info", action="store_true", help="print the device description and exit")
+    args = parser.parse_args(argv)
+    if args.name and len(args.name) != len(args.model):
+        parser.error("give one --name per --model")
+    if not args.model and not args.info:
+        parser.error("give at least one --model (or --info)")
+    try:
+        import numpy  # noqa: F401
+    except ImportError:
+        _emit(
+            {
+                "type": "error",
+                "model": None,
+                "message": "numpy is not installed on this device",
+                "hint": "install it: %s -m pip install numpy" % (sys.executable or "python3"),
+            }
+        )
+        return 1
+    try:
+        if args.info:
+            runtime = find_runtime()
+            _emit(
+                {
+                    "type": "info",
+                    "device": device_info(args.device_name),
+                    "runtime": runtime.as_dict(),
+                }
+            )
+            return 0
+        for kind, payload in bench_models(
+            args.model,
+            args.name,
+            args.data,
+            args.threads,
+            args.warmup,
+            args.runs,
+            args.delegate,
+            args.device_name,
+        ):
+            if kind == "result":
+                _emit({"type": "result", "result": payload})
+            else:
+                _emit(dict(type="error", **payload))
+    except RunnerError as exc:
+        _emit({"type": "error", "model": None, "message": exc.message, "hint": exc.hint})
+        return 1
+    except KeyboardInterrupt:
+        _emit({"type": "error", "model": None, "message": "interrupted", "hint": None})
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
