@@ -21,10 +21,14 @@ warnings.filterwarnings("ignore", category=DeprecationWarning)
 warnings.filterwarnings("ignore", category=FutureWarning)
 warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated.*")
 
-import absl.logging  # noqa: E402
-import keras as keras3  # noqa: E402
-import tensorflow as tf  # noqa: E402
-import tf_keras as keras  # noqa: E402
+from tfedge.console import quiet  # noqa: E402
+
+# TensorFlow's C++ side logs (oneDNN, CUDA probing) before absl is set up, whatever the env says.
+with quiet():
+    import absl.logging
+    import keras as keras3
+    import tensorflow as tf
+    import tf_keras as keras
 
 absl.logging.set_verbosity(absl.logging.ERROR)
 tf.get_logger().setLevel(logging.ERROR)

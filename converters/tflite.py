@@ -1,0 +1,356 @@
+"""Keras / SavedModel to ``.tflite``: fully-int8 by default, or int16x8, float16, dynamic, float32.
+
+``int8`` means fully integer: int8 weights and activations, int8 (or uint8) input and output, batch
+fixed to 1 so every shape is static, and no float operator left. When that cannot be done the
+conversion fails and names the operators in the way.
+
+Example:
+    >>> from tfedge.converters import convert
+    >>> blob = convert("digits.keras", calib="digits.npz")  # doctest: +SKIP
+    >>> open("digits_int8.tflite", "wb").write(blob)  # doctest: +SKIP
+"""
+
+import re
+from collections.abc import Sequence
+
+import numpy as np
+
+from tfedge.errors import ConversionError, TfedgeError
+
+__all__ = ["MODES", "IO_TYPES", "DEFAULT_CALIB_SAMPLES", "convert", "input_shape_of"]
+
+MODES = ("int8", "int16x8", "float16", "dynamic", "float32")
+IO_TYPES = ("int8", "uint8", "float32")
+DEFAULT_CALIB_SAMPLES = 300
+INTEGER_MODES = ("int8", "int16x8")
+
+
+def input_shape_of(model) -> tuple:
+    """The model's (first) input shape without the batch axis, e.g. ``(16, 16, 1)``.
+
+    Works for tf_keras and Keras 3 models and for objects from ``tf.saved_model.load``.
+    """
+    specs = _input_specs(model)
+    return tuple(specs[0].shape[1:])
+
+
+def convert(
+    model,
+    *,
+    mode: str = "int8",
+    calib=None,
+    io: str | None = None,
+    calib_samples: int = DEFAULT_CALIB_SAMPLES,
+    keep_float: Sequence[str] = (),
+    input_shape: Sequence[int] | None = None,
+    labels=None,
+    target=None,
+) -> bytes:
+    """Convert a Keras model (2 or 3), a model file or a SavedModel to TFLite.
+
+    Args:
+        model: a Keras model, a :class:`~tfedge.loading.LoadedModel`, or a path to a ``.keras`` /
+            ``.h5`` file or a SavedModel directory.
+        mode: ``int8`` (fully integer, the default), ``int16x8`` (int16 activations, int8 weights),
+            ``float16`` (float16 weights), ``dynamic`` (int8 weights, float activations) or
+            ``float32``.
+        calib: calibration data for the integer modes, in any form :func:`tfedge.data.load_data`
+            accepts.
+        io: input/output type: ``int8`` (default for int8), ``uint8`` or ``float32``.
+        calib_samples: how many calibration samples to use (a seeded random choice).
+        keep_float: layer names to leave in float (the model is then not fully integer).
+        input_shape: the input shape without batch, for models whose non-batch dims are unknown.
+        labels: a labels file or list: embeds TFLite metadata (labels, input normalization).
+        target: a target profile name or file (e.g. ``edgetpu``) that fixes mode/io and checks.
+
+    Returns:
+        The ``.tflite`` flatbuffer bytes.
+
+    Raises:
+        ConversionError: unknown mode, missing calibration data, or an operator that cannot be
+            converted as asked (named in the message).
+
+    Example:
+        >>> blob = convert(keras_model, calib=(x_train, y_train))  # doctest: +SKIP
+    """
+    profile = None
+    if target is not None:
+        from tfedge.converters.targets import load_target
+
+        profile = load_target(target)
+        mode, io = profile.resolve(mode, io)
+    if mode not in MODES:
+        raise ConversionError(
+            f"unknown mode {mode!r}; expected one of {', '.join(MODES)}",
+            "int8 is fully integer (the default); dynamic and float16 keep float activations",
+        )
+    if io is not None and io not in IO_TYPES:
+        raise ConversionError(f"unknown --io {io!r}; expected one of {', '.join(IO_TYPES)}")
+    if mode == "int8":
+        io = io or "int8"
+    elif mode == "int16x8":
+        if io not in (None, "float32"):
+            raise ConversionError(
+                f"--io {io} does not fit --mode int16x8, whose input and output are int16 or float32",
+                "leave --io out (float32 I/O) or use --mode int8",
+            )
+        io = "float32"
+    elif io not in (None, "float32"):
+        raise ConversionError(
+            f"--io {io} needs an integer model, but --mode {mode} keeps float activations",
+            "use --mode int8 for int8/uint8 I/O",
+        )
+    if mode in INTEGER_MODES and calib is None:
+        raise ConversionError(
+            f"--mode {mode} needs calibration data to choose activation ranges",
+            "pass --calib DATA (a few hundred representative inputs: .npz or an image folder)",
+        )
+
+    from tfedge.backend import tf
+    from tfedge.console import progress, quiet
+
+    keras_model = _resolve(model)
+    specs = _input_specs(keras_model, input_shape)
+    concrete = _concrete_function(keras_model, specs)
+
+    # No trackable object: with a Keras 3 model it leaves READ_VARIABLE ops behind; without it the
+    # converter freezes the variables the function captured (``keras_model`` keeps them alive).
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete])
+    if mode != "float32":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if mode == "float16":
+        converter.target_spec.supported_types = [tf.float16]
+    representative = None
+    if mode in INTEGER_MODES:
+        from tfedge.data import load_data
+
+        data = load_data(calib, input_shape=tuple(specs[0].shape[1:]), name="calibration data")
+        data = data.take(calib_samples, seed=0)
+        if len(specs) != 1:
+            raise ConversionError(
+                f"the model has {len(specs)} inputs; calibration data feeds single-input models",
+                "convert a single-input model, or call tfedge.converters.convert from Python",
+            )
+
+        def representative():
+            for sample in progress(data.x, desc="calibrating", unit="sample", total=len(data)):
+                yield [sample[np.newaxis].astype(np.float32)]
+
+        converter.representative_dataset = representative
+    if mode == "int8":
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        if keep_float:
+            converter.target_spec.supported_ops = [
+                tf.lite.OpsSet.TFLITE_BUILTINS_INT8,
+                tf.lite.OpsSet.TFLITE_BUILTINS,
+            ]
+        io_type = {"int8": tf.int8, "uint8": tf.uint8, "float32": tf.float32}[io]
+        converter.inference_input_type = io_type
+        converter.inference_output_type = io_type
+    elif mode == "int16x8":
+        converter.target_spec.supported_ops = [
+            tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8
+        ]
+
+    with quiet() as log:
+        try:
+            if keep_float:
+                blob = _convert_keeping_float(converter, representative, keep_float)
+            else:
+                blob = converter.convert()
+        except TfedgeError:
+            raise
+        except Exception as exc:
+            raise _conversion_error(exc, log.text if hasattr(log, "text") else "", mode) from exc
+    _check(blob, mode, io, keep_float)
+    if labels is not None:
+        from tfedge.converters.metadata import add_metadata, read_labels_file
+
+        names = read_labels_file(labels) if not isinstance(labels, (list, tuple)) else list(labels)
+        blob = add_metadata(blob, names, name=getattr(keras_model, "name", None))
+    if profile is not None:
+        profile.check(blob)
+    return blob
+
+
+def _resolve(model):
+    """Return the callable model from a model, LoadedModel or path."""
+    from tfedge.loading import LoadedModel, load_model
+
+    if isinstance(model, (str, bytes)) or hasattr(model, "__fspath__"):
+        model = load_model(model)
+    if isinstance(model, LoadedModel):
+        model = model.model
+    return model
+
+
+def _input_specs(model, input_shape=None):
+    from tfedge.backend import tf
+
+    inputs = getattr(model, "inputs", None)
+    if inputs:
+        shapes = [tuple(t.shape) for t in inputs]
+        dtypes = [getattr(t.dtype, "name", t.dtype) for t in inputs]
+    elif hasattr(model, "signatures") and "serving_default" in getattr(model, "signatures", {}):
+        signature = model.signatures["serving_default"]
+        spec = signature.structured_input_signature[1]
+        names = sorted(spec)
+        shapes = [tuple(spec[n].shape.as_list()) for n in names]
+        dtypes = [spec[n].dtype for n in names]
+    else:
+        raise ConversionError(
+            f"cannot tell the input shape of {type(model).__name__}: it has no defined inputs "
+            "(a subclassed model that was never called, or a SavedModel without a serving signature)",
+            "build the model on an Input, e.g. keras.Input(shape=(16, 16, 1)), or call it once on data",
+        )
+    specs = []
+    for index, (shape, dtype) in enumerate(zip(shapes, dtypes, strict=True)):
+        dims = list(shape[1:])
+        if input_shape is not None and index == 0:
+            dims = list(input_shape)
+        if any(d is None for d in dims):
+            raise ConversionError(
+                f"input {index} has shape {list(shape)}: dimensions other than the batch are unknown",
+                "fix them with input_shape=(H, W, C) (Python) or rebuild the model on a fixed Input",
+            )
+        specs.append(tf.TensorSpec([1, *[int(d) for d in dims]], dtype, name=f"input_{index}"))
+    return specs
+
+
+def _concrete_function(model, specs):
+    """Trace the model with batch 1, so the converter sees static shapes everywhere."""
+    from tfedge.backend import tf
+
+    signatures = getattr(model, "signatures", None)
+    if not hasattr(model, "inputs") and signatures and "serving_default" in signatures:
+        signature = signatures["serving_default"]
+        names = sorted(signature.structured_input_signature[1])
+
+        @tf.function
+        def serve(*tensors):
+            return signature(**dict(zip(names, tensors, strict=True)))
+
+        return serve.get_concrete_function(*specs)
+
+    @tf.function
+    def forward(*tensors):
+        inputs = tensors[0] if len(tensors) == 1 else list(tensors)
+        return model(inputs, training=False)
+
+    try:
+        return forward.get_concrete_function(*specs)
+    except Exception as exc:
+        raise ConversionError(
+            f"the model cannot be traced with batch 1 and inputs {[s.shape.as_list() for s in specs]}: "
+            f"{_first_line(exc)}",
+            "check the model runs on one sample: model(x[:1])",
+        ) from exc
+
+
+def _convert_keeping_float(converter, representative, keep_float):
+    """Quantize everything except the named layers, via TFLite's quantization debugger."""
+    from tfedge.backend import tf
+
+    float_model = _float_copy(converter)
+    names = _tensor_names(float_model)
+    denylist = sorted({n for n in names for layer in keep_float if _matches_layer(n, layer)})
+    missing = [layer for layer in keep_float if not any(_matches_layer(n, layer) for n in names)]
+    if missing:
+        raise ConversionError(
+            f"--keep-float names layers not found in the model: {', '.join(missing)}",
+            "use the Keras layer names (model.summary() lists them)",
+        )
+    options = tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=denylist)
+    debugger = tf.lite.experimental.QuantizationDebugger(
+        converter=converter, debug_dataset=representative, debug_options=options
+    )
+    return debugger.get_nondebug_quantized_model()
+
+
+def _float_copy(converter):
+    """Convert a float32 twin of the model, to read its tensor names."""
+    import copy
+
+    twin = copy.copy(converter)
+    twin.optimizations = []
+    twin.representative_dataset = None
+    twin.target_spec = copy.deepcopy(converter.target_spec)
+    from tfedge.backend import tf
+
+    twin.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    twin.inference_input_type = tf.float32
+    twin.inference_output_type = tf.float32
+    return twin.convert()
+
+
+def _tensor_names(blob):
+    from ai_edge_litert import schema_py_generated as schema
+
+    model = schema.Model.GetRootAs(blob, 0)
+    names = []
+    for s in range(model.SubgraphsLength()):
+        graph = model.Subgraphs(s)
+        for t in range(graph.TensorsLength()):
+            names.append(graph.Tensors(t).Name().decode("utf-8", "replace"))
+    return names
+
+
+def _matches_layer(tensor_name: str, layer: str) -> bool:
+    return re.search(rf"(^|[/;]){re.escape(layer)}(/|;|$)", tensor_name) is not None
+
+
+_OP_PATTERNS = (
+    r"'(?:tf|tfl)\.(\w+)' op",
+    r"op: '?(\w+)'?",
+    r"operation '(?:tf|tfl)\.(\w+)'",
+    r"Quantization not yet supported for op: '?(\w+)'?",
+    r"(\w+) op is neither a custom op nor a flex op",
+)
+
+
+def _conversion_error(exc, log: str, mode: str) -> ConversionError:
+    text = f"{exc}\n{log}"
+    ops = []
+    for pattern in _OP_PATTERNS:
+        for name in re.findall(pattern, text):
+            if name not in ops and name not in ("is", "the", "a"):
+                ops.append(name)
+    if ops:
+        return ConversionError(
+            f"cannot convert to {mode}: these operators are in the way: {', '.join(ops)}",
+            "try --mode int16x8 or --mode dynamic, keep those layers float with --keep-float "
+            "LAYER, or replace them with TFLite builtin ops",
+        )
+    return ConversionError(
+        f"the TFLite converter failed ({mode}): {_first_line(exc)}",
+        "run with --debug to see the converter's log",
+    )
+
+
+def _first_line(exc) -> str:
+    for line in str(exc).splitlines():
+        if line.strip():
+            return line.strip()[:400]
+    return type(exc).__name__
+
+
+def _check(blob: bytes, mode: str, io: str, keep_float) -> None:
+    """Fail when an int8 conversion left float operators or dynamic shapes behind."""
+    if mode != "int8" or keep_float:
+        return
+    from tfedge.inspector import inspect_model
+
+    info = inspect_model(blob)
+    if not info["static_shapes"]:
+        raise ConversionError(
+            "the int8 model still has dynamic shapes",
+            "fix every input dimension (input_shape=...) and avoid shape-dependent ops",
+        )
+    float_ops = list(info["float_ops"])
+    if io == "float32":
+        float_ops = [op for op in float_ops if op not in ("QUANTIZE", "DEQUANTIZE")]
+    if float_ops:
+        raise ConversionError(
+            f"the converted model is not fully integer: float operators {', '.join(sorted(set(float_ops)))}",
+            "use --mode int16x8 or --mode dynamic, or replace those layers",
+        )

@@ -1,0 +1,270 @@
+"""Data sets for calibration, evaluation and fine-tuning, from any of the forms a user has.
+
+Accepted: an ``.npz`` file with ``x`` (inputs, float32, NHWC for images) and optional ``y``
+(integer labels); a directory of images in one sub-folder per class (sorted folder names are the
+class ids, as ``image_dataset_from_directory``); numpy arrays ``x`` or ``(x, y)``; a
+``tf.data.Dataset`` yielding ``x`` or ``(x, y)``, batched or not.
+
+Example:
+    >>> data = load_data("digits.npz", input_shape=(16, 16, 1))  # doctest: +SKIP
+    >>> data.x.shape, data.y.shape  # doctest: +SKIP
+    ((397, 16, 16, 1), (397,))
+"""
+
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from tfedge.errors import DataError, InputFileError
+
+__all__ = ["Dataset", "load_data", "DATA_HINT"]
+
+DATA_HINT = (
+    "pass an .npz with arrays x (inputs) and y (labels), e.g. numpy.savez('d.npz', x=x, y=y), "
+    "or a folder of images with one sub-folder per class"
+)
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif"}
+
+
+@dataclass
+class Dataset:
+    """Inputs ``x`` (float32, first axis = samples), optional integer labels ``y``.
+
+    Attributes:
+        x: the inputs.
+        y: the labels (int64), or None.
+        class_names: the class names of an image folder, else None.
+        source: where the data came from, for messages.
+    """
+
+    x: np.ndarray
+    y: np.ndarray | None = None
+    class_names: list[str] | None = None
+    source: str = "data"
+    extra: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return int(len(self.x))
+
+    def take(self, count: int | None, seed: int | None = None) -> "Dataset":
+        """The first ``count`` samples (a seeded random choice when ``seed`` is given)."""
+        if count is None or count >= len(self):
+            return self
+        if seed is None:
+            index = np.arange(count)
+        else:
+            index = np.sort(np.random.default_rng(seed).choice(len(self), count, replace=False))
+        y = None if self.y is None else self.y[index]
+        return Dataset(self.x[index], y, self.class_names, self.source)
+
+    def save(self, path) -> Path:
+        """Write the data as an ``.npz`` (``x`` and, when known, ``y``)."""
+        path = Path(path)
+        arrays = {"x": self.x}
+        if self.y is not None:
+            arrays["y"] = self.y
+        np.savez(path, **arrays)
+        return path
+
+
+def load_data(
+    source,
+    *,
+    input_shape=None,
+    require_labels: bool = False,
+    limit: int | None = None,
+    name: str = "data",
+) -> Dataset:
+    """Load a data set from a path, arrays or a ``tf.data.Dataset``, checked against the model.
+
+    Args:
+        source: ``.npz`` path, image folder, ``x``, ``(x, y)``, a dict with ``x``/``y``, a
+            :class:`Dataset` or a ``tf.data.Dataset``.
+        input_shape: the model's input shape without the batch axis (e.g. ``(16, 16, 1)``); images
+            are resized to it, and ``x`` is checked against it.
+        require_labels: raise when there is no ``y``.
+        limit: keep at most this many samples.
+        name: what to call the data in messages (``--calib``, ``--val``...).
+
+    Returns:
+        A :class:`Dataset` with float32 ``x``.
+
+    Raises:
+        InputFileError: missing or unreadable file.
+        DataError: missing arrays, wrong shapes or labels.
+
+    Example:
+        >>> load_data((np.zeros((4, 8)), np.arange(4))).x.dtype
+        dtype('float32')
+    """
+    if isinstance(source, Dataset):
+        data = source
+    elif isinstance(source, (str, Path)):
+        path = Path(source)
+        if not path.exists():
+            raise InputFileError(f"{name} not found: {path}", DATA_HINT)
+        data = _load_folder(path, input_shape, name) if path.is_dir() else _load_npz(path, name)
+    elif isinstance(source, dict):
+        if "x" not in source:
+            raise DataError(
+                f"{name} dict has keys {sorted(source)}; expected 'x' and 'y'", DATA_HINT
+            )
+        data = Dataset(np.asarray(source["x"]), _optional(source.get("y")), source=name)
+    elif isinstance(source, tuple) and len(source) == 2:
+        data = Dataset(np.asarray(source[0]), _optional(source[1]), source=name)
+    elif isinstance(source, np.ndarray):
+        data = Dataset(source, None, source=name)
+    elif type(source).__module__.startswith("tensorflow") and hasattr(source, "element_spec"):
+        data = _load_tf_dataset(source, input_shape, name, limit)
+    else:
+        raise DataError(f"{name} of type {type(source).__name__} is not a data set", DATA_HINT)
+    data = _checked(data, input_shape, name)
+    if require_labels and data.y is None:
+        raise DataError(
+            f"{name} ({data.source}) has no labels (y)",
+            "add the integer labels as array 'y' in the .npz, or use a class-per-folder image tree",
+        )
+    return data.take(limit)
+
+
+def _optional(y):
+    return None if y is None else np.asarray(y)
+
+
+def _load_npz(path: Path, name: str) -> Dataset:
+    if not zipfile.is_zipfile(path):
+        raise InputFileError(
+            f"{name} file {path} is not an .npz archive (numpy.savez writes a zip)", DATA_HINT
+        )
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            files = list(npz.files)
+            if "x" not in files:
+                raise DataError(
+                    f"{name} file {path} has arrays {files}; expected 'x' (inputs) and optional 'y'",
+                    DATA_HINT,
+                )
+            x = npz["x"]
+            y = npz["y"] if "y" in files else None
+    except DataError:
+        raise
+    except Exception as exc:
+        raise InputFileError(f"cannot read {name} file {path}: {exc}", DATA_HINT) from exc
+    return Dataset(x, y, source=str(path))
+
+
+def _checked(data: Dataset, input_shape, name: str) -> Dataset:
+    x = np.asarray(data.x)
+    if x.dtype == object or not (np.issubdtype(x.dtype, np.number) or x.dtype == bool):
+        raise DataError(f"{name} x has dtype {x.dtype}; expected numbers (float32)", DATA_HINT)
+    if x.ndim < 1 or len(x) == 0:
+        raise DataError(f"{name} x is empty (shape {list(x.shape)})", DATA_HINT)
+    x = x.astype(np.float32, copy=False)
+    if input_shape is not None:
+        want = tuple(input_shape)
+        got = tuple(x.shape[1:])
+        if not _compatible(got, want):
+            if len(got) + 1 == len(want) and want[-1] == 1 and _compatible(got + (1,), want):
+                x = x[..., np.newaxis]
+            else:
+                raise DataError(
+                    f"{name} ({data.source}) samples have shape {list(got)} but the model expects "
+                    f"{[d if d is not None else 'any' for d in want]}",
+                    "give x the model's input shape, [N, "
+                    + ", ".join(str(d) if d is not None else "?" for d in want)
+                    + "]",
+                )
+    y = data.y
+    if y is not None:
+        y = np.asarray(y)
+        if len(y) != len(x):
+            raise DataError(
+                f"{name} has {len(x)} inputs but {len(y)} labels", "x and y must be the same length"
+            )
+        if y.ndim > 1 and y.shape[-1] > 1:
+            y = y.reshape(len(y), -1).argmax(axis=1)
+        if not np.issubdtype(y.dtype, np.number):
+            raise DataError(f"{name} y has dtype {y.dtype}; expected integer class ids", DATA_HINT)
+        y = y.reshape(len(y)).astype(np.int64)
+    return Dataset(x, y, data.class_names, data.source)
+
+
+def _compatible(got: tuple, want: tuple) -> bool:
+    return len(got) == len(want) and all(
+        w is None or g == w for g, w in zip(got, want, strict=True)
+    )
+
+
+def _load_folder(path: Path, input_shape, name: str) -> Dataset:
+    classes = sorted(p.name for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not classes:
+        raise DataError(
+            f"{name} folder {path} has no class sub-folders",
+            "arrange images as FOLDER/<class name>/<image>.png (one sub-folder per class)",
+        )
+    files = [
+        (f, label)
+        for label, cls in enumerate(classes)
+        for f in sorted((path / cls).rglob("*"))
+        if f.suffix.lower() in IMAGE_SUFFIXES
+    ]
+    if not files:
+        raise DataError(
+            f"{name} folder {path} has class folders {classes[:5]} but no images in them",
+            f"supported image types: {', '.join(sorted(IMAGE_SUFFIXES))}",
+        )
+    from tfedge.backend import tf
+
+    height = width = None
+    channels = 3
+    if input_shape is not None and len(input_shape) == 3:
+        height, width, channels = input_shape
+        channels = channels or 3
+    images = []
+    for file, _ in files:
+        try:
+            image = tf.io.decode_image(
+                tf.io.read_file(str(file)), channels=channels, expand_animations=False
+            )
+        except Exception as exc:
+            raise InputFileError(
+                f"cannot decode image {file}: {str(exc)[:200]}", DATA_HINT
+            ) from exc
+        if height is None:
+            height, width = int(image.shape[0]), int(image.shape[1])
+        if image.shape[0] != height or image.shape[1] != width:
+            image = tf.image.resize(image, (height, width), method="bilinear")
+        images.append(np.asarray(image, dtype=np.float32))
+    x = np.stack(images)
+    y = np.array([label for _, label in files], dtype=np.int64)
+    return Dataset(x, y, classes, str(path))
+
+
+def _load_tf_dataset(dataset, input_shape, name: str, limit: int | None) -> Dataset:
+    xs, ys = [], []
+    count = 0
+    rank = None if input_shape is None else len(input_shape)
+    for element in dataset:
+        if isinstance(element, dict):
+            x, y = element.get("x"), element.get("y")
+        elif isinstance(element, (tuple, list)):
+            x, y = element[0], (element[1] if len(element) > 1 else None)
+        else:
+            x, y = element, None
+        x = np.asarray(x)
+        batched = x.ndim > rank if rank is not None else x.ndim >= 2
+        if not batched:
+            x = x[np.newaxis]
+            y = None if y is None else np.asarray(y)[np.newaxis]
+        xs.append(x)
+        if y is not None:
+            ys.append(np.asarray(y))
+        count += len(x)
+        if limit is not None and count >= limit:
+            break
+    if not xs:
+        raise DataError(f"{name} tf.data.Dataset is empty", DATA_HINT)
+    y = np.concatenate(ys) if ys and len(ys) == len(xs) else None
+    return Dataset(np.concatenate(xs), y, source="tf.data.Dataset")
