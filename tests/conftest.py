@@ -1,0 +1,76 @@
+"""Shared fixtures: the bundled digits, a trained reference CNN and its real conversions."""
+
+import os
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+@pytest.fixture(scope="session")
+def digits():
+    """``(train, test)`` :class:`tfedge.data.Dataset` of the bundled digits at 16x16x1."""
+    from tfedge.digits import load_digits
+
+    return load_digits()
+
+
+@pytest.fixture(scope="session")
+def artifacts(tmp_path_factory):
+    """A session-wide folder for models and data files the tests share."""
+    return tmp_path_factory.mktemp("artifacts")
+
+
+@pytest.fixture(scope="session")
+def trained_digits_cnn(digits):
+    """The digits reference CNN (tf_keras), trained 10 epochs (about 98 % test accuracy)."""
+    from tfedge.models.zoo import build, train
+
+    train_data, _ = digits
+    return train(build("digits_cnn"), train_data, epochs=10)
+
+
+@pytest.fixture(scope="session")
+def digits_cnn_path(trained_digits_cnn, artifacts):
+    """The trained digits CNN saved as a Keras 2 ``.keras`` file."""
+    path = artifacts / "digits_cnn.keras"
+    trained_digits_cnn.save(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def test_npz(digits, artifacts):
+    """The 397 test digits as an ``.npz`` with ``x`` and ``y``."""
+    return digits[1].save(artifacts / "digits_test.npz")
+
+
+@pytest.fixture(scope="session")
+def train_npz(digits, artifacts):
+    """The 1400 training digits as an ``.npz`` with ``x`` and ``y``."""
+    return digits[0].save(artifacts / "digits_train.npz")
+
+
+@pytest.fixture(scope="session")
+def digits_tflite(trained_digits_cnn, digits, artifacts):
+    """The trained digits CNN converted by tfedge: ``{"int8": path, "float32": path}``."""
+    from tfedge.converters import convert
+
+    paths = {}
+    for mode in ("int8", "float32"):
+        path = artifacts / f"digits_{mode}.tflite"
+        path.write_bytes(convert(trained_digits_cnn, mode=mode, calib=digits[0]))
+        paths[mode] = path
+    return paths
+
+
+def keras_accuracy(model, data) -> float:
+    """Top-1 accuracy of a Keras model on a Dataset."""
+    predictions = np.asarray(model.predict(data.x, verbose=0))
+    return float((predictions.argmax(axis=-1) == data.y).mean())
+
+
+@pytest.fixture(scope="session")
+def accuracy_of():
+    """The ``keras_accuracy(model, data)`` helper as a fixture."""
+    return keras_accuracy
