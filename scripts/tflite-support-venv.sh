@@ -21,7 +21,12 @@ spec="tflite-support==0.4.4"
 say() { echo "tflite-support-venv: $*" >&2; }
 
 # 1. libusb-1.0-0 (the native part of tflite-support links against libusb-1.0.so.0).
-if ! ldconfig -p 2>/dev/null | grep -q 'libusb-1\.0\.so\.0'; then
+have_libusb() {
+    # (grep without -q: with pipefail, -q would make ldconfig die of SIGPIPE.)
+    PATH="$PATH:/sbin:/usr/sbin" ldconfig -p 2>/dev/null | grep 'libusb-1\.0\.so\.0' >/dev/null && return 0
+    compgen -G '/usr/lib/*/libusb-1.0.so.0' >/dev/null || compgen -G '/lib/*/libusb-1.0.so.0' >/dev/null
+}
+if ! have_libusb; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
         say "installing Debian package libusb-1.0-0"
         export DEBIAN_FRONTEND=noninteractive
