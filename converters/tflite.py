@@ -73,6 +73,10 @@ def convert(
     Example:
         >>> blob = convert(keras_model, calib=(x_train, y_train))  # doctest: +SKIP
     """
+    if isinstance(model, (str, bytes)) or hasattr(model, "__fspath__"):
+        from tfedge.loading import detect_format
+
+        detect_format(model)  # a bad model file is reported before any other option
     profile = None
     if target is not None:
         from tfedge.converters.targets import load_target

@@ -1,0 +1,181 @@
+"""Real conversions of real models, checked with the real LiteRT interpreter."""
+
+import pytest
+from tfedge.converters import convert
+
+from tfedge.errors import ConversionError
+from tfedge.inspector import inspect_model
+from tfedge.runner import bench_models
+
+
+def tflite_accuracy(blob, data, tmp_path, name="m.tflite"):
+    path = tmp_path / name
+    path.write_bytes(blob)
+    ((kind, row),) = bench_models([str(path)], data=(data.x, data.y), warmup=0, runs=1)
+    assert kind == "result", row
+    return row["accuracy"]
+
+
+def fit(model, digits, epochs=4):
+    train, _ = digits
+    model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.fit(train.x, train.y, epochs=epochs, batch_size=32, verbose=0)
+    return model
+
+
+def mixed_model(K):
+    """BatchNorm, a residual add, a depthwise conv and a Conv2DTranspose in one graph."""
+    L = K.layers
+    inputs = K.Input((16, 16, 1))
+    x = L.Conv2D(8, 3, padding="same", use_bias=False)(inputs)
+    x = L.BatchNormalization()(x)
+    x = L.ReLU()(x)
+    y = L.DepthwiseConv2D(3, padding="same")(x)
+    y = L.BatchNormalization()(y)
+    x = L.Add()([x, y])
+    x = L.Conv2D(16, 3, strides=2, padding="same", activation="relu")(x)
+    x = L.Conv2DTranspose(8, 3, strides=2, padding="same", activation="relu")(x)
+    x = L.GlobalAveragePooling2D()(x)
+    outputs = L.Dense(10, activation="softmax")(x)
+    return K.Model(inputs, outputs)
+
+
+def test_digits_cnn_int8_is_fully_integer_and_accurate(
+    digits_tflite, trained_digits_cnn, digits, accuracy_of
+):
+    info = inspect_model(digits_tflite["int8"])
+    assert info["fully_integer"], info["float_ops"]
+    assert info["static_shapes"]
+    assert info["input"][0]["dtype"] == "int8" and info["output"][0]["dtype"] == "int8"
+    assert info["input"][0]["shape"] == [1, 16, 16, 1]
+    float_acc = accuracy_of(trained_digits_cnn, digits[1])
+    ((_, row),) = bench_models(
+        [str(digits_tflite["int8"])], data=(digits[1].x, digits[1].y), runs=1
+    )
+    assert row["accuracy"] >= float_acc - 0.01
+    assert row["size_bytes"] * 3 < digits_tflite["float32"].stat().st_size
+
+
+@pytest.mark.parametrize("version", [2, 3])
+def test_bn_residual_depthwise_transpose_come_out_static_and_int8(
+    version, digits, tmp_path, accuracy_of
+):
+    from tfedge.backend import keras, keras3
+
+    K = keras if version == 2 else keras3
+    K.utils.set_random_seed(1)
+    model = fit(mixed_model(K), digits, epochs=6)
+    blob = convert(model, calib=digits[0])
+    info = inspect_model(blob)
+    assert info["fully_integer"], info["float_ops"]
+    assert info["static_shapes"]
+    assert info["ops"].get("TRANSPOSE_CONV") == 1
+    assert not {"SHAPE", "PACK", "STRIDED_SLICE"} & set(info["ops"])
+    assert {"DEPTHWISE_CONV_2D", "ADD"} <= set(info["ops"])
+    float_acc = accuracy_of(model, digits[1])
+    assert tflite_accuracy(blob, digits[1], tmp_path) >= float_acc - 0.03
+
+
+@pytest.mark.parametrize(
+    ("mode", "io", "in_dtype", "fully_integer"),
+    [
+        ("int8", None, "int8", True),
+        ("int8", "uint8", "uint8", True),
+        ("int8", "float32", "float32", False),
+        ("int16x8", None, "float32", False),
+        ("float16", None, "float32", False),
+        ("dynamic", None, "float32", False),
+        ("float32", None, "float32", False),
+    ],
+)
+def test_modes_and_io_types(
+    mode, io, in_dtype, fully_integer, trained_digits_cnn, digits, tmp_path, accuracy_of
+):
+    blob = convert(trained_digits_cnn, mode=mode, io=io, calib=digits[0], calib_samples=100)
+    info = inspect_model(blob)
+    assert info["input"][0]["dtype"] == in_dtype
+    assert info["fully_integer"] is fully_integer
+    assert info["static_shapes"]
+    float_acc = accuracy_of(trained_digits_cnn, digits[1])
+    assert tflite_accuracy(blob, digits[1], tmp_path) >= float_acc - 0.02
+
+
+def test_float16_halves_the_weights(trained_digits_cnn, digits):
+    f32 = convert(trained_digits_cnn, mode="float32")
+    f16 = convert(trained_digits_cnn, mode="float16")
+    assert len(f16) < 0.6 * len(f32)
+
+
+def test_keras3_file_converts(digits, tmp_path, accuracy_of):
+    from tfedge.backend import keras3
+
+    keras3.utils.set_random_seed(0)
+    L = keras3.layers
+    model = keras3.Sequential(
+        [
+            keras3.Input((16, 16, 1)),
+            L.Conv2D(8, 3, activation="relu"),
+            L.MaxPooling2D(),
+            L.Flatten(),
+            L.Dense(10, activation="softmax"),
+        ]
+    )
+    fit(model, digits, epochs=5)
+    path = tmp_path / "k3.keras"
+    model.save(path)
+    blob = convert(path, calib=digits[0])
+    assert inspect_model(blob)["fully_integer"]
+    assert tflite_accuracy(blob, digits[1], tmp_path) >= accuracy_of(model, digits[1]) - 0.01
+
+
+@pytest.mark.parametrize("form", ["h5", "savedmodel", "keras2"])
+def test_saved_forms_convert(form, trained_digits_cnn, digits, tmp_path):
+    from tfedge.backend import tf
+
+    if form == "h5":
+        path = tmp_path / "m.h5"
+        trained_digits_cnn.save(path)
+    elif form == "keras2":
+        path = tmp_path / "m.keras"
+        trained_digits_cnn.save(path)
+    else:
+        path = tmp_path / "saved"
+        tf.saved_model.save(trained_digits_cnn, str(path))
+    blob = convert(path, calib=digits[0], calib_samples=100)
+    info = inspect_model(blob)
+    assert info["fully_integer"] and info["static_shapes"]
+    assert tflite_accuracy(blob, digits[1], tmp_path) > 0.9
+
+
+def test_int8_needs_calibration(trained_digits_cnn):
+    with pytest.raises(ConversionError, match="calibration data"):
+        convert(trained_digits_cnn, mode="int8")
+
+
+def test_unsupported_op_is_named(digits):
+    from tfedge.backend import keras, tf
+
+    inputs = keras.Input((16, 16, 1))
+    x = keras.layers.Flatten()(inputs)
+    x = keras.layers.Dense(16)(x)
+    x = keras.layers.Lambda(lambda t: tf.math.erf(t))(x)
+    outputs = keras.layers.Dense(10)(x)
+    model = keras.Model(inputs, outputs)
+    with pytest.raises(ConversionError) as err:
+        convert(model, calib=digits[0], calib_samples=20)
+    assert "Erf" in str(err.value) or "ERF" in str(err.value).upper()
+
+
+def test_keep_float_leaves_the_named_layer_float(trained_digits_cnn, digits):
+    blob = convert(trained_digits_cnn, calib=digits[0], calib_samples=50, keep_float=["fc1"])
+    info = inspect_model(blob)
+    assert not info["fully_integer"]
+    assert "FULLY_CONNECTED" in info["float_ops"]
+    with pytest.raises(ConversionError, match="not found"):
+        convert(trained_digits_cnn, calib=digits[0], calib_samples=20, keep_float=["nope"])
+
+
+def test_calibration_sample_count_is_used(trained_digits_cnn, digits):
+    few = convert(trained_digits_cnn, calib=digits[0], calib_samples=2)
+    many = convert(trained_digits_cnn, calib=digits[0], calib_samples=300)
+    assert few != many

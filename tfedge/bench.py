@@ -1,0 +1,221 @@
+"""Host side of ``tfedge bench``: check inputs, run the device runner locally or on devices, collect.
+
+Local runs go through :mod:`tfedge.runner` in this process; ``ssh://`` devices go through
+:mod:`tfedge.remote`, which copies the same runner to the device. Either way the rows have the
+same JSON schema, so accuracy and ``outputs_sha256`` compare across devices directly.
+
+Example:
+    >>> report = bench(["a.tflite", "b.tflite"], data="digits_test.npz", runs=100)  # doctest: +SKIP
+    >>> [r["latency_ms"]["p50"] for r in report["results"]]  # doctest: +SKIP
+"""
+
+import json
+import os
+import tempfile
+import threading
+from pathlib import Path
+
+from tfedge import __version__
+from tfedge.errors import DeviceError, InputFileError
+
+__all__ = ["bench", "prepare_data", "write_results", "failed_rows", "format_results"]
+
+TFLITE_HINT = "pass .tflite files written by `tfedge convert` (or any TFLite converter)"
+
+
+def _check_model(path) -> Path:
+    path = Path(path)
+    if not path.is_file():
+        raise InputFileError(f"model not found: {path}", TFLITE_HINT)
+    with open(path, "rb") as handle:
+        head = handle.read(8)
+    if len(head) < 8 or head[4:8] != b"TFL3":
+        raise InputFileError(
+            f"{path} is not a TFLite model (no TFL3 identifier at byte 4)",
+            TFLITE_HINT
+            + (
+                "; convert Keras models first with `tfedge convert`"
+                if path.suffix in (".keras", ".h5")
+                else ""
+            ),
+        )
+    return path
+
+
+def prepare_data(data, model_path):
+    """Load ``data`` (any accepted form) shaped for the model's input; returns ``(x, y)`` or None."""
+    if data is None:
+        return None
+    from tfedge.data import load_data
+    from tfedge.inspector import inspect_model
+
+    info = inspect_model(model_path)
+    shape = tuple(info["input"][0]["shape"][1:]) if info["input"] else None
+    dataset = load_data(data, input_shape=shape, name="--data")
+    return dataset.x, dataset.y
+
+
+def write_results(path, rows) -> None:
+    """Write the design's results JSON atomically (readers never see half a file)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"tfedge_version": __version__, "results": rows}
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=path.parent)
+    with os.fdopen(fd, "w") as handle:
+        json.dump(payload, handle, indent=2)
+        handle.write("\n")
+    os.replace(tmp, path)
+
+
+def failed_rows(rows) -> list:
+    """The error rows (a model or device that could not be measured)."""
+    return [row for row in rows if row.get("error")]
+
+
+def bench(
+    models,
+    data=None,
+    devices=("local",),
+    ssh_config=None,
+    delegate=None,
+    threads: int = 1,
+    warmup: int = 20,
+    runs: int = 200,
+    json_path=None,
+    on_result=None,
+) -> dict:
+    """Bench ``.tflite`` models on one or more devices; rows arrive as each model finishes.
+
+    Args:
+        models: ``.tflite`` paths.
+        data: evaluation data (``.npz``, image folder, arrays) or None for a random input.
+        devices: ``"local"`` and/or ``"ssh://[USER@]HOST[:PORT]"`` URLs; several run in parallel.
+        ssh_config: an ssh config file to use instead of the user's.
+        delegate: ``"edgetpu"`` or None.
+        threads: interpreter threads.
+        warmup: untimed runs per model.
+        runs: timed runs per model.
+        json_path: where to write the results JSON; rewritten as each row arrives.
+        on_result: called with each row as it arrives.
+
+    Returns:
+        ``{"tfedge_version": ..., "results": [...]}``; failed rows carry an ``"error"`` key.
+    """
+    paths = [_check_model(m) for m in models]
+    if not paths:
+        raise InputFileError("no model given", TFLITE_HINT)
+    arrays = prepare_data(data, paths[0])
+    rows = []
+    lock = threading.Lock()
+
+    def collect(row):
+        with lock:
+            rows.append(row)
+            if json_path:
+                write_results(json_path, rows)
+        if on_result:
+            on_result(row)
+
+    devices = list(devices or ["local"])
+    if devices == ["local"]:
+        _bench_local(paths, arrays, delegate, threads, warmup, runs, collect)
+    else:
+        from tfedge.remote import bench_fleet
+
+        with tempfile.TemporaryDirectory(prefix="tfedge-bench-") as tmp:
+            npz = None
+            if arrays is not None:
+                import numpy as np
+
+                npz = Path(tmp) / "data.npz"
+                payload = (
+                    {"x": arrays[0]} if arrays[1] is None else {"x": arrays[0], "y": arrays[1]}
+                )
+                np.savez(npz, **payload)
+            bench_fleet(
+                devices,
+                [str(p) for p in paths],
+                data=str(npz) if npz else None,
+                threads=threads,
+                warmup=warmup,
+                runs=runs,
+                delegate=delegate,
+                ssh_config=ssh_config,
+                on_result=collect,
+            )
+    if json_path and not rows:
+        write_results(json_path, rows)
+    return {"tfedge_version": __version__, "results": rows}
+
+
+def _bench_local(paths, arrays, delegate, threads, warmup, runs, collect):
+    from tfedge import runner
+    from tfedge.console import progress, quiet
+
+    bar = progress(total=len(paths), desc="benchmarking", unit="model")
+    try:
+        with quiet():
+            for kind, payload in runner.bench_models(
+                [str(p) for p in paths], None, arrays, threads, warmup, runs, delegate
+            ):
+                if kind == "result":
+                    collect(payload)
+                else:
+                    collect(
+                        {
+                            "model": payload["model"],
+                            "device": {"name": "local"},
+                            "error": payload["message"],
+                            "hint": payload.get("hint"),
+                        }
+                    )
+                bar.update(1)
+    except runner.RunnerError as exc:
+        raise DeviceError(exc.message, exc.hint) from exc
+    finally:
+        bar.close()
+
+
+def _fmt(value, spec):
+    return "-" if value is None else format(value, spec)
+
+
+def format_results(rows) -> str:
+    """A plain-text table of result rows (errors on their own lines)."""
+    header = (
+        "model",
+        "device",
+        "accuracy",
+        "size KB",
+        "gzip KB",
+        "p50 ms",
+        "p90 ms",
+        "init ms",
+        "RSS MB",
+    )
+    lines = []
+    for row in rows:
+        if row.get("error"):
+            continue
+        latency = row.get("latency_ms") or {}
+        accuracy = row.get("accuracy")
+        lines.append(
+            (
+                str(row.get("stage") or Path(row["model"]).name),
+                str((row.get("device") or {}).get("name", "local")),
+                "-" if accuracy is None else f"{accuracy * 100:.2f}%",
+                _fmt(row.get("size_bytes", 0) / 1024, ".1f"),
+                _fmt(row.get("size_gzip_bytes", 0) / 1024, ".1f"),
+                _fmt(latency.get("p50"), ".3f"),
+                _fmt(latency.get("p90"), ".3f"),
+                _fmt(row.get("init_ms"), ".1f"),
+                _fmt(row.get("peak_rss_mb"), ".1f"),
+            )
+        )
+    widths = [
+        max(len(h), *(len(r[i]) for r in lines)) if lines else len(h) for i, h in enumerate(header)
+    ]
+    out = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True))]
+    out.append("  ".join("-" * w for w in widths))
+    out += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in lines]
+    return "\n".join(out)

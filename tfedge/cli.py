@@ -1,0 +1,250 @@
+"""The ``tfedge`` command line (click).
+
+:func:`main` is a plain function that returns the exit status, so it can be tested in-process;
+:func:`run` is the console script. Expected failures (:class:`~tfedge.errors.TfedgeError`, bad
+options) print one ``Error:`` line, a ``Hint:`` where one helps, and exit with status 1; ``--debug``
+anywhere on the line shows the traceback and TensorFlow's own logs instead.
+
+Example:
+    >>> main(["inspect", "model.tflite", "--json"])  # doctest: +SKIP
+    0
+"""
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from tfedge import __version__
+from tfedge.errors import TfedgeError
+
+__all__ = ["main", "run", "cli"]
+
+MODES = ("int8", "int16x8", "float16", "dynamic", "float32")
+IO_TYPES = ("int8", "uint8", "float32")
+
+
+def _split(values) -> list[str]:
+    """Options that may be repeated or comma-separated: ``--keep-float a,b --keep-float c``."""
+    return [item.strip() for value in values for item in value.split(",") if item.strip()]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="tfedge")
+def cli():
+    """tfedge: a Keras model to a small, fast, fully-int8 TFLite model, proven on its device.
+
+    Add --debug anywhere to see tracebacks and TensorFlow's logs.
+    """
+
+
+@cli.command()
+@click.option(
+    "-o", "--output", "out_dir", default="tfedge-demo", show_default=True, type=click.Path()
+)
+@click.option("--epochs", default=10, show_default=True, type=click.IntRange(1, 500))
+def demo(out_dir, epochs):
+    """Train the digits reference CNN, convert to int8, bench float32 vs int8, write a report."""
+    from tfedge.demo import run_demo
+
+    run_demo(out_dir, epochs=epochs)
+
+
+@cli.command()
+@click.argument("model", type=click.Path())
+@click.option("--calib", help="Calibration data: .npz (x[, y]) or an image folder.")
+@click.option("--calib-samples", default=300, show_default=True, type=click.IntRange(1, 100000))
+@click.option(
+    "--mode", type=click.Choice(MODES), default=None, help="Default int8 (fully integer)."
+)
+@click.option("--io", "io_type", type=click.Choice(IO_TYPES), help="Input/output type (int8 mode).")
+@click.option("--target", help="Target profile (edgetpu, ...) or a profile YAML file.")
+@click.option("--labels", type=click.Path(), help="Label file to embed as TFLite metadata.")
+@click.option("--keep-float", multiple=True, metavar="LAYER", help="Leave this layer float.")
+@click.option("-o", "--output", required=True, type=click.Path(), help="The .tflite to write.")
+def convert(model, calib, calib_samples, mode, io_type, target, labels, keep_float, output):
+    """Convert a Keras model (.keras/.h5, Keras 2 or 3) or SavedModel to TFLite."""
+    from tfedge.console import echo
+    from tfedge.converters import convert as convert_model
+    from tfedge.inspector import inspect_model
+
+    blob = convert_model(
+        model,
+        mode=mode or "int8",
+        calib=calib,
+        io=io_type,
+        calib_samples=calib_samples,
+        keep_float=_split(keep_float),
+        labels=labels,
+        target=target,
+    )
+    out = _write_atomic(output, blob)
+    info = inspect_model(blob)
+    echo(
+        f"wrote {out} ({len(blob) / 1024:.1f} KB, {mode or 'int8'}, "
+        f"input {info['input'][0]['dtype']}, fully integer: {'yes' if info['fully_integer'] else 'no'})"
+    )
+    compiled = getattr(blob, "edgetpu", None)
+    if compiled:
+        echo(compiled)
+
+
+def _write_atomic(path, blob: bytes) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(blob)
+    os.replace(tmp, path)
+    return path
+
+
+@cli.command(name="inspect")
+@click.argument("model", type=click.Path())
+@click.option("--json", "as_json", is_flag=True, help="Print the design's JSON instead of a table.")
+def inspect_command(model, as_json):
+    """Show a .tflite model's operators, tensors, integer-ness and EdgeTPU verdict (no TensorFlow)."""
+    from tfedge.inspector import format_table, inspect_model
+
+    info = inspect_model(model)
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+    else:
+        click.echo(format_table(info))
+
+
+@cli.command()
+@click.argument("models", nargs=-1, required=True, type=click.Path())
+@click.option("--data", help="Evaluation data: .npz (x, y) or an image folder.")
+@click.option(
+    "--device",
+    "devices",
+    multiple=True,
+    help="local (default) or ssh://[USER@]HOST[:PORT]; repeat for a fleet.",
+)
+@click.option("--devices-file", type=click.Path(), help="A file with one device URL per line.")
+@click.option("--ssh-config", type=click.Path(), help="ssh config file (default: the user's).")
+@click.option("--delegate", type=click.Choice(["edgetpu"]), help="Run on a Coral EdgeTPU.")
+@click.option("--threads", default=1, show_default=True, type=click.IntRange(1, 256))
+@click.option("--warmup", default=20, show_default=True, type=click.IntRange(0, 100000))
+@click.option("--runs", default=200, show_default=True, type=click.IntRange(1, 1000000))
+@click.option(
+    "--json", "json_path", type=click.Path(), help="Write results JSON here (as they arrive)."
+)
+def bench(
+    models, data, devices, devices_file, ssh_config, delegate, threads, warmup, runs, json_path
+):
+    """Measure accuracy, size and latency of .tflite models, locally or on devices."""
+    from tfedge.bench import bench as run_bench
+    from tfedge.bench import failed_rows, format_results
+    from tfedge.console import echo
+
+    urls = list(devices)
+    if devices_file:
+        urls += _read_devices_file(devices_file)
+    if ssh_config and not Path(ssh_config).is_file():
+        raise TfedgeError(
+            f"ssh config not found: {ssh_config}", "pass an existing file to --ssh-config"
+        )
+    report = run_bench(
+        models,
+        data=data,
+        devices=urls or ["local"],
+        ssh_config=ssh_config,
+        delegate=delegate,
+        threads=threads,
+        warmup=warmup,
+        runs=runs,
+        json_path=json_path,
+    )
+    rows = report["results"]
+    if any(not row.get("error") for row in rows):
+        echo(format_results(rows))
+    if any(_is_emulated(row) for row in rows):
+        echo("note: emulated device (qemu): its latency is not a real device figure")
+    failures = failed_rows(rows)
+    for row in failures:
+        device = (row.get("device") or {}).get("name", "local")
+        click.echo(f"Error: {row['model']} on {device}: {row['error']}", err=True)
+        if row.get("hint"):
+            click.echo(f"Hint: {row['hint']}", err=True)
+    if json_path:
+        echo(f"results: {json_path}")
+    return 1 if failures else 0
+
+
+def _is_emulated(row) -> bool:
+    return bool((row.get("device") or {}).get("emulated"))
+
+
+def _read_devices_file(path) -> list[str]:
+    file = Path(path)
+    if not file.is_file():
+        raise TfedgeError(
+            f"devices file not found: {path}", "one device URL per line, # for comments"
+        )
+    urls = []
+    for line in file.read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            urls.append(line)
+    if not urls:
+        raise TfedgeError(f"devices file {path} lists no device", "one device URL per line")
+    return urls
+
+
+def _print_error(message: str, hint: str | None = None) -> None:
+    click.echo(f"Error: {message}", err=True)
+    if hint:
+        click.echo(f"Hint: {hint}", err=True)
+
+
+def main(argv=None) -> int:
+    """Run the command line with ``argv`` and return the exit status (0 ok, 1 error)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args
+    args = [a for a in args if a != "--debug"]
+    if debug:
+        os.environ["TFEDGE_DEBUG"] = "1"
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
+    try:
+        status = cli.main(args=args, prog_name="tfedge", standalone_mode=False)
+    except click.exceptions.NoArgsIsHelpError as exc:
+        click.echo(exc.ctx.get_help() if exc.ctx else str(exc))
+        return 0
+    except click.UsageError as exc:
+        command = exc.ctx.command_path if exc.ctx else "tfedge"
+        _print_error(exc.format_message(), f"see '{command} --help'")
+        return 1
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.exceptions.Abort:
+        _print_error("aborted")
+        return 1
+    except click.ClickException as exc:
+        _print_error(exc.format_message())
+        return 1
+    except TfedgeError as exc:
+        if debug:
+            raise
+        _print_error(exc.message, exc.hint)
+        return 1
+    except KeyboardInterrupt:
+        _print_error("interrupted")
+        return 1
+    except Exception as exc:
+        if debug:
+            raise
+        text = str(exc).strip().splitlines()
+        _print_error(
+            f"unexpected failure: {type(exc).__name__}: {text[0][:300] if text else ''}",
+            "run again with --debug for the traceback, and report it if the input looks right",
+        )
+        return 1
+    return status if isinstance(status, int) else 0
+
+
+def run() -> None:
+    """Console-script entry point."""
+    sys.exit(main())
