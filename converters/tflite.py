@@ -44,6 +44,8 @@ def convert(
     keep_float: Sequence[str] = (),
     input_shape: Sequence[int] | None = None,
     labels=None,
+    mean=None,
+    std=None,
     target=None,
 ) -> bytes:
     """Convert a Keras model (2 or 3), a model file or a SavedModel to TFLite.
@@ -61,6 +63,10 @@ def convert(
         keep_float: layer names to leave in float (the model is then not fully integer).
         input_shape: the input shape without batch, for models whose non-batch dims are unknown.
         labels: a labels file or list: embeds TFLite metadata (labels, input normalization).
+        mean: the metadata's input normalization mean (one value or one per channel): the app
+            feeds ``(pixel - mean) / std``. Inferred from the calibration data's range when not
+            given: [0, 1] data means pixels / 255, [-1, 1] means (pixels - 127.5) / 127.5.
+        std: the normalization's standard deviation (see ``mean``).
         target: a target profile name or file (e.g. ``edgetpu``) that fixes mode/io and checks.
 
     Returns:
@@ -171,10 +177,29 @@ def convert(
         from tfedge.converters.metadata import add_metadata, read_labels_file
 
         names = read_labels_file(labels) if not isinstance(labels, (list, tuple)) else list(labels)
-        blob = add_metadata(blob, names, name=getattr(keras_model, "name", None))
+        if mean is None and std is None and calib is not None:
+            mean, std = _normalization_from(calib, specs)
+        blob = add_metadata(
+            blob, names, name=getattr(keras_model, "name", None), input_mean=mean, input_std=std
+        )
     if profile is not None:
         profile.check(blob)
     return blob
+
+
+def _normalization_from(calib, specs):
+    """Guess how raw 0-255 pixels map to the model's input from the calibration data's range."""
+    from tfedge.data import load_data
+
+    x = load_data(calib, input_shape=tuple(specs[0].shape[1:]), name="calibration data").x
+    low, high = float(x.min()), float(x.max())
+    if low >= 0.0 and high <= 1.0:
+        return [0.0], [255.0]
+    if low >= -1.0 and high <= 1.0:
+        return [127.5], [127.5]
+    if low >= 0.0 and high <= 255.0:
+        return [0.0], [1.0]
+    return None, None
 
 
 def _resolve(model):

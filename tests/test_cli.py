@@ -229,3 +229,40 @@ def test_debug_shows_the_traceback(tmp_path):
 def test_import_tfedge_does_not_import_tensorflow():
     code = "import tfedge, tfedge.cli, tfedge.runner, tfedge.bench, sys; assert 'tensorflow' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_convert_with_labels_embeds_metadata(capsys, digits_cnn_path, train_npz, tmp_path):
+    from tfedge.converters.metadata import read_metadata
+
+    labels = tmp_path / "labels.txt"
+    labels.write_text("\n".join(f"digit {i}" for i in range(10)) + "\n")
+    out_model = tmp_path / "with_labels.tflite"
+    status, _, err = run_cli(
+        capsys,
+        "convert",
+        digits_cnn_path,
+        "--calib",
+        train_npz,
+        "--labels",
+        labels,
+        "-o",
+        out_model,
+    )
+    assert status == 0, err
+    meta = read_metadata(out_model.read_bytes())
+    assert meta["labels"] == [f"digit {i}" for i in range(10)]
+    assert meta["input_mean"] == [0.0] and meta["input_std"] == [255.0]
+    status, _, err = run_cli(
+        capsys,
+        "convert",
+        digits_cnn_path,
+        "--calib",
+        train_npz,
+        "--labels",
+        labels,
+        "--mean",
+        "x",
+        "-o",
+        out_model,
+    )
+    assert_clean_error(status, err, "--mean")

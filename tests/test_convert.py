@@ -1,8 +1,8 @@
 """Real conversions of real models, checked with the real LiteRT interpreter."""
 
 import pytest
-from tfedge.converters import convert
 
+from tfedge.converters import convert
 from tfedge.errors import ConversionError
 from tfedge.inspector import inspect_model
 from tfedge.runner import bench_models

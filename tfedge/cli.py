@@ -62,9 +62,13 @@ def demo(out_dir, epochs):
 @click.option("--io", "io_type", type=click.Choice(IO_TYPES), help="Input/output type (int8 mode).")
 @click.option("--target", help="Target profile (edgetpu, ...) or a profile YAML file.")
 @click.option("--labels", type=click.Path(), help="Label file to embed as TFLite metadata.")
+@click.option("--mean", help="Metadata input normalization mean (comma-separated per channel).")
+@click.option("--std", help="Metadata input normalization std (comma-separated per channel).")
 @click.option("--keep-float", multiple=True, metavar="LAYER", help="Leave this layer float.")
 @click.option("-o", "--output", required=True, type=click.Path(), help="The .tflite to write.")
-def convert(model, calib, calib_samples, mode, io_type, target, labels, keep_float, output):
+def convert(
+    model, calib, calib_samples, mode, io_type, target, labels, mean, std, keep_float, output
+):
     """Convert a Keras model (.keras/.h5, Keras 2 or 3) or SavedModel to TFLite."""
     from tfedge.console import echo
     from tfedge.converters import convert as convert_model
@@ -78,6 +82,8 @@ def convert(model, calib, calib_samples, mode, io_type, target, labels, keep_flo
         calib_samples=calib_samples,
         keep_float=_split(keep_float),
         labels=labels,
+        mean=_floats(mean, "--mean"),
+        std=_floats(std, "--std"),
         target=target,
     )
     out = _write_atomic(output, blob)
@@ -89,6 +95,17 @@ def convert(model, calib, calib_samples, mode, io_type, target, labels, keep_flo
     compiled = getattr(blob, "edgetpu", None)
     if compiled:
         echo(compiled)
+
+
+def _floats(text, option):
+    if text is None:
+        return None
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise click.BadParameter(
+            f"{text!r} is not a number list, e.g. 127.5 or 0,0,0", param_hint=option
+        ) from None
 
 
 def _write_atomic(path, blob: bytes) -> Path:
