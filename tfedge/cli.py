@@ -117,6 +117,99 @@ def _write_atomic(path, blob: bytes) -> Path:
     return path
 
 
+@cli.command()
+@click.argument("model", type=click.Path())
+@click.option(
+    "--train", "train_data", required=True, help="Training data with labels (.npz or image folder)."
+)
+@click.option("--val", "val_data", required=True, help="Validation data with labels.")
+@click.option("--recipe", type=click.Path(), help="A YAML recipe of stages (instead of the flags).")
+@click.option("--prune", type=float, help="Magnitude pruning to this sparsity (e.g. 0.8).")
+@click.option("--structured", help="Structured sparsity: 2:4 (N:M) or a block such as 1x4.")
+@click.option(
+    "--prune-filters", type=float, help="Remove this fraction of conv filters (e.g. 0.5)."
+)
+@click.option(
+    "--cluster", type=int, help="Weight clustering to N shared values per layer (e.g. 16)."
+)
+@click.option("--qat", is_flag=True, help="Quantization-aware training (int8).")
+@click.option("--distill", is_flag=True, help="Distill into a half-width student of the model.")
+@click.option(
+    "--factorize", type=float, help="Low-rank factorization: energy kept (<1) or a rank (>=1)."
+)
+@click.option("--epochs", type=click.IntRange(1, 1000), help="Fine-tuning epochs for every stage.")
+@click.option(
+    "--strategy", type=click.Choice(["default", "mirrored"]), help="tf.distribute strategy."
+)
+@click.option("--target", help="Converter target profile for the int8 models (e.g. edgetpu).")
+@click.option("--device", "devices", multiple=True, help="Bench on local (default) or ssh://HOST.")
+@click.option("--ssh-config", type=click.Path(), help="ssh config file for ssh:// devices.")
+@click.option("--runs", default=200, show_default=True, type=click.IntRange(1, 100000))
+@click.option("--no-resume", is_flag=True, help="Retrain stages even when checkpoints exist.")
+@click.option("-o", "--output", "out_dir", required=True, type=click.Path(), help="Output folder.")
+def optimize(
+    model,
+    train_data,
+    val_data,
+    recipe,
+    prune,
+    structured,
+    prune_filters,
+    cluster,
+    qat,
+    distill,
+    factorize,
+    epochs,
+    strategy,
+    target,
+    devices,
+    ssh_config,
+    runs,
+    no_resume,
+    out_dir,
+):
+    """Compress a Keras model (prune, QAT, cluster, distill, factorize), convert to int8, bench, report."""
+    from tfedge.optimize import load_recipe, stages_from_flags
+    from tfedge.optimize import optimize as run_optimize
+
+    flags = (
+        any(v not in (None, False) for v in (prune, structured, prune_filters, cluster, factorize))
+        or qat
+        or distill
+    )
+    if recipe:
+        if flags:
+            raise TfedgeError(
+                "give either --recipe or stage flags, not both", "put every stage in the recipe"
+            )
+        stages = load_recipe(recipe)["stages"]
+        if epochs is not None:
+            stages = [{**stage, "epochs": epochs} for stage in stages]
+    else:
+        stages = stages_from_flags(
+            prune, structured, prune_filters, cluster, qat, distill, factorize, epochs
+        )
+    if strategy == "mirrored":
+        from tfedge.models.training import resolve_strategy
+
+        strategy = resolve_strategy("mirrored")
+    else:
+        strategy = None
+    run_optimize(
+        model,
+        train_data,
+        val_data,
+        stages=stages,
+        out_dir=out_dir,
+        strategy=strategy,
+        target=target,
+        devices=list(devices) or ["local"],
+        ssh_config=ssh_config,
+        runs=runs,
+        resume=not no_resume,
+    )
+
+
 @cli.command(name="inspect")
 @click.argument("model", type=click.Path())
 @click.option("--json", "as_json", is_flag=True, help="Print the design's JSON instead of a table.")

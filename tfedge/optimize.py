@@ -1,0 +1,333 @@
+"""``tfedge optimize``: a model through compression stages, each converted to int8 and benched.
+
+A run is a list of stages (from flags or a YAML recipe) applied in order to the float model, each
+fine-tuned (distilling from the original float model by default), saved as a checkpoint, and
+converted to fully-int8 TFLite. The float baseline (float32 and post-training int8) and every stage
+are then benched together in one run, on this machine or on ``--device``. Outputs in ``DIR``:
+``model.keras`` (the final optimized float model), ``model.tflite`` (its int8 conversion),
+``report.json`` (one result per stage, with ``stage`` and ``keras_accuracy``) and ``report.html``.
+
+An interrupted run resumes: stages whose checkpoint exists under ``DIR/checkpoints`` with the same
+settings are loaded instead of trained again.
+
+Example:
+    >>> report = optimize("model.keras", "train.npz", "val.npz", stages=stages_from_flags(prune=0.8, qat=True),
+    ...                   out_dir="out")  # doctest: +SKIP
+"""
+
+import hashlib
+import importlib
+import json
+import time
+from pathlib import Path
+
+from tfedge.console import echo
+from tfedge.errors import OptimizationError
+
+__all__ = ["STAGES", "stages_from_flags", "load_recipe", "optimize"]
+
+# stage name -> (module, function); every function is stage(model, train, val, *, epochs, teacher,
+# strategy, **params) -> a trained tf_keras model ready to convert.
+STAGES = {
+    "distill": ("tfedge.models.distillation", "distill"),
+    "factorize": ("tfedge.models.factorization", "factorize"),
+    "prune_filters": ("tfedge.models.filter_pruning", "prune_filters"),
+    "prune": ("tfedge.models.pruning", "prune"),
+    "cluster": ("tfedge.models.clustering", "cluster"),
+    "qat": ("tfedge.models.qat", "quantize_aware"),
+}
+STAGE_ORDER = list(STAGES)
+RECIPE_HINT = (
+    "a recipe is YAML like:\n  stages:\n    - {name: prune, sparsity: 0.8}\n    - {name: qat}\n"
+    f"with stage names {', '.join(STAGES)}"
+)
+
+
+def stages_from_flags(
+    prune=None,
+    structured=None,
+    prune_filters=None,
+    cluster=None,
+    qat=False,
+    distill=False,
+    factorize=None,
+    epochs=None,
+) -> list[dict]:
+    """Turn ``tfedge optimize`` flags into an ordered stage list.
+
+    The order is the one that keeps each stage's work: a distilled student first, then
+    factorization and filter pruning (which change the architecture), then magnitude pruning,
+    clustering (preserving sparsity) and QAT last (preserving sparsity and clusters).
+
+    Example:
+        >>> stages_from_flags(prune=0.8, qat=True)
+        [{'name': 'prune', 'sparsity': 0.8}, {'name': 'qat', 'preserve': 'sparsity'}]
+    """
+    stages = []
+    if distill:
+        stages.append({"name": "distill"})
+    if factorize is not None:
+        value = float(factorize)
+        stages.append(
+            {"name": "factorize", **({"energy": value} if value < 1 else {"rank": int(value)})}
+        )
+    if prune_filters is not None:
+        _fraction(prune_filters, "--prune-filters")
+        stages.append({"name": "prune_filters", "ratio": float(prune_filters)})
+    if prune is not None or structured:
+        stage = {
+            "name": "prune",
+            "sparsity": _fraction(prune if prune is not None else 0.5, "--prune"),
+        }
+        if structured:
+            stage["structure"] = structured
+        stages.append(stage)
+    if cluster is not None:
+        if int(cluster) < 2:
+            raise OptimizationError(
+                f"--cluster {cluster}: need at least 2 clusters", "try --cluster 16"
+            )
+        stages.append({"name": "cluster", "clusters": int(cluster)})
+    if qat:
+        stages.append({"name": "qat"})
+    if not stages:
+        raise OptimizationError(
+            "no optimization asked for",
+            "give at least one of --prune S, --structured 2:4, --prune-filters F, --cluster N, "
+            "--qat, --distill, --factorize R, or --recipe FILE",
+        )
+    if epochs is not None:
+        for stage in stages:
+            stage["epochs"] = int(epochs)
+    return _with_preservation(stages)
+
+
+def _fraction(value, flag) -> float:
+    value = float(value)
+    if not 0.0 < value < 1.0:
+        raise OptimizationError(
+            f"{flag} {value}: expected a fraction between 0 and 1", f"e.g. {flag} 0.5"
+        )
+    return value
+
+
+def _with_preservation(stages: list[dict]) -> list[dict]:
+    """Make clustering keep earlier sparsity, and QAT keep earlier sparsity and clusters."""
+    seen = set()
+    out = []
+    for stage in stages:
+        stage = dict(stage)
+        name = stage["name"]
+        if name == "cluster" and "prune" in seen:
+            stage.setdefault("preserve_sparsity", True)
+        if name == "qat" and "preserve" not in stage:
+            kept = [k for k, s in (("sparsity", "prune"), ("clusters", "cluster")) if s in seen]
+            if kept:
+                stage["preserve"] = "+".join(kept)
+        seen.add(name)
+        out.append(stage)
+    return out
+
+
+def load_recipe(path) -> dict:
+    """Read a YAML recipe: ``stages`` (required), optional ``train``, ``convert``, ``model``.
+
+    Raises:
+        OptimizationError: unreadable YAML, no stages, or an unknown stage name.
+    """
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise OptimizationError(f"recipe not found: {path}", RECIPE_HINT)
+    try:
+        recipe = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise OptimizationError(f"recipe {path} is not valid YAML: {exc}", RECIPE_HINT) from exc
+    if (
+        not isinstance(recipe, dict)
+        or not isinstance(recipe.get("stages"), list)
+        or not recipe["stages"]
+    ):
+        raise OptimizationError(f"recipe {path} has no list of stages", RECIPE_HINT)
+    stages = []
+    for item in recipe["stages"]:
+        if isinstance(item, str):
+            item = {"name": item}
+        if not isinstance(item, dict) or item.get("name") not in STAGES:
+            raise OptimizationError(f"recipe {path}: unknown stage {item!r}", RECIPE_HINT)
+        stages.append(dict(item))
+    recipe["stages"] = _with_preservation(stages)
+    return recipe
+
+
+def _stage_function(name):
+    module_name, function = STAGES[name]
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise OptimizationError(f"stage {name!r} is not available: {exc}") from exc
+    return getattr(module, function)
+
+
+def _key(value) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _label(stage: dict) -> str:
+    params = ", ".join(f"{k}={v}" for k, v in stage.items() if k not in ("name", "epochs"))
+    return f"{stage['name']}({params})" if params else stage["name"]
+
+
+def _to_keras2(loaded):
+    from tfedge.backend import is_keras2_model
+
+    model = loaded.model
+    if is_keras2_model(model):
+        return model
+    if loaded.keras_version == 3:
+        from tfedge.models.rebuild import to_keras2
+
+        echo(
+            "Keras 3 model: rebuilt as tf_keras (same layers, same weights) for the training wrappers"
+        )
+        return to_keras2(model)
+    raise OptimizationError(
+        f"{loaded.path} is a SavedModel without its Keras model, so it cannot be fine-tuned",
+        "pass the .keras/.h5 file (optimize trains); `tfedge convert` takes plain SavedModels",
+    )
+
+
+def _accuracy(model, data) -> float:
+    import numpy as np
+
+    predictions = np.asarray(model.predict(data.x, batch_size=256, verbose=0))
+    if predictions.ndim == 2 and predictions.shape[1] == 1:
+        labels = (predictions[:, 0] > 0.5).astype(np.int64)
+    else:
+        labels = predictions.reshape(len(predictions), -1).argmax(axis=1)
+    return float((labels == data.y).mean())
+
+
+def optimize(
+    model,
+    train,
+    val,
+    *,
+    stages: list[dict],
+    out_dir,
+    strategy=None,
+    target=None,
+    devices=("local",),
+    ssh_config=None,
+    calib_samples: int = 300,
+    runs: int = 200,
+    resume: bool = True,
+) -> dict:
+    """Run the stages, convert each result to int8, bench everything in one run, write the report.
+
+    Args:
+        model: a ``.keras`` / ``.h5`` path (Keras 2 or 3), a :class:`~tfedge.loading.LoadedModel`,
+            or a tf_keras model.
+        train: training data (any form :func:`tfedge.data.load_data` accepts), with labels.
+        val: validation data, with labels; accuracy is measured on it.
+        stages: ``[{"name": "prune", "sparsity": 0.8}, {"name": "qat"}, ...]``.
+        out_dir: the output folder.
+        strategy: ``"mirrored"`` or a ``tf.distribute`` strategy for the fine-tuning.
+        target: a converter target profile (e.g. ``"edgetpu"``).
+        devices: where to bench (``"local"`` or ``ssh://`` URLs).
+        ssh_config: an ssh config file for ``ssh://`` devices.
+        calib_samples: calibration samples for each int8 conversion.
+        runs: timed runs per model in the bench.
+        resume: reuse checkpoints of finished stages with the same settings.
+
+    Returns:
+        The report dict (also written to ``out_dir/report.json``).
+    """
+    from tfedge.bench import bench, format_results, write_results
+    from tfedge.converters import convert, input_shape_of
+    from tfedge.data import load_data
+    from tfedge.loading import LoadedModel, load_model
+    from tfedge.report import write_html
+
+    out = Path(out_dir)
+    checkpoints = out / "checkpoints"
+    checkpoints.mkdir(parents=True, exist_ok=True)
+    if isinstance(model, (str, Path)):
+        model = load_model(model)
+    source = model.path if isinstance(model, LoadedModel) else getattr(model, "name", "model")
+    base = _to_keras2(model) if isinstance(model, LoadedModel) else model
+    shape = input_shape_of(base)
+    train = load_data(train, input_shape=shape, require_labels=True, name="--train")
+    val = load_data(val, input_shape=shape, require_labels=True, name="--val")
+    for stage in stages:
+        _stage_function(stage["name"])  # fail early on a stage whose module is missing
+
+    def tflite(model, name):
+        path = checkpoints / f"{name}.tflite"
+        path.write_bytes(convert(model, calib=train, calib_samples=calib_samples, target=target))
+        return path
+
+    started = time.time()
+    baseline_accuracy = _accuracy(base, val)
+    echo(
+        f"baseline: {source} — Keras accuracy {baseline_accuracy * 100:.2f}% on {len(val)} validation samples"
+    )
+    entries = []
+    float_path = checkpoints / "00-float32.tflite"
+    float_path.write_bytes(convert(base, mode="float32"))
+    entries.append(("float32", float_path, baseline_accuracy))
+    entries.append(("int8", tflite(base, "00-int8"), baseline_accuracy))
+
+    state_file = checkpoints / "state.json"
+    state = json.loads(state_file.read_text()) if resume and state_file.is_file() else {}
+    current = base
+    history = []
+    for index, stage in enumerate(stages, start=1):
+        history.append(stage)
+        key = _key({"source": str(source), "stages": history, "train": len(train)})
+        name = f"{index:02d}-{stage['name']}"
+        keras_path = checkpoints / f"{name}.keras"
+        label = _label(stage)
+        if state.get(name) == key and keras_path.is_file():
+            echo(f"stage {index}/{len(stages)}: {label} — resumed from {keras_path}")
+            current = load_model(keras_path).model
+        else:
+            echo(f"stage {index}/{len(stages)}: {label}")
+            params = {k: v for k, v in stage.items() if k != "name"}
+            function = _stage_function(stage["name"])
+            current = function(current, train, val, teacher=base, strategy=strategy, **params)
+            current.save(keras_path)
+            state[name] = key
+            state_file.write_text(json.dumps(state, indent=2))
+        accuracy = _accuracy(current, val)
+        echo(f"  Keras accuracy {accuracy * 100:.2f}%")
+        entries.append((label, tflite(current, name), accuracy))
+
+    final_keras = out / "model.keras"
+    current.save(final_keras)
+    final_tflite = out / "model.tflite"
+    final_tflite.write_bytes(entries[-1][1].read_bytes())
+    val_npz = val.save(checkpoints / "val.npz")
+
+    report = bench(
+        [path for _, path, _ in entries],
+        data=val_npz,
+        devices=devices,
+        ssh_config=ssh_config,
+        runs=runs,
+    )
+    rows = report["results"]
+    by_model = {str(path): (label, accuracy) for label, path, accuracy in entries}
+    for row in rows:
+        label, accuracy = by_model.get(str(row["model"]), (None, None))
+        row["stage"] = label
+        row["keras_accuracy"] = accuracy
+    write_results(out / "report.json", rows)
+    write_html(out / "report.html", rows, title=f"tfedge optimize: {Path(str(source)).name}")
+    echo(format_results(rows))
+    echo(
+        f"wrote {final_keras}, {final_tflite}, {out / 'report.json'}, {out / 'report.html'} "
+        f"({time.time() - started:.0f} s)"
+    )
+    return {"tfedge_version": report["tfedge_version"], "results": rows}
