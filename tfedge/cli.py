@@ -92,9 +92,37 @@ def convert(
         f"wrote {out} ({len(blob) / 1024:.1f} KB, {mode or 'int8'}, "
         f"input {info['input'][0]['dtype']}, fully integer: {'yes' if info['fully_integer'] else 'no'})"
     )
-    compiled = getattr(blob, "edgetpu", None)
-    if compiled:
-        echo(compiled)
+    mapping = info.get("edgetpu") or {}
+    if target:
+        from tfedge.converters.targets import load_target
+
+        profile = load_target(target)
+        if profile.edgetpu:
+            echo(
+                f"EdgeTPU (predicted): {mapping.get('mapped_ops')} ops mapped, {mapping.get('cpu_ops')} on the CPU"
+            )
+        if profile.compile:
+            _compile_edgetpu(out)
+
+
+def _compile_edgetpu(path: Path) -> None:
+    from tfedge.console import echo
+    from tfedge.edgetpu import CompilerNotFoundError, compile_model
+
+    try:
+        result = compile_model(path, path.parent)
+    except CompilerNotFoundError as exc:
+        echo(f"note: {exc.message}; kept the uncompiled model {path}")
+        if exc.hint:
+            echo(exc.hint)
+        return
+    echo(
+        f"compiled {result['compiled_path']}: {result['mapped_ops']} ops on the EdgeTPU, "
+        f"{result['cpu_ops']} on the CPU"
+    )
+    for op in result.get("ops", []):
+        if "Mapped" not in str(op.get("status", "")):
+            echo(f"  CPU: {op.get('op')} x{op.get('count')}: {op.get('status')}")
 
 
 def _floats(text, option):

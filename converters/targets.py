@@ -1,0 +1,114 @@
+"""Target profiles: what a device needs from a model (mode, I/O type, operators, shapes).
+
+A profile is a small YAML file; the built-in ones live in ``converters/targets/`` (``edgetpu``,
+``arm``) and ``--target FILE.yaml`` takes a user's own. Keys: ``name``, ``description``, ``mode``,
+``io`` (the default I/O type), ``allowed_io``, ``supported_ops`` (a list of TFLite builtin names;
+any other operator is refused), ``edgetpu`` (apply the EdgeTPU rules of :mod:`tfedge.edgetpu`:
+supported operators, static shapes, at most 3 non-1 dimensions per tensor) and ``compile`` (run ``edgetpu_compiler`` after conversion when present).
+
+Example:
+    >>> profile = load_target("edgetpu")
+    >>> profile.resolve(None, None)
+    ('int8', 'uint8')
+"""
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tfedge.errors import ConversionError
+
+__all__ = ["Target", "load_target", "builtin_targets"]
+
+_DIR = Path(__file__).resolve().parent / "targets"
+
+
+def builtin_targets() -> list[str]:
+    """Names of the profiles shipped with tfedge."""
+    return sorted(p.stem for p in _DIR.glob("*.yaml"))
+
+
+@dataclass
+class Target:
+    """A device's requirements for a converted model (see the module docstring for the keys)."""
+
+    name: str
+    description: str = ""
+    mode: str = "int8"
+    io: str | None = None
+    allowed_io: list = field(default_factory=list)
+    supported_ops: list | None = None
+    edgetpu: bool = False
+    compile: bool = False
+
+    def resolve(self, mode, io):
+        """The mode and I/O type to convert with: the profile's, unless compatible ones are given."""
+        if mode not in (None, self.mode):
+            raise ConversionError(
+                f"--mode {mode} does not fit --target {self.name}, which needs --mode {self.mode}",
+                f"leave --mode out with --target {self.name}",
+            )
+        io = io or self.io
+        if self.allowed_io and io not in self.allowed_io:
+            raise ConversionError(
+                f"--io {io} does not fit --target {self.name}; expected one of {', '.join(self.allowed_io)}",
+                f"leave --io out (default {self.io})",
+            )
+        return self.mode, io
+
+    def check(self, blob: bytes) -> dict:
+        """Refuse a converted model the target cannot run; return the inspection (with EdgeTPU mapping)."""
+        from tfedge.inspector import inspect_model
+
+        info = inspect_model(blob)
+        problems = []
+        if self.supported_ops is not None:
+            extra = sorted(set(info["ops"]) - set(self.supported_ops))
+            if extra:
+                problems.append(f"operators it does not support: {', '.join(extra)}")
+        if self.edgetpu:
+            mapping = info.get("edgetpu") or {}
+            if not mapping.get("compatible", False):
+                problems.append(
+                    "; ".join(str(u) for u in mapping.get("unsupported", [])) or "not compatible"
+                )
+        if problems:
+            raise ConversionError(
+                f"the model does not fit --target {self.name}: {'; '.join(problems)}",
+                "replace those layers, or convert without --target to run them on the CPU",
+            )
+        return info
+
+
+def load_target(target) -> Target:
+    """Load a profile by built-in name or from a YAML file.
+
+    Raises:
+        ConversionError: unknown name, unreadable file or unknown keys.
+    """
+    import yaml
+
+    if isinstance(target, Target):
+        return target
+    path = Path(str(target))
+    if not path.suffix and (_DIR / f"{target}.yaml").is_file():
+        path = _DIR / f"{target}.yaml"
+    if not path.is_file():
+        raise ConversionError(
+            f"unknown target {target!r}",
+            f"use one of {', '.join(builtin_targets())} or a profile YAML file",
+        )
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConversionError(f"target profile {path} is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConversionError(f"target profile {path} must be a YAML mapping of keys to values")
+    known = set(Target.__dataclass_fields__)
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConversionError(
+            f"target profile {path} has unknown keys {unknown}",
+            f"known keys: {', '.join(sorted(known))}",
+        )
+    data.setdefault("name", path.stem)
+    return Target(**data)
