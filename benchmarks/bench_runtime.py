@@ -54,9 +54,24 @@ def tfedge_p50(path: Path) -> float:
     with tempfile.TemporaryDirectory() as tmp:
         result = Path(tmp) / "r.json"
         subprocess.run(
-            [sys.executable, "-m", "tfedge", "bench", str(path), "--runs", str(RUNS),
-             "--warmup", str(WARMUP), "--threads", "1", "--json", str(result)],
-            check=True, capture_output=True, text=True,
+            [
+                sys.executable,
+                "-m",
+                "tfedge",
+                "bench",
+                str(path),
+                "--runs",
+                str(RUNS),
+                "--warmup",
+                str(WARMUP),
+                "--threads",
+                "1",
+                "--json",
+                str(result),
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
         )
         return json.loads(result.read_text())["results"][0]["latency_ms"]["p50"]
 
@@ -65,10 +80,19 @@ def litert_p50(path: Path) -> float:
     with tempfile.TemporaryDirectory() as tmp:
         result = Path(tmp) / "r.json"
         subprocess.run(
-            [sys.executable, "-m", "ai_edge_litert.tools.benchmark_litert_model", f"--model={path}",
-             f"--num_runs={RUNS}", f"--warmup_runs={WARMUP}", "--num_threads=1",
-             f"--result_json={result}"],
-            check=True, capture_output=True, text=True,
+            [
+                sys.executable,
+                "-m",
+                "ai_edge_litert.tools.benchmark_litert_model",
+                f"--model={path}",
+                f"--num_runs={RUNS}",
+                f"--warmup_runs={WARMUP}",
+                "--num_threads=1",
+                f"--result_json={result}",
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
         )
         return json.loads(result.read_text())["latency"]["median_ms"]
 
@@ -83,12 +107,23 @@ def main() -> int:
                 ours.append(tfedge_p50(path))
                 theirs.append(litert_p50(path))
             a, b = statistics.median(ours), statistics.median(theirs)
-            rows.append({"model": name, "tfedge_p50_ms": a, "litert_p50_ms": b,
-                         "ratio": round(a / b, 3) if b else None, "rounds": ROUNDS})
-            print(f"{name}: tfedge {a:.3f} ms, LiteRT tool {b:.2f} ms, ratio {a / b:.3f}", flush=True)
+            rows.append(
+                {
+                    "model": name,
+                    "tfedge_p50_ms": a,
+                    "litert_p50_ms": b,
+                    "ratio": round(a / b, 3) if b else None,
+                    "rounds": ROUNDS,
+                }
+            )
+            print(
+                f"{name}: tfedge {a:.3f} ms, LiteRT tool {b:.2f} ms, ratio {a / b:.3f}", flush=True
+            )
     compared = [r for r in rows if r["litert_p50_ms"] >= 0.2]
     ok = bool(compared) and all(abs(r["ratio"] - 1) <= 0.15 for r in compared)
-    (RESULTS / "runtime.json").write_text(json.dumps({"rows": rows, "within_15_percent": ok}, indent=2))
+    (RESULTS / "runtime.json").write_text(
+        json.dumps({"rows": rows, "within_15_percent": ok}, indent=2)
+    )
     lines = [
         "### `tfedge bench` p50 vs LiteRT's `benchmark_litert_model` (1 thread, medians of "
         f"{ROUNDS} alternating rounds of {RUNS} runs)",
@@ -96,8 +131,14 @@ def main() -> int:
         "| model | tfedge p50 ms | LiteRT tool p50 ms | ratio |",
         "|---|---|---|---|",
     ]
-    lines += [f"| {r['model']} | {r['tfedge_p50_ms']:.3f} | {r['litert_p50_ms']:.2f} | {r['ratio']:.3f} |" for r in rows]
-    lines += ["", f"Target: within 15 % on every model with p50 >= 0.2 ms: **{'met' if ok else 'NOT met'}**."]
+    lines += [
+        f"| {r['model']} | {r['tfedge_p50_ms']:.3f} | {r['litert_p50_ms']:.2f} | {r['ratio']:.3f} |"
+        for r in rows
+    ]
+    lines += [
+        "",
+        f"Target: within 15 % on every model with p50 >= 0.2 ms: **{'met' if ok else 'NOT met'}**.",
+    ]
     (RESULTS / "runtime.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0 if ok else 1
