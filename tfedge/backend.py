@@ -31,6 +31,21 @@ with quiet():
     import tf_keras as keras
 
 absl.logging.set_verbosity(absl.logging.ERROR)
+
+
+def _split_cpu(count: int) -> None:
+    """Expose the CPU as ``count`` logical devices (must run before TensorFlow initializes them)."""
+    cpus = tf.config.list_physical_devices("CPU")
+    if cpus and count > 1:
+        tf.config.set_logical_device_configuration(
+            cpus[0], [tf.config.LogicalDeviceConfiguration() for _ in range(count)]
+        )
+
+
+# TFEDGE_LOGICAL_CPUS=2 lets MirroredStrategy spread fine-tuning over 2 CPU replicas (tests, demos).
+if os.environ.get("TFEDGE_LOGICAL_CPUS", "").isdigit():
+    _split_cpu(int(os.environ["TFEDGE_LOGICAL_CPUS"]))
+
 tf.get_logger().setLevel(logging.ERROR)
 tf.autograph.set_verbosity(0)
 

@@ -221,6 +221,9 @@ def optimize(
         from tfedge.models.training import resolve_strategy
 
         strategy = resolve_strategy("mirrored")
+        from tfedge.console import echo
+
+        echo(f"strategy: MirroredStrategy over {strategy.num_replicas_in_sync} replicas")
     else:
         strategy = None
     run_optimize(
