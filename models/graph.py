@@ -1,0 +1,355 @@
+"""Functional-graph helpers for the stages that change a model's structure (filter pruning, factorization).
+
+A tf_keras functional model is read as a list of :class:`GraphNode` (one per layer, in topological
+order, with the tensors each one consumes), rewritten as a config (``model.get_config()``), and
+rebuilt with :func:`rebuild`, which carries every weight over: changed layers take the arrays the
+stage computed, the others keep theirs. The private ``_fine_tune`` is the small fit loop the
+structural stages share (cross-entropy, or distillation from a teacher).
+
+Example:
+    >>> from tfedge.models.zoo import build
+    >>> nodes = graph_nodes(build("resnet8"))
+    >>> [n.name for n in nodes if n.class_name == "Add"]
+    ['stack1_add', 'stack2_add', 'stack3_add']
+"""
+
+import copy
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from tfedge.backend import keras, tf
+from tfedge.errors import OptimizationError
+
+__all__ = [
+    "GraphNode",
+    "as_functional",
+    "graph_nodes",
+    "output_names",
+    "rebuild",
+    "stage_data",
+    "outputs_probabilities",
+    "resolve_strategy",
+    "strategy_scope",
+]
+
+FUNCTIONAL_HINT = (
+    "build the model with the functional API (keras.Input -> layers -> keras.Model) or as a "
+    "Sequential with an input shape"
+)
+
+
+@dataclass
+class GraphNode:
+    """One layer of a functional model, as the graph rewriting sees it.
+
+    Attributes:
+        name: the layer's name.
+        layer: the layer object.
+        class_name: the layer's class name (``Conv2D``, ``Add``...).
+        inputs: the tensors the layer consumes, as ``(producer layer name, output index)``, in call
+            order (including tensors passed as keyword arguments).
+        input_shapes: the shapes of those tensors.
+        output_shapes: the shapes of the layer's outputs.
+        shared: True when the layer is called more than once in the model.
+        consumers: names of the layers that consume this layer's outputs.
+    """
+
+    name: str
+    layer: object
+    class_name: str
+    inputs: list = field(default_factory=list)
+    input_shapes: list = field(default_factory=list)
+    output_shapes: list = field(default_factory=list)
+    shared: bool = False
+    consumers: list = field(default_factory=list)
+
+
+def as_functional(model) -> keras.Model:
+    """Return ``model`` as a tf_keras functional model (a built Sequential is wrapped, sharing layers).
+
+    Raises:
+        OptimizationError: for a Keras 3 model, a subclassed model, or a Sequential without inputs.
+
+    Example:
+        >>> seq = keras.Sequential([keras.layers.Dense(2, input_shape=(3,))])
+        >>> as_functional(seq).layers[0].__class__.__name__
+        'InputLayer'
+    """
+    from tfedge.backend import is_keras3_model
+
+    if is_keras3_model(model):
+        raise OptimizationError(
+            f"model {model.name!r} is a Keras 3 model; this stage needs a tf_keras (Keras 2) model",
+            "rebuild it first with tfedge.models.rebuild.to_keras2(model)",
+        )
+    if not isinstance(model, keras.Model):
+        raise OptimizationError(
+            f"expected a tf_keras model, got {type(model).__name__}",
+            "load the model with tfedge.loading.load_model, or build it with tfedge.backend.keras",
+        )
+    if isinstance(model, keras.Sequential):
+        if not model.inputs:
+            raise OptimizationError(
+                f"the Sequential model {model.name!r} has no defined input",
+                "give its first layer an input_shape=..., or start it with keras.Input(shape)",
+            )
+        return keras.Model(model.inputs, model.outputs, name=model.name)
+    if not getattr(model, "_is_graph_network", False):
+        raise OptimizationError(
+            f"model {model.name!r} ({type(model).__name__}) is a subclassed model: its graph "
+            "cannot be read or rebuilt",
+            FUNCTIONAL_HINT,
+        )
+    return model
+
+
+def _history(tensor):
+    history = tensor._keras_history
+    return history.layer.name, int(history.tensor_index)
+
+
+def _shape(tensor) -> tuple:
+    return tuple(None if d is None else int(d) for d in tensor.shape)
+
+
+def graph_nodes(model) -> list[GraphNode]:
+    """The layers of a functional model in topological order, with the tensors they consume.
+
+    Args:
+        model: a tf_keras functional (or built Sequential) model.
+
+    Returns:
+        One :class:`GraphNode` per layer, producers before consumers.
+
+    Example:
+        >>> from tfedge.models.zoo import build
+        >>> graph_nodes(build("digits_cnn"))[1].inputs
+        [('image', 0)]
+    """
+    model = as_functional(model)
+    network_nodes = getattr(model, "_network_nodes", set())
+    nodes = []
+    by_name = {}
+    for layer in model.layers:
+        own = [
+            node
+            for index, node in enumerate(layer._inbound_nodes)
+            if f"{layer.name}_ib-{index}" in network_nodes
+        ]
+        node = GraphNode(layer.name, layer, type(layer).__name__, shared=len(own) > 1)
+        if own:
+            first = own[0]
+            if not isinstance(layer, keras.layers.InputLayer):
+                for tensor in first.keras_inputs:
+                    node.inputs.append(_history(tensor))
+                    node.input_shapes.append(_shape(tensor))
+            node.output_shapes = [_shape(t) for t in tf.nest.flatten(first.outputs)]
+        nodes.append(node)
+        by_name[layer.name] = node
+    for node in nodes:
+        for producer, _ in node.inputs:
+            if producer in by_name and node.name not in by_name[producer].consumers:
+                by_name[producer].consumers.append(node.name)
+    return nodes
+
+
+def output_names(model) -> set[str]:
+    """Names of the layers whose outputs are the model's outputs."""
+    return {tensor._keras_history.layer.name for tensor in as_functional(model).outputs}
+
+
+def rebuild(model, config: dict, weights: dict, name: str | None = None) -> keras.Model:
+    """Build a functional model from a (rewritten) config and carry the weights over.
+
+    Args:
+        model: the original model; layers absent from ``weights`` take their weights from the layer
+            of the same name in it.
+        config: the functional config (``model.get_config()``, rewritten).
+        weights: ``{layer name: list of arrays}`` for the layers whose weights changed or are new.
+        name: the new model's name (default: the original's).
+
+    Returns:
+        The new tf_keras functional model, weights set.
+
+    Raises:
+        OptimizationError: when a layer's new weights do not fit its rebuilt shape.
+    """
+    config = copy.deepcopy(config)
+    for layer_config in config["layers"]:
+        layer_config.pop("build_config", None)
+    if name:
+        config["name"] = name
+    # The model is already in memory (nothing untrusted is read): its Lambda layers may be rebuilt.
+    with keras.src.saving.serialization_lib.SafeModeScope(False):
+        new = keras.Model.from_config(config)
+    old_layers = {layer.name: layer for layer in model.layers}
+    for layer in new.layers:
+        arrays = weights.get(layer.name)
+        if arrays is None:
+            if layer.name not in old_layers:
+                continue
+            arrays = old_layers[layer.name].get_weights()
+        if not arrays and not layer.weights:
+            continue
+        try:
+            layer.set_weights([np.asarray(a) for a in arrays])
+        except ValueError as exc:
+            raise OptimizationError(
+                f"cannot carry the weights of layer {layer.name!r} ({type(layer).__name__}) over "
+                f"to the rebuilt model: {str(exc).splitlines()[0][:300]}",
+                "this is a bug in the graph rewriting; please report it with the model summary",
+            ) from exc
+    return new
+
+
+def stage_data(data, model, name: str):
+    """Load a stage's ``train`` / ``val`` data (any form :func:`tfedge.data.load_data` takes), with labels."""
+    from tfedge.data import load_data
+
+    if data is None:
+        return None
+    shape = tuple(model.inputs[0].shape[1:]) if getattr(model, "inputs", None) else None
+    return load_data(data, input_shape=shape, require_labels=True, name=name)
+
+
+def outputs_probabilities(model) -> bool:
+    """True when the model's output is a softmax (probabilities), False for logits."""
+    layer = as_functional(model).outputs[0]._keras_history.layer
+    if type(layer).__name__ == "Softmax":
+        return True
+    activation = getattr(layer, "activation", None)
+    return getattr(activation, "__name__", "") == "softmax"
+
+
+def resolve_strategy(strategy):
+    """``None``, ``"mirrored"`` or a ``tf.distribute.Strategy`` -> the strategy object (or None)."""
+    if strategy is None:
+        return None
+    if isinstance(strategy, str):
+        if strategy != "mirrored":
+            raise OptimizationError(
+                f"unknown strategy {strategy!r}; expected 'mirrored' or a tf.distribute.Strategy",
+                "leave it out to train on the default device",
+            )
+        return tf.distribute.MirroredStrategy()
+    return strategy
+
+
+class _EpochBar(keras.callbacks.Callback):
+    """One progress bar over the epochs, showing loss and validation accuracy."""
+
+    def __init__(self, epochs: int, desc: str):
+        super().__init__()
+        self.epochs = epochs
+        self.desc = desc
+        self.bar = None
+
+    def on_train_begin(self, logs=None):
+        from tfedge.console import progress
+
+        self.bar = progress(total=self.epochs, desc=self.desc, unit="epoch")
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        shown = {k: f"{v:.4f}" for k, v in logs.items() if k in ("loss", "val_accuracy")}
+        self.bar.set_postfix(shown)
+        self.bar.update(1)
+
+    def on_train_end(self, logs=None):
+        self.bar.close()
+
+
+def _fine_tune(
+    model,
+    train,
+    val=None,
+    *,
+    epochs: int = 5,
+    teacher=None,
+    strategy=None,
+    batch_size: int = 32,
+    learning_rate: float = 1e-3,
+    temperature: float = 4.0,
+    alpha: float = 0.5,
+    seed: int = 0,
+    desc: str = "fine-tuning",
+) -> keras.Model:
+    """Fit ``model`` for ``epochs`` (Adam, cosine-decayed learning rate), distilling from ``teacher``.
+
+    With a teacher the loss is ``alpha * CE(labels) + (1 - alpha) * T^2 * KL(teacher_T || student_T)``
+    on temperature-softened outputs (probability outputs are turned back to logits by a log).
+    Returns the model (trained in place).
+    """
+    if epochs is None or epochs <= 0 or train is None:
+        return model
+    keras.utils.set_random_seed(seed)
+    probabilities = outputs_probabilities(model)
+    x, y = train.x, train.y.astype(np.float32)
+    validation = (val.x, val.y.astype(np.float32)) if val is not None else None
+    if teacher is not None:
+        soft = np.asarray(teacher.predict(x, batch_size=256, verbose=0), np.float32)
+        y = np.concatenate([y[:, None], soft], axis=1)
+        if val is not None:
+            soft_val = np.asarray(teacher.predict(val.x, batch_size=256, verbose=0), np.float32)
+            validation = (val.x, np.concatenate([val.y[:, None], soft_val], axis=1))
+        teacher_probabilities = outputs_probabilities(teacher)
+
+    def logits(values, are_probabilities):
+        return tf.math.log(tf.clip_by_value(values, 1e-7, 1.0)) if are_probabilities else values
+
+    def loss(y_true, y_pred):
+        labels = tf.cast(
+            tf.reshape(y_true[:, 0] if teacher is not None else y_true, [-1]), tf.int32
+        )
+        hard = keras.losses.sparse_categorical_crossentropy(
+            labels, y_pred, from_logits=not probabilities
+        )
+        if teacher is None:
+            return hard
+        student = tf.nn.log_softmax(logits(y_pred, probabilities) / temperature)
+        target = tf.nn.softmax(logits(y_true[:, 1:], teacher_probabilities) / temperature)
+        kl = tf.reduce_sum(target * (tf.math.log(target + 1e-9) - student), axis=-1)
+        return alpha * hard + (1.0 - alpha) * temperature**2 * kl
+
+    def accuracy(y_true, y_pred):
+        labels = tf.reshape(y_true[:, 0] if teacher is not None else y_true, [-1])
+        predicted = tf.cast(tf.argmax(y_pred, axis=-1), labels.dtype)
+        return tf.cast(tf.equal(labels, predicted), tf.float32)
+
+    steps = int(np.ceil(len(x) / batch_size)) * epochs
+    schedule = keras.optimizers.schedules.CosineDecay(learning_rate, steps)
+    strategy = resolve_strategy(strategy)
+    with strategy_scope(strategy):
+        model.compile(optimizer=keras.optimizers.Adam(schedule), loss=loss, metrics=[accuracy])
+    model.fit(
+        x,
+        y,
+        epochs=epochs,
+        batch_size=batch_size,
+        validation_data=validation,
+        verbose=0,
+        callbacks=[_EpochBar(epochs, desc)],
+    )
+    # A plain compile state, so that model.save() writes nothing that needs the closures above.
+    with strategy_scope(strategy):
+        model.compile(
+            optimizer=keras.optimizers.Adam(learning_rate),
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=not probabilities),
+            metrics=["accuracy"],
+        )
+    return model
+
+
+def strategy_scope(strategy):
+    """The strategy's scope (a no-op context for None)."""
+    strategy = resolve_strategy(strategy)
+    return strategy.scope() if strategy is not None else _null_scope()
+
+
+class _null_scope:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
