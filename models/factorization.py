@@ -24,14 +24,12 @@ import numpy as np
 
 from tfedge.backend import keras
 from tfedge.errors import OptimizationError
+from tfedge.models import training
 from tfedge.models.graph import (
-    _fine_tune,
     as_functional,
     graph_nodes,
     rebuild,
-    resolve_strategy,
     stage_data,
-    strategy_scope,
 )
 
 __all__ = ["Factorized", "decompose", "factorize", "choose_rank"]
@@ -258,7 +256,7 @@ def factorize(
     Args:
         model: a tf_keras functional or Sequential model (trained).
         train: labelled training data (a :class:`tfedge.data.Dataset`, ``(x, y)``, an ``.npz``...).
-        val: labelled validation data, shown while fine-tuning (optional).
+        val: labelled validation data; the best fine-tuning epoch on it is kept (optional).
         epochs: fine-tuning epochs (default 5; 0 skips fine-tuning).
         teacher: a model to distil from while fine-tuning (typically the original model).
         strategy: None, ``"mirrored"`` or a ``tf.distribute.Strategy`` for fine-tuning.
@@ -267,7 +265,7 @@ def factorize(
         energy: the fraction of squared singular values to keep (default 0.9).
         skip: layer names or glob patterns to leave alone.
         batch_size: fine-tuning batch size.
-        learning_rate: the fine-tuning learning rate (cosine-decayed to 0).
+        learning_rate: the fine-tuning learning rate (cosine-decayed).
 
     Returns:
         The factorized tf_keras model, fine-tuned, ready for :func:`tfedge.converters.convert`.
@@ -276,11 +274,11 @@ def factorize(
         >>> thin = factorize(model, train, val, energy=0.9, teacher=model)  # doctest: +SKIP
     """
     functional = as_functional(model)
-    strategy = resolve_strategy(strategy)
+    strategy = training.resolve_strategy(strategy)
     train = stage_data(train, functional, "train")
     val = stage_data(val, functional, "val")
-    with strategy_scope(strategy):
-        thin, report = decompose(functional, rank=rank, ratio=ratio, energy=energy, skip=skip)
+    with training.strategy_scope(strategy):
+        result, report = decompose(functional, rank=rank, ratio=ratio, energy=energy, skip=skip)
     if not any(item.applied for item in report):
         raise OptimizationError(
             "factorization would not shrink any layer of "
@@ -289,14 +287,19 @@ def factorize(
             + " the two factors hold at least as many weights as the original",
             "lower the rank: energy=0.8, ratio=0.25 or rank=8",
         )
-    return _fine_tune(
-        thin,
-        train,
-        val,
-        epochs=DEFAULT_EPOCHS if epochs is None else epochs,
-        teacher=teacher,
-        strategy=strategy,
-        batch_size=batch_size,
-        learning_rate=learning_rate,
-        desc="fine-tuning factorized layers",
-    )
+    # Fine-tuning trains every layer, even when the model came in frozen (a teacher elsewhere).
+    result.trainable = True
+    epochs = DEFAULT_EPOCHS if epochs is None else int(epochs)
+    if epochs > 0:
+        training.fit(
+            result,
+            train,
+            val,
+            epochs=epochs,
+            teacher=teacher,
+            strategy=strategy,
+            batch_size=batch_size,
+            learning_rate=learning_rate,
+            desc="fine-tuning factorized layers",
+        )
+    return result

@@ -39,15 +39,13 @@ import numpy as np
 
 from tfedge.backend import keras, tf
 from tfedge.errors import OptimizationError
+from tfedge.models import training
 from tfedge.models.graph import (
-    _fine_tune,
     as_functional,
     graph_nodes,
     output_names,
     rebuild,
-    resolve_strategy,
     stage_data,
-    strategy_scope,
 )
 
 __all__ = ["CRITERIA", "FilterGroup", "PruningPlan", "filter_groups", "shrink", "prune_filters"]
@@ -421,8 +419,6 @@ def _taylor_scores(analysis, names, data, batches, batch_size):
     linear in its per-channel parameters, this sum is ``sum(activation * gradient)`` over the
     channel's feature map, Molchanov et al.'s first-order Taylor criterion.
     """
-    from tfedge.models.graph import outputs_probabilities
-
     if data is None:
         raise OptimizationError(
             "criterion 'taylor' needs training data to compute gradients, and train is None",
@@ -436,7 +432,7 @@ def _taylor_scores(analysis, names, data, batches, batch_size):
     for layer in gates.values():
         variables += [w for w in layer.trainable_weights]
     variables = list({id(v): v for v in variables}.values())
-    from_logits = not outputs_probabilities(model)
+    from_logits = not training.outputs_probabilities(model, data.x)
     loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=from_logits, reduction="sum")
     rng = np.random.default_rng(0)
     order = rng.permutation(len(data.x))
@@ -697,7 +693,7 @@ def prune_filters(
     Args:
         model: a tf_keras functional or Sequential model (trained).
         train: labelled training data (a :class:`tfedge.data.Dataset`, ``(x, y)``, an ``.npz``...).
-        val: labelled validation data, shown while fine-tuning (optional).
+        val: labelled validation data; the best fine-tuning epoch on it is kept (optional).
         epochs: fine-tuning epochs (default 10; 0 skips fine-tuning).
         teacher: a model to distil from while fine-tuning (typically the unpruned model).
         strategy: None, ``"mirrored"`` or a ``tf.distribute.Strategy`` for fine-tuning.
@@ -707,7 +703,7 @@ def prune_filters(
         min_filters: the fewest filters a group keeps.
         round_to: round kept filter counts to a multiple of this.
         batch_size: fine-tuning (and Taylor) batch size.
-        learning_rate: the fine-tuning learning rate (cosine-decayed to 0).
+        learning_rate: the fine-tuning learning rate (cosine-decayed).
         taylor_batches: batches the Taylor criterion looks at.
 
     Returns:
@@ -717,11 +713,11 @@ def prune_filters(
         >>> small = prune_filters(model, train, val, ratio=0.5, teacher=model)  # doctest: +SKIP
     """
     functional = as_functional(model)
-    strategy = resolve_strategy(strategy)
+    strategy = training.resolve_strategy(strategy)
     train = stage_data(train, functional, "train")
     val = stage_data(val, functional, "val")
-    with strategy_scope(strategy):
-        small, _ = shrink(
+    with training.strategy_scope(strategy):
+        result, _ = shrink(
             functional,
             ratio,
             criterion,
@@ -732,14 +728,19 @@ def prune_filters(
             taylor_batches=taylor_batches,
             batch_size=batch_size,
         )
-    return _fine_tune(
-        small,
-        train,
-        val,
-        epochs=DEFAULT_EPOCHS if epochs is None else epochs,
-        teacher=teacher,
-        strategy=strategy,
-        batch_size=batch_size,
-        learning_rate=learning_rate,
-        desc="fine-tuning pruned filters",
-    )
+    # Fine-tuning trains every layer, even when the model came in frozen (a teacher elsewhere).
+    result.trainable = True
+    epochs = DEFAULT_EPOCHS if epochs is None else int(epochs)
+    if epochs > 0:
+        training.fit(
+            result,
+            train,
+            val,
+            epochs=epochs,
+            teacher=teacher,
+            strategy=strategy,
+            batch_size=batch_size,
+            learning_rate=learning_rate,
+            desc="fine-tuning pruned filters",
+        )
+    return result

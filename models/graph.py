@@ -3,8 +3,7 @@
 A tf_keras functional model is read as a list of :class:`GraphNode` (one per layer, in topological
 order, with the tensors each one consumes), rewritten as a config (``model.get_config()``), and
 rebuilt with :func:`rebuild`, which carries every weight over: changed layers take the arrays the
-stage computed, the others keep theirs. The private ``_fine_tune`` is the small fit loop the
-structural stages share (cross-entropy, or distillation from a teacher).
+stage computed, the others keep theirs.
 
 Example:
     >>> from tfedge.models.zoo import build
@@ -28,9 +27,6 @@ __all__ = [
     "output_names",
     "rebuild",
     "stage_data",
-    "outputs_probabilities",
-    "resolve_strategy",
-    "strategy_scope",
 ]
 
 FUNCTIONAL_HINT = (
@@ -211,145 +207,3 @@ def stage_data(data, model, name: str):
         return None
     shape = tuple(model.inputs[0].shape[1:]) if getattr(model, "inputs", None) else None
     return load_data(data, input_shape=shape, require_labels=True, name=name)
-
-
-def outputs_probabilities(model) -> bool:
-    """True when the model's output is a softmax (probabilities), False for logits."""
-    layer = as_functional(model).outputs[0]._keras_history.layer
-    if type(layer).__name__ == "Softmax":
-        return True
-    activation = getattr(layer, "activation", None)
-    return getattr(activation, "__name__", "") == "softmax"
-
-
-def resolve_strategy(strategy):
-    """``None``, ``"mirrored"`` or a ``tf.distribute.Strategy`` -> the strategy object (or None)."""
-    if strategy is None:
-        return None
-    if isinstance(strategy, str):
-        if strategy != "mirrored":
-            raise OptimizationError(
-                f"unknown strategy {strategy!r}; expected 'mirrored' or a tf.distribute.Strategy",
-                "leave it out to train on the default device",
-            )
-        return tf.distribute.MirroredStrategy()
-    return strategy
-
-
-class _EpochBar(keras.callbacks.Callback):
-    """One progress bar over the epochs, showing loss and validation accuracy."""
-
-    def __init__(self, epochs: int, desc: str):
-        super().__init__()
-        self.epochs = epochs
-        self.desc = desc
-        self.bar = None
-
-    def on_train_begin(self, logs=None):
-        from tfedge.console import progress
-
-        self.bar = progress(total=self.epochs, desc=self.desc, unit="epoch")
-
-    def on_epoch_end(self, epoch, logs=None):
-        logs = logs or {}
-        shown = {k: f"{v:.4f}" for k, v in logs.items() if k in ("loss", "val_accuracy")}
-        self.bar.set_postfix(shown)
-        self.bar.update(1)
-
-    def on_train_end(self, logs=None):
-        self.bar.close()
-
-
-def _fine_tune(
-    model,
-    train,
-    val=None,
-    *,
-    epochs: int = 5,
-    teacher=None,
-    strategy=None,
-    batch_size: int = 32,
-    learning_rate: float = 1e-3,
-    temperature: float = 4.0,
-    alpha: float = 0.5,
-    seed: int = 0,
-    desc: str = "fine-tuning",
-) -> keras.Model:
-    """Fit ``model`` for ``epochs`` (Adam, cosine-decayed learning rate), distilling from ``teacher``.
-
-    With a teacher the loss is ``alpha * CE(labels) + (1 - alpha) * T^2 * KL(teacher_T || student_T)``
-    on temperature-softened outputs (probability outputs are turned back to logits by a log).
-    Returns the model (trained in place).
-    """
-    if epochs is None or epochs <= 0 or train is None:
-        return model
-    keras.utils.set_random_seed(seed)
-    probabilities = outputs_probabilities(model)
-    x, y = train.x, train.y.astype(np.float32)
-    validation = (val.x, val.y.astype(np.float32)) if val is not None else None
-    if teacher is not None:
-        soft = np.asarray(teacher.predict(x, batch_size=256, verbose=0), np.float32)
-        y = np.concatenate([y[:, None], soft], axis=1)
-        if val is not None:
-            soft_val = np.asarray(teacher.predict(val.x, batch_size=256, verbose=0), np.float32)
-            validation = (val.x, np.concatenate([val.y[:, None], soft_val], axis=1))
-        teacher_probabilities = outputs_probabilities(teacher)
-
-    def logits(values, are_probabilities):
-        return tf.math.log(tf.clip_by_value(values, 1e-7, 1.0)) if are_probabilities else values
-
-    def loss(y_true, y_pred):
-        labels = tf.cast(
-            tf.reshape(y_true[:, 0] if teacher is not None else y_true, [-1]), tf.int32
-        )
-        hard = keras.losses.sparse_categorical_crossentropy(
-            labels, y_pred, from_logits=not probabilities
-        )
-        if teacher is None:
-            return hard
-        student = tf.nn.log_softmax(logits(y_pred, probabilities) / temperature)
-        target = tf.nn.softmax(logits(y_true[:, 1:], teacher_probabilities) / temperature)
-        kl = tf.reduce_sum(target * (tf.math.log(target + 1e-9) - student), axis=-1)
-        return alpha * hard + (1.0 - alpha) * temperature**2 * kl
-
-    def accuracy(y_true, y_pred):
-        labels = tf.reshape(y_true[:, 0] if teacher is not None else y_true, [-1])
-        predicted = tf.cast(tf.argmax(y_pred, axis=-1), labels.dtype)
-        return tf.cast(tf.equal(labels, predicted), tf.float32)
-
-    steps = int(np.ceil(len(x) / batch_size)) * epochs
-    schedule = keras.optimizers.schedules.CosineDecay(learning_rate, steps)
-    strategy = resolve_strategy(strategy)
-    with strategy_scope(strategy):
-        model.compile(optimizer=keras.optimizers.Adam(schedule), loss=loss, metrics=[accuracy])
-    model.fit(
-        x,
-        y,
-        epochs=epochs,
-        batch_size=batch_size,
-        validation_data=validation,
-        verbose=0,
-        callbacks=[_EpochBar(epochs, desc)],
-    )
-    # A plain compile state, so that model.save() writes nothing that needs the closures above.
-    with strategy_scope(strategy):
-        model.compile(
-            optimizer=keras.optimizers.Adam(learning_rate),
-            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=not probabilities),
-            metrics=["accuracy"],
-        )
-    return model
-
-
-def strategy_scope(strategy):
-    """The strategy's scope (a no-op context for None)."""
-    strategy = resolve_strategy(strategy)
-    return strategy.scope() if strategy is not None else _null_scope()
-
-
-class _null_scope:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
