@@ -28,8 +28,8 @@ from collections.abc import Sequence
 import flatbuffers
 import numpy as np
 from ai_edge_litert import schema_py_generated as _tfl
-from tfedge.converters import metadata_schema_py_generated as _md
 
+from tfedge.converters import metadata_schema_py_generated as _md
 from tfedge.errors import ConversionError, InputFileError
 
 __all__ = [

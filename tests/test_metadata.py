@@ -19,6 +19,8 @@ import numpy as np
 import pytest
 from ai_edge_litert import schema_py_generated as tfl
 from ai_edge_litert.interpreter import Interpreter
+
+from tfedge.backend import keras, tf
 from tfedge.converters.metadata import (
     LABELS_FILE_NAME,
     METADATA_NAME,
@@ -27,8 +29,6 @@ from tfedge.converters.metadata import (
     read_labels_file,
     read_metadata,
 )
-
-from tfedge.backend import keras, tf
 from tfedge.errors import ConversionError, InputFileError
 
 REPO = Path(__file__).resolve().parents[1]
