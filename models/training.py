@@ -1,0 +1,651 @@
+"""Shared fine-tuning helpers for the compression stages (pruning, QAT, clustering, distillation).
+
+Every stage fine-tunes the same way: Adam with a cosine-decayed learning rate, a progress bar per
+epoch, the best epoch on validation accuracy restored at the end, optional distillation from a
+teacher, and an optional ``tf.distribute`` strategy under whose scope everything is built, compiled
+and fitted. The helpers here also turn a nested model into a flat one, copy a model with its
+weights, and pick the layers a stage works on (``skip=("first", "last")``, names or layer types).
+
+Example:
+    >>> from tfedge.models.training import fit, evaluate
+    >>> history = fit(model, train, val, epochs=5)  # doctest: +SKIP
+    >>> evaluate(model, val)  # doctest: +SKIP
+    0.985
+"""
+
+import contextlib
+import math
+
+import numpy as np
+
+from tfedge.backend import keras, tf
+from tfedge.errors import OptimizationError
+
+__all__ = [
+    "DEFAULT_BATCH_SIZE",
+    "steps_per_epoch",
+    "epochs_for",
+    "strategy_scope",
+    "resolve_strategy",
+    "check_data",
+    "outputs_probabilities",
+    "clone_model",
+    "trusted_cloning",
+    "flatten_model",
+    "select_layers",
+    "skipped_layers",
+    "kernel_layers",
+    "fit",
+    "evaluate",
+    "EpochProgress",
+    "RestoreBest",
+]
+
+DEFAULT_BATCH_SIZE = 32
+_PROBABILITY_TOLERANCE = 1e-3
+
+
+def steps_per_epoch(samples: int, batch_size: int = DEFAULT_BATCH_SIZE) -> int:
+    """Optimizer steps in one epoch: ``ceil(samples / batch_size)``.
+
+    Example:
+        >>> steps_per_epoch(1400, 32)
+        44
+    """
+    return max(1, math.ceil(int(samples) / int(batch_size)))
+
+
+def epochs_for(
+    train,
+    steps: int,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    minimum: int = 2,
+    maximum: int = 100,
+) -> int:
+    """A default epoch count sized by the data: about ``steps`` optimizer steps, within bounds.
+
+    Small data sets get more epochs, large ones fewer, so a stage's default costs about the same
+    number of updates whatever the data.
+
+    Args:
+        train: the training :class:`~tfedge.data.Dataset` (or anything with ``len``).
+        steps: the number of optimizer steps wanted.
+        batch_size: the batch size.
+        minimum: the fewest epochs.
+        maximum: the most epochs.
+
+    Example:
+        >>> epochs_for(range(1400), steps=600)
+        14
+    """
+    per_epoch = steps_per_epoch(len(train), batch_size)
+    return int(min(maximum, max(minimum, round(steps / per_epoch))))
+
+
+def resolve_strategy(strategy):
+    """Turn ``None``, ``"default"``, ``"mirrored"`` or a ``tf.distribute.Strategy`` into a strategy or None.
+
+    Example:
+        >>> resolve_strategy(None) is None
+        True
+    """
+    if strategy is None or isinstance(strategy, tf.distribute.Strategy):
+        return strategy
+    if isinstance(strategy, str):
+        name = strategy.strip().lower()
+        if name in ("", "none", "default"):
+            return None
+        if name == "mirrored":
+            return tf.distribute.MirroredStrategy()
+    raise OptimizationError(
+        f"strategy {strategy!r} is not a tf.distribute strategy; expected None, 'default', "
+        "'mirrored' or a tf.distribute.Strategy instance",
+        "pass strategy=tf.distribute.MirroredStrategy() (all local GPUs) or leave it out",
+    )
+
+
+def strategy_scope(strategy):
+    """``strategy.scope()``, or a do-nothing context when ``strategy`` is None.
+
+    Example:
+        >>> with strategy_scope(None):
+        ...     pass
+    """
+    strategy = resolve_strategy(strategy)
+    return contextlib.nullcontext() if strategy is None else strategy.scope()
+
+
+def check_data(data, name: str, model=None):
+    """Check a fine-tuning data set has labels (and inputs the model takes); return it.
+
+    Raises:
+        OptimizationError: without labels, or with inputs of the wrong shape.
+    """
+    if data is None:
+        raise OptimizationError(
+            f"{name} data is missing; the stage fine-tunes the model and needs labelled data",
+            "pass a tfedge.data.Dataset with x (inputs) and y (integer labels)",
+        )
+    if getattr(data, "y", None) is None or getattr(data, "x", None) is None:
+        raise OptimizationError(
+            f"{name} data has no labels (y); fine-tuning needs integer class labels",
+            "load it with tfedge.data.load_data(..., require_labels=True)",
+        )
+    if model is not None:
+        want = tuple(model.input_shape[1:]) if not isinstance(model.input_shape, list) else None
+        got = tuple(data.x.shape[1:])
+        if want is not None and (
+            len(want) != len(got) or any(w is not None and w != g for w, g in zip(want, got))
+        ):
+            raise OptimizationError(
+                f"{name} inputs have shape {list(got)} but the model {model.name!r} expects "
+                f"{[d if d is not None else 'any' for d in want]}",
+                "give the data the model's input shape",
+            )
+        output = model.output_shape
+        if isinstance(output, list) or len(output) != 2 or (output[-1] or 0) < 2:
+            raise OptimizationError(
+                f"the model {model.name!r} has output shape {output}; the compression stages "
+                "fine-tune classifiers with one output of shape (batch, classes), classes >= 2",
+                "compress a classifier, or fine-tune other models with your own training loop",
+            )
+    return data
+
+
+def outputs_probabilities(model, x) -> bool:
+    """True when the model outputs probabilities (softmax), False when it outputs logits.
+
+    Decided on a few real inputs: every row non-negative and summing to 1 means probabilities.
+
+    Example:
+        >>> outputs_probabilities(model, train.x)  # doctest: +SKIP
+        True
+    """
+    sample = np.asarray(x[:32], dtype=np.float32)
+    out = np.asarray(model(sample, training=False), dtype=np.float64)
+    if out.ndim != 2:
+        return False
+    return bool(
+        (out >= -_PROBABILITY_TOLERANCE).all()
+        and np.allclose(out.sum(axis=1), 1.0, atol=_PROBABILITY_TOLERANCE * out.shape[1])
+    )
+
+
+def trusted_cloning():
+    """A context in which in-memory models with ``Lambda`` layers can be cloned.
+
+    Keras refuses to rebuild a ``Lambda`` from its config outside this scope (a guard against
+    untrusted files); cloning the user's own in-memory model is safe.
+    """
+    scope = getattr(getattr(getattr(keras, "src", None), "saving", None), "serialization_lib", None)
+    scope = getattr(scope, "SafeModeScope", None)
+    return contextlib.nullcontext() if scope is None else scope(False)
+
+
+def clone_model(model, clone_function=None) -> keras.Model:
+    """A copy of a functional or Sequential model with its own layers and the same weights.
+
+    Example:
+        >>> copy = clone_model(model)  # doctest: +SKIP
+    """
+    try:
+        with trusted_cloning():
+            copy = keras.models.clone_model(model, clone_function=clone_function)
+    except Exception as exc:
+        raise OptimizationError(
+            f"cannot copy the model {model.name!r} ({type(model).__name__}): {_first_line(exc)}",
+            "build the model with the functional or Sequential API, and register custom layers "
+            "(keras.utils.register_keras_serializable) so they can be cloned",
+        ) from exc
+    if clone_function is None:
+        copy.set_weights(model.get_weights())
+    return copy
+
+
+def _is_graph_model(layer) -> bool:
+    return isinstance(layer, keras.Model) and (
+        isinstance(layer, keras.Sequential) or getattr(layer, "_is_graph_network", False)
+    )
+
+
+def flatten_model(model) -> keras.Model:
+    """Inline nested functional/Sequential sub-models: one flat functional model, same weights.
+
+    tfmot's wrappers see only the top-level layers; a model built from sub-models (a backbone
+    plus a head, a Sequential block) is flattened first, so every inner layer can be wrapped. The
+    inner layers keep their names, prefixed by their sub-model's name where names would clash.
+
+    Raises:
+        OptimizationError: for a subclassed model (no graph to read).
+
+    Example:
+        >>> flat = flatten_model(keras.Sequential([backbone, head]))  # doctest: +SKIP
+        >>> [layer.name for layer in flat.layers]  # doctest: +SKIP
+    """
+    if not isinstance(model, keras.Model):
+        raise OptimizationError(
+            f"expected a Keras 2 (tf_keras) model, got {type(model).__module__}.{type(model).__name__}",
+            "load it with tfedge.loading.load_model, which rebuilds Keras 3 models for tfmot",
+        )
+    if not _is_graph_model(model):
+        raise OptimizationError(
+            f"the model {model.name!r} is a subclassed {type(model).__name__}: its layers cannot be "
+            "read as a graph, so they cannot be wrapped for pruning, clustering or QAT",
+            "rebuild it with the functional API (keras.Model(inputs, outputs)) or as a Sequential",
+        )
+    if not model.built or not model.inputs:
+        raise OptimizationError(
+            f"the model {model.name!r} has no inputs yet (built: {model.built})",
+            "give it an Input, e.g. keras.Input(shape=(16, 16, 1)), or call model.build(shape)",
+        )
+    nested = [layer for layer in model.layers if isinstance(layer, keras.Model)]
+    if not nested and not isinstance(model, keras.Sequential):
+        return model
+    for layer in nested:
+        if not _is_graph_model(layer):
+            raise OptimizationError(
+                f"the sub-model {layer.name!r} of {model.name!r} is a subclassed "
+                f"{type(layer).__name__}, which cannot be flattened",
+                "rebuild the sub-model with the functional API or as a Sequential",
+            )
+    private = clone_model(model)
+    used = {layer.name for layer in _all_layers(private) if not isinstance(layer, keras.Model)}
+    seen = set()
+    for layer in _all_layers(private):
+        if isinstance(layer, keras.Model):
+            continue
+        if layer.name in seen:
+            new = f"{_owner_name(private, layer)}_{layer.name}"
+            while new in used or new in seen:
+                new += "_"
+            layer._name = new
+        seen.add(layer.name)
+    inputs = [
+        keras.Input(batch_shape=tensor.shape, dtype=tensor.dtype, name=_input_name(private, i))
+        for i, tensor in enumerate(private.inputs)
+    ]
+    outputs = _call_graph(private, inputs)
+    flat = keras.Model(
+        inputs[0] if len(inputs) == 1 else inputs,
+        outputs[0] if len(outputs) == 1 else outputs,
+        name=model.name,
+    )
+    # A last copy gives every layer a single inbound node, which tfmot's wrappers expect.
+    return clone_model(flat)
+
+
+def _input_name(model, index: int) -> str:
+    layers = getattr(model, "_input_layers", None)
+    if layers and index < len(layers):
+        return layers[index].name
+    return f"input_{index}"
+
+
+def _all_layers(model):
+    for layer in model.layers:
+        yield layer
+        if isinstance(layer, keras.Model):
+            yield from _all_layers(layer)
+
+
+def _owner_name(model, target) -> str:
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            if any(inner is target for inner in layer.layers):
+                return layer.name
+            name = _owner_name(layer, target)
+            if name:
+                return name
+    return ""
+
+
+def _call_graph(model, inputs):
+    """Re-run a functional model's graph layer by layer on new tensors, inlining sub-models."""
+    usage = model._tensor_usage_count
+    tensors = {}
+    for x, y in zip(model.inputs, inputs):
+        key = str(id(x))
+        tensors[key] = [y] * max(1, usage[key])
+    for depth in sorted(model._nodes_by_depth, reverse=True):
+        for node in model._nodes_by_depth[depth]:
+            if node.is_input:
+                continue
+            if any(key not in tensors for key in node.flat_input_ids):
+                continue
+            args, kwargs = node.map_arguments(tensors)
+            layer = node.layer
+            if _is_graph_model(layer):
+                flat_inputs = tf.nest.flatten((args, kwargs))
+                outputs = _call_graph(layer, flat_inputs[: len(layer.inputs)])
+            else:
+                outputs = tf.nest.flatten(layer(*args, **kwargs))
+            for key, y in zip(node.flat_output_ids, tf.nest.flatten(outputs)):
+                tensors[key] = [y] * max(1, usage.get(key, 1))
+    results = []
+    for x in model.outputs:
+        key = str(id(x))
+        results.append(tensors[key].pop())
+    return results
+
+
+def _matches(layer, item) -> bool:
+    if isinstance(item, type):
+        return isinstance(layer, item)
+    return item == layer.name or item == type(layer).__name__
+
+
+def kernel_layers(model) -> list:
+    """The layers with a trainable kernel (a weight of rank >= 2): convolutions, dense, RNNs."""
+    return [
+        layer
+        for layer in model.layers
+        if any(len(weight.shape) >= 2 for weight in layer.trainable_weights)
+    ]
+
+
+def skipped_layers(model, skip, candidates=None) -> set:
+    """The names ``skip`` refers to in ``model``.
+
+    Args:
+        model: a flat functional or Sequential model.
+        skip: ``"first"`` / ``"last"`` (the first and last of ``candidates``), layer names, layer
+            class names (``"DepthwiseConv2D"``) or layer classes.
+        candidates: the layers "first" and "last" count among (default: the layers with a
+            kernel, see :func:`kernel_layers`).
+
+    Raises:
+        OptimizationError: when ``skip`` names an unknown layer or has a bad entry.
+    """
+    if skip is None:
+        skip = ()
+    if isinstance(skip, (str, type)):
+        skip = (skip,)
+    if candidates is None:
+        candidates = kernel_layers(model)
+    skipped = set()
+    for item in skip:
+        if item == "first":
+            skipped.update(layer.name for layer in candidates[:1])
+        elif item == "last":
+            skipped.update(layer.name for layer in candidates[-1:])
+        elif isinstance(item, (str, type)):
+            hits = [layer.name for layer in model.layers if _matches(layer, item)]
+            if not hits:
+                names = ", ".join(layer.name for layer in model.layers)
+                raise OptimizationError(
+                    f"skip names {getattr(item, '__name__', item)!r}, which is neither a layer nor "
+                    f"a layer type of the model {model.name!r}",
+                    f"use 'first', 'last', a layer type (e.g. 'Dense') or one of: {names}",
+                )
+            skipped.update(hits)
+        else:
+            raise OptimizationError(
+                f"skip entry {item!r} is a {type(item).__name__}; expected 'first', 'last', a "
+                "layer name, a layer type name or a layer class",
+                "e.g. skip=('first', 'last', 'DepthwiseConv2D')",
+            )
+    return skipped
+
+
+def select_layers(model, skip=("first", "last"), eligible=None) -> list[str]:
+    """Names of the layers a stage wraps: the eligible layers with weights, minus ``skip``.
+
+    Args:
+        model: a flat functional or Sequential model.
+        skip: what to leave alone: ``"first"`` / ``"last"`` (the first and last layer with a
+            kernel: usually the input conv and the classifier), layer names, layer class names
+            (``"DepthwiseConv2D"``) or layer classes.
+        eligible: a predicate ``layer -> bool`` (default: every layer with trainable weights).
+
+    Returns:
+        The selected layer names, in model order.
+
+    Raises:
+        OptimizationError: when ``skip`` names an unknown layer or has a bad entry.
+
+    Example:
+        >>> select_layers(model, skip=("first", "last"))  # doctest: +SKIP
+        ['conv2', 'fc1']
+    """
+    layers = [
+        layer
+        for layer in model.layers
+        if layer.trainable_weights and (eligible is None or eligible(layer))
+    ]
+    skipped = skipped_layers(model, skip)
+    return [layer.name for layer in layers if layer.name not in skipped]
+
+
+class EpochProgress(keras.callbacks.Callback):
+    """A progress bar with one step per epoch, showing the loss and validation accuracy."""
+
+    def __init__(self, epochs: int, desc: str = "fine-tuning"):
+        super().__init__()
+        self.epochs = epochs
+        self.desc = desc
+        self.bar = None
+
+    def on_train_begin(self, logs=None):
+        from tfedge.console import progress
+
+        self.bar = progress(total=self.epochs, desc=self.desc, unit="epoch")
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        shown = {}
+        for key in ("loss", "accuracy", "val_accuracy"):
+            if key in logs:
+                shown[key.replace("accuracy", "acc")] = f"{float(logs[key]):.4f}"
+        if self.bar is not None:
+            self.bar.set_postfix(shown, refresh=False)
+            self.bar.update(1)
+
+    def on_train_end(self, logs=None):
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+class RestoreBest(keras.callbacks.Callback):
+    """Keep the weights of the epoch with the best validation accuracy, restore them at the end.
+
+    Args:
+        target: the model whose weights are kept (the student inside a distiller).
+        monitor: the log key to maximize.
+        start_epoch: ignore epochs before this one (0-based), e.g. while a pruning schedule still
+            ramps up the sparsity.
+        patience: stop after this many epochs without improvement (None: never stop early).
+        initial: a labelled data set to score the starting weights on, so that training that
+            only makes the model worse gives the starting weights back (None: do not).
+        restore: restore the best weights at the end (False: only track and stop early).
+    """
+
+    def __init__(
+        self,
+        target,
+        monitor="val_accuracy",
+        start_epoch=0,
+        patience=None,
+        initial=None,
+        restore=True,
+    ):
+        super().__init__()
+        self.target = target
+        self.monitor = monitor
+        self.start_epoch = start_epoch
+        self.patience = patience
+        self.initial = initial
+        self.restore = restore
+        self.best = -np.inf
+        self.best_epoch = None
+        self.weights = None
+        self.history = []
+
+    def on_train_begin(self, logs=None):
+        if self.initial is not None and self.start_epoch == 0:
+            self.best = evaluate(self.target, self.initial)
+            self.best_epoch = -1
+            self.weights = self.target.get_weights()
+
+    def on_epoch_end(self, epoch, logs=None):
+        value = (logs or {}).get(self.monitor)
+        if value is None:
+            return
+        value = float(value)
+        self.history.append(value)
+        if epoch < self.start_epoch:
+            return
+        if value >= self.best:
+            self.best = value
+            self.best_epoch = epoch
+            self.weights = self.target.get_weights()
+        elif (
+            self.patience is not None
+            and self.best_epoch is not None
+            and epoch - self.best_epoch >= self.patience
+        ):
+            self.model.stop_training = True
+
+    def on_train_end(self, logs=None):
+        if self.restore and self.weights is not None:
+            self.target.set_weights(self.weights)
+
+
+def _learning_rate(learning_rate, total_steps: int, schedule: str):
+    if schedule == "constant":
+        return learning_rate
+    if schedule == "cosine":
+        return keras.optimizers.schedules.CosineDecay(
+            learning_rate, decay_steps=max(1, total_steps), alpha=0.05
+        )
+    raise OptimizationError(
+        f"learning-rate schedule {schedule!r} is unknown; expected 'cosine' or 'constant'"
+    )
+
+
+def fit(
+    model,
+    train,
+    val=None,
+    *,
+    epochs: int,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    learning_rate: float = 1e-3,
+    lr_schedule: str = "cosine",
+    teacher=None,
+    temperature: float = 4.0,
+    alpha: float = 0.1,
+    strategy=None,
+    callbacks=(),
+    restore_best: bool = True,
+    restore_from: int = 0,
+    keep_initial: bool = False,
+    patience: int | None = None,
+    desc: str = "fine-tuning",
+    seed: int | None = 0,
+):
+    """Compile and fit a classifier in place, with distillation from ``teacher`` when given.
+
+    The loss is sparse categorical cross-entropy (on probabilities or logits, whichever the model
+    outputs); with a teacher it is a :class:`~tfedge.models.distillation.Distiller` loss instead.
+    The weights of the best epoch on ``val`` accuracy are restored at the end.
+
+    Args:
+        model: the tf_keras model to train (wrapped or not); trained in place.
+        train: training :class:`~tfedge.data.Dataset` with labels.
+        val: validation :class:`~tfedge.data.Dataset` with labels, or None.
+        epochs: the number of epochs.
+        batch_size: the batch size.
+        learning_rate: Adam's initial learning rate.
+        lr_schedule: ``"cosine"`` (decay to 5 % over the run) or ``"constant"``.
+        teacher: a model to distill from, or None for plain label training.
+        temperature: the distillation temperature.
+        alpha: the weight of the true-label loss in distillation (1 - alpha for the teacher's).
+        strategy: a ``tf.distribute`` strategy to compile and fit under, or None.
+        callbacks: extra Keras callbacks (e.g. tfmot's ``UpdatePruningStep``).
+        restore_best: restore the best epoch's weights at the end (needs ``val``).
+        restore_from: only epochs from this one on (0-based) compete for "best".
+        keep_initial: let the starting weights compete too (for polishing a finished model).
+        patience: stop early after this many epochs without improvement (None: never).
+        desc: the progress bar's label.
+        seed: the random seed (None leaves the global seed alone).
+
+    Returns:
+        The :class:`RestoreBest` callback (``best``, ``best_epoch``, ``history``).
+
+    Example:
+        >>> fit(model, train, val, epochs=5, teacher=float_model).best  # doctest: +SKIP
+        0.987
+    """
+    check_data(train, "training", model)
+    if val is not None:
+        check_data(val, "validation", model)
+    if seed is not None:
+        keras.utils.set_random_seed(seed)
+    from tfedge.console import quiet
+
+    probabilities = outputs_probabilities(model, train.x)
+    total_steps = epochs * steps_per_epoch(len(train), batch_size)
+    with strategy_scope(strategy):
+        optimizer = keras.optimizers.Adam(_learning_rate(learning_rate, total_steps, lr_schedule))
+        if teacher is not None:
+            from tfedge.models.distillation import Distiller
+
+            trainer = Distiller(
+                model,
+                teacher,
+                temperature=temperature,
+                alpha=alpha,
+                student_probabilities=probabilities,
+                teacher_probabilities=outputs_probabilities(teacher, train.x),
+            )
+            trainer.compile(optimizer=optimizer, metrics=["accuracy"])
+        else:
+            trainer = model
+            trainer.compile(
+                optimizer=optimizer,
+                loss=keras.losses.SparseCategoricalCrossentropy(from_logits=not probabilities),
+                metrics=["accuracy"],
+            )
+    best = RestoreBest(
+        model,
+        start_epoch=restore_from,
+        patience=patience,
+        initial=val if keep_initial else None,
+        restore=restore_best,
+    )
+    all_callbacks = [*callbacks, EpochProgress(epochs, desc)]
+    if val is not None and (restore_best or patience is not None):
+        all_callbacks.append(best)
+    validation = None if val is None else (val.x, val.y)
+    with quiet():
+        trainer.fit(
+            train.x,
+            train.y,
+            batch_size=batch_size,
+            epochs=epochs,
+            validation_data=validation,
+            shuffle=True,
+            callbacks=all_callbacks,
+            verbose=0,
+        )
+    return best
+
+
+def evaluate(model, data, batch_size: int = 256) -> float:
+    """Top-1 accuracy of a Keras model on a labelled data set.
+
+    Example:
+        >>> evaluate(model, test)  # doctest: +SKIP
+        0.9849
+    """
+    check_data(data, "evaluation")
+    predictions = model.predict(data.x, batch_size=batch_size, verbose=0)
+    return float(np.mean(np.argmax(predictions, axis=-1) == data.y))
+
+
+def _first_line(exc) -> str:
+    for line in str(exc).splitlines():
+        if line.strip():
+            return line.strip()[:300]
+    return type(exc).__name__

@@ -1,0 +1,204 @@
+"""Magnitude pruning: real sparsity in the int8 model, accuracy kept, structure, layer choice."""
+
+import gzip
+
+import numpy as np
+import pytest
+
+from tfedge.errors import OptimizationError
+
+
+def int8_accuracy(blob: bytes, data, tmp_path) -> float:
+    """Top-1 accuracy of a .tflite model with the real LiteRT interpreter."""
+    from tfedge.runner import bench_models
+
+    path = tmp_path / "model.tflite"
+    path.write_bytes(blob)
+    ((kind, row),) = list(bench_models([str(path)], data=(data.x, data.y), runs=1, warmup=0))
+    assert kind == "result", row
+    return row["accuracy"]
+
+
+@pytest.fixture(scope="module")
+def pruned(trained_digits_cnn, digits):
+    from tfedge.models.pruning import prune
+
+    train, test = digits
+    return prune(
+        trained_digits_cnn, train, test, sparsity=0.8, teacher=trained_digits_cnn, epochs=8
+    )
+
+
+@pytest.fixture(scope="module")
+def pruned_int8(pruned, digits):
+    from tfedge.converters import convert
+
+    return convert(pruned, calib=digits[0])
+
+
+def test_pruned_int8_model_is_sparse_fully_integer_and_accurate(
+    pruned_int8, trained_digits_cnn, digits, accuracy_of, tmp_path
+):
+    from tfedge.inspector import inspect_model
+
+    info = inspect_model(pruned_int8)
+    assert info["fully_integer"]
+    assert info["input"][0]["dtype"] == "int8" and info["output"][0]["dtype"] == "int8"
+    assert info["weight_sparsity"] >= 0.79
+    float_accuracy = accuracy_of(trained_digits_cnn, digits[1])
+    assert int8_accuracy(pruned_int8, digits[1], tmp_path) >= float_accuracy - 0.03
+
+
+def test_pruned_int8_model_is_much_smaller_gzipped(pruned_int8, trained_digits_cnn):
+    from tfedge.converters import convert
+
+    float_gzip = len(gzip.compress(convert(trained_digits_cnn, mode="float32")))
+    assert len(gzip.compress(pruned_int8)) * 7 < float_gzip
+
+
+def test_first_and_last_layers_stay_dense_and_the_rest_make_up(pruned):
+    from tfedge.models.pruning import weight_sparsity
+
+    assert weight_sparsity(pruned, ["conv1"]) < 0.1
+    assert weight_sparsity(pruned, ["logits"]) < 0.1
+    assert weight_sparsity(pruned, ["conv2", "fc1"]) > 0.8
+    assert weight_sparsity(pruned) >= 0.8
+
+
+def test_input_model_is_left_untouched(trained_digits_cnn, digits):
+    from tfedge.models.pruning import prune
+
+    before = [w.copy() for w in trained_digits_cnn.get_weights()]
+    prune(trained_digits_cnn, digits[0], digits[1], sparsity=0.5, epochs=1, polish_epochs=0)
+    after = trained_digits_cnn.get_weights()
+    assert all(np.array_equal(a, b) for a, b in zip(before, after, strict=True))
+
+
+def test_pruned_model_saves_and_loads(pruned, digits, tmp_path):
+    from tfedge.loading import load_model
+
+    path = tmp_path / "pruned.keras"
+    pruned.save(path)
+    loaded = load_model(path).model
+    x = digits[1].x[:32]
+    np.testing.assert_allclose(
+        loaded.predict(x, verbose=0), pruned.predict(x, verbose=0), atol=1e-6
+    )
+
+
+def _groups_of_four_along_inputs(kernel):
+    """Kernel values grouped by 4 consecutive input channels: shape (..., 4)."""
+    inputs_last = np.moveaxis(kernel, -2, -1)
+    return inputs_last.reshape(-1, 4)
+
+
+@pytest.mark.parametrize("structure", ["2:4", (1, 4)])
+def test_structured_sparsity(trained_digits_cnn, digits, structure):
+    from tfedge.models.pruning import prune
+
+    model = prune(
+        trained_digits_cnn,
+        digits[0],
+        digits[1],
+        sparsity=0.5,
+        structure=structure,
+        epochs=1,
+        polish_epochs=1,
+    )
+    kernel = model.get_layer("fc1").kernel.numpy()
+    if structure == "2:4":
+        for name in ("conv2", "fc1"):
+            groups = _groups_of_four_along_inputs(model.get_layer(name).kernel.numpy())
+            assert ((groups == 0).sum(axis=1) >= 2).all(), name
+    else:
+        blocks = kernel.reshape(kernel.shape[0], -1, 4)
+        zero_blocks = (blocks == 0).all(axis=-1)
+        assert zero_blocks.mean() >= 0.5
+        # every block is all-zero or not pruned at all
+        assert ((blocks == 0).any(axis=-1) <= zero_blocks).all()
+
+
+def test_constant_schedule_and_skip_by_name_and_type(trained_digits_cnn, digits):
+    from tfedge.models.pruning import prune, weight_sparsity
+
+    model = prune(
+        trained_digits_cnn,
+        digits[0],
+        digits[1],
+        sparsity=0.6,
+        schedule="constant",
+        skip=("Dense",),
+        epochs=1,
+        polish_epochs=0,
+    )
+    assert weight_sparsity(model, ["fc1", "logits"]) < 0.05
+    assert weight_sparsity(model, ["conv1", "conv2"]) >= 0.59
+
+
+def test_nested_model_is_flattened_and_pruned(digits):
+    from tfedge.backend import keras
+    from tfedge.models.pruning import prune, weight_sparsity
+
+    layers = keras.layers
+    keras.utils.set_random_seed(0)
+    backbone = keras.Sequential(
+        [
+            keras.Input((16, 16, 1)),
+            layers.Conv2D(8, 3, activation="relu", name="conv"),
+            layers.MaxPooling2D(name="pool"),
+            layers.Flatten(name="flatten"),
+        ],
+        name="backbone",
+    )
+    inputs = keras.Input((16, 16, 1))
+    hidden = layers.Dense(32, activation="relu", name="hidden")(backbone(inputs))
+    outputs = layers.Dense(10, activation="softmax", name="out")(hidden)
+    model = keras.Model(inputs, outputs)
+    pruned = prune(model, digits[0], digits[1], sparsity=0.7, epochs=1, polish_epochs=0)
+    assert "hidden" in [layer.name for layer in pruned.layers]
+    assert not any(isinstance(layer, keras.Model) for layer in pruned.layers)
+    assert weight_sparsity(pruned) >= 0.69
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"sparsity": 1.5}, "between 0 and 1"),
+        ({"schedule": "cubic"}, "polynomial"),
+        ({"structure": "4:2"}, "M:N"),
+        ({"structure": (0, 4)}, "block"),
+        ({"skip": ("first", "no_such_layer")}, "no_such_layer"),
+        ({"sparsity": 0.9, "skip": ("first", "last", "fc1")}, "pruned layers"),
+    ],
+)
+def test_bad_arguments_say_what_to_do(trained_digits_cnn, digits, kwargs, message):
+    from tfedge.models.pruning import prune
+
+    with pytest.raises(OptimizationError, match=message) as caught:
+        prune(trained_digits_cnn, digits[0], digits[1], epochs=1, **kwargs)
+    assert caught.value.hint
+
+
+def test_data_without_labels_is_refused(trained_digits_cnn, digits):
+    from tfedge.data import Dataset
+    from tfedge.models.pruning import prune
+
+    with pytest.raises(OptimizationError, match="labels"):
+        prune(trained_digits_cnn, Dataset(digits[0].x), digits[1], epochs=1)
+
+
+def test_prunes_under_a_distribution_strategy(trained_digits_cnn, digits):
+    from tfedge.backend import tf
+    from tfedge.models.pruning import prune, weight_sparsity
+
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0"])
+    model = prune(
+        trained_digits_cnn,
+        digits[0],
+        digits[1],
+        sparsity=0.5,
+        epochs=1,
+        polish_epochs=1,
+        strategy=strategy,
+    )
+    assert weight_sparsity(model) >= 0.5
