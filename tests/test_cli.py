@@ -266,3 +266,14 @@ def test_convert_with_labels_embeds_metadata(capsys, digits_cnn_path, train_npz,
         out_model,
     )
     assert_clean_error(status, err, "--mean")
+
+
+@pytest.mark.parametrize("url", ["ssh://127.0.0.1:1", "ftp://somewhere", "ssh://"])
+def test_unreachable_or_malformed_device(url, capsys, digits_tflite, tmp_path):
+    results = tmp_path / "r.json"
+    status, _, err = run_cli(
+        capsys, "bench", digits_tflite["int8"], "--device", url, "--json", results
+    )
+    assert_clean_error(status, err)
+    if results.exists():
+        assert all(row.get("error") for row in json.loads(results.read_text())["results"])

@@ -16,7 +16,7 @@ import threading
 from pathlib import Path
 
 from tfedge import __version__
-from tfedge.errors import DeviceError, InputFileError
+from tfedge.errors import InputFileError
 
 __all__ = ["bench", "prepare_data", "write_results", "failed_rows", "format_results"]
 
@@ -116,12 +116,19 @@ def bench(
         if on_result:
             on_result(row)
 
-    devices = list(devices or ["local"])
-    if devices == ["local"]:
-        _bench_local(paths, arrays, delegate, threads, warmup, runs, collect)
-    else:
-        from tfedge.remote import bench_fleet
+    from tfedge.console import progress
+    from tfedge.remote import bench_fleet
 
+    devices = list(devices or ["local"])
+    bar = progress(total=len(paths) * len(devices), desc="benchmarking", unit="model")
+
+    def arrived(row):
+        collect(row)
+        bar.update(1)
+
+    # Local runs go through the same subprocess runner as devices: peak RSS is the runner's own
+    # (not this process with TensorFlow loaded), and a crashing interpreter cannot take us down.
+    try:
         with tempfile.TemporaryDirectory(prefix="tfedge-bench-") as tmp:
             npz = None
             if arrays is not None:
@@ -141,39 +148,13 @@ def bench(
                 runs=runs,
                 delegate=delegate,
                 ssh_config=ssh_config,
-                on_result=collect,
+                on_result=arrived,
             )
+    finally:
+        bar.close()
     if json_path and not rows:
         write_results(json_path, rows)
     return {"tfedge_version": __version__, "results": rows}
-
-
-def _bench_local(paths, arrays, delegate, threads, warmup, runs, collect):
-    from tfedge import runner
-    from tfedge.console import progress, quiet
-
-    bar = progress(total=len(paths), desc="benchmarking", unit="model")
-    try:
-        with quiet():
-            for kind, payload in runner.bench_models(
-                [str(p) for p in paths], None, arrays, threads, warmup, runs, delegate
-            ):
-                if kind == "result":
-                    collect(payload)
-                else:
-                    collect(
-                        {
-                            "model": payload["model"],
-                            "device": {"name": "local"},
-                            "error": payload["message"],
-                            "hint": payload.get("hint"),
-                        }
-                    )
-                bar.update(1)
-    except runner.RunnerError as exc:
-        raise DeviceError(exc.message, exc.hint) from exc
-    finally:
-        bar.close()
 
 
 def _fmt(value, spec):
