@@ -1,0 +1,203 @@
+"""Weight clustering that keeps accuracy: k-means++ centroids, a real fine-tune, distillation.
+
+``cluster`` wraps the chosen layers with tfmot's ``cluster_weights`` (every weight of a kernel
+takes one of ``clusters`` shared values), fine-tunes the centroids and the assignments (from a
+teacher when one is given), keeps the best epoch and strips the wrappers. Clustered kernels have
+few distinct values, so the int8 ``.tflite`` compresses well; with ``preserve_sparsity=True`` the
+zeros of a pruned model stay zero.
+
+Example:
+    >>> from tfedge.models.clustering import cluster
+    >>> clustered = cluster(model, train, val, clusters=16, teacher=model)  # doctest: +SKIP
+    >>> blob = tfedge.converters.convert(clustered, calib=train)  # doctest: +SKIP
+"""
+
+import numpy as np
+
+from tfedge.backend import keras, tfmot
+from tfedge.errors import OptimizationError
+from tfedge.models import training
+from tfedge.models.registry import tfmot_internal
+
+__all__ = ["cluster", "unique_weight_values", "INITS", "DEFAULT_STEPS"]
+
+INITS = ("kmeans++", "linear", "density", "random")
+DEFAULT_STEPS = 450
+
+
+def _clustering_module():
+    return tfmot().clustering.keras
+
+
+def _init(name: str):
+    mot = _clustering_module()
+    table = {
+        "kmeans++": mot.CentroidInitialization.KMEANS_PLUS_PLUS,
+        "linear": mot.CentroidInitialization.LINEAR,
+        "density": mot.CentroidInitialization.DENSITY_BASED,
+        "random": mot.CentroidInitialization.RANDOM,
+    }
+    if name not in table:
+        raise OptimizationError(
+            f"centroid initialization {name!r} is unknown; expected one of {', '.join(INITS)}",
+            "'kmeans++' starts closest to the trained weights",
+        )
+    return table[name]
+
+
+def _clusterable(clusters: int):
+    registry = tfmot_internal("clustering.keras.clustering_registry").ClusteringRegistry
+
+    def check(layer) -> bool:
+        if isinstance(layer, _clustering_module().ClusterableLayer):
+            return True
+        if not registry.supports(layer):
+            return False
+        try:
+            names = registry._weight_names(layer)
+        except KeyError:
+            return False
+        weights = [getattr(layer, n, None) for n in names]
+        weights = [w for w in weights if w is not None]
+        # A kernel with fewer values than clusters gains nothing (tfmot refuses small convs too).
+        return bool(weights) and all(int(np.prod(w.shape)) > clusters for w in weights)
+
+    return check
+
+
+def unique_weight_values(model, layers=None) -> dict:
+    """The number of distinct values in each kernel (``"<layer>/kernel"``) of the model.
+
+    Args:
+        model: a tf_keras model (stripped of clustering wrappers).
+        layers: layer names to look at (None: all).
+
+    Example:
+        >>> max(unique_weight_values(clustered).values()) <= 16  # doctest: +SKIP
+        True
+    """
+    counts = {}
+    for layer in model.layers:
+        if layers is not None and layer.name not in layers:
+            continue
+        for weight in layer.trainable_weights:
+            if len(weight.shape) >= 2:
+                short = weight.name.split("/")[-1].split(":")[0]
+                counts[f"{layer.name}/{short}"] = int(np.unique(weight.numpy()).size)
+    return counts
+
+
+def cluster(
+    model,
+    train,
+    val,
+    *,
+    epochs: int | None = None,
+    teacher=None,
+    strategy=None,
+    clusters: int = 16,
+    preserve_sparsity: bool = False,
+    init: str = "kmeans++",
+    per_channel: bool = False,
+    skip=(),
+    batch_size: int = training.DEFAULT_BATCH_SIZE,
+    learning_rate: float = 5e-4,
+    temperature: float = 4.0,
+    alpha: float = 0.1,
+    seed: int | None = 0,
+):
+    """Cluster a trained model's kernels to ``clusters`` values, fine-tune, return it stripped.
+
+    Args:
+        model: a trained tf_keras functional or Sequential model (nested models are flattened).
+        train: training :class:`~tfedge.data.Dataset` with labels.
+        val: validation :class:`~tfedge.data.Dataset`; the best epoch on it is kept.
+        epochs: fine-tuning epochs (None: about 450 optimizer steps).
+        teacher: a float model to distill from while fine-tuning (None: the labels only).
+        strategy: a ``tf.distribute`` strategy to build and train under, or None.
+        clusters: the number of distinct values per kernel (2-256).
+        preserve_sparsity: keep zero weights zero (for a pruned model).
+        init: centroid initialization: ``"kmeans++"``, ``"linear"``, ``"density"``, ``"random"``.
+        per_channel: cluster each output channel of a Conv2D separately (``clusters`` per
+            channel: more accurate with per-channel int8 quantization, compresses less).
+        skip: layers left unclustered: ``"first"``, ``"last"``, names, type names or classes.
+            Kernels with no more values than ``clusters`` are always left alone.
+        batch_size: the batch size.
+        learning_rate: Adam's initial learning rate (cosine-decayed).
+        temperature: the distillation temperature (with a teacher).
+        alpha: the true-label weight in distillation (with a teacher).
+        seed: the random seed (also seeds k-means++).
+
+    Returns:
+        The clustered model with the wrappers stripped, ready for ``tfedge.converters.convert``.
+
+    Raises:
+        OptimizationError: for bad arguments, or when no layer can be clustered.
+
+    Example:
+        >>> clustered = cluster(model, train, val, clusters=16, teacher=model)  # doctest: +SKIP
+        >>> max(unique_weight_values(clustered).values())  # doctest: +SKIP
+        16
+    """
+    if not isinstance(clusters, (int, np.integer)) or not 2 <= int(clusters) <= 256:
+        raise OptimizationError(
+            f"clusters {clusters!r} must be an integer from 2 to 256",
+            "use 16 (4-bit weights) or 32; int8 cannot hold more than 256 values",
+        )
+    clusters = int(clusters)
+    centroid_init = _init(init)
+    training.check_data(train, "training")
+    mot = _clustering_module()
+    if epochs is None:
+        epochs = training.epochs_for(train, DEFAULT_STEPS, batch_size, minimum=3)
+
+    with training.strategy_scope(strategy):
+        work = training.clone_model(training.flatten_model(model))
+        training.check_data(train, "training", work)
+        names = training.select_layers(work, skip, eligible=_clusterable(clusters))
+        if not names:
+            raise OptimizationError(
+                f"no layer of {work.name!r} can be clustered to {clusters} values "
+                f"once {list(skip)} are skipped",
+                "cluster a model with Conv/Dense layers larger than the number of clusters",
+            )
+        if seed is not None:
+            keras.utils.set_random_seed(seed)
+
+        def wrap(layer):
+            if layer.name not in names:
+                return layer
+            return mot.cluster_weights(
+                layer,
+                number_of_clusters=clusters,
+                cluster_centroids_init=centroid_init,
+                preserve_sparsity=preserve_sparsity,
+                cluster_per_channel=per_channel,
+            )
+
+        try:
+            with training.trusted_cloning():
+                wrapped = keras.models.clone_model(work, clone_function=wrap)
+        except (ValueError, TypeError) as exc:
+            raise OptimizationError(
+                f"tfmot cannot cluster {work.name!r}: {training._first_line(exc)}",
+                "skip the layer it names (skip=(..., 'NAME'))",
+            ) from exc
+        training.fit(
+            wrapped,
+            train,
+            val,
+            epochs=epochs,
+            batch_size=batch_size,
+            learning_rate=learning_rate,
+            teacher=teacher,
+            temperature=temperature,
+            alpha=alpha,
+            strategy=strategy,
+            desc=f"clustering to {clusters}",
+            seed=seed,
+        )
+        with training.trusted_cloning():
+            stripped = mot.strip_clustering(wrapped)
+    stripped._name = model.name
+    return stripped

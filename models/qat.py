@@ -1,0 +1,257 @@
+"""Quantization-aware training (QAT) for the models people have, and its collaborative variants.
+
+``quantize_aware`` flattens nested models, annotates every layer tfmot's 8-bit scheme can quantize
+(and only those: ``Rescaling``, a ``BatchNormalization`` that follows no conv, custom layers... stay
+float during QAT), applies the scheme and fine-tunes with fake quantization, from a teacher when
+one is given. The returned quantize-annotated model converts with
+``tfedge.converters.convert(model, calib=train)`` to a fully-int8 ``.tflite`` with int8 input and
+output: the layers QAT left float get their int8 ranges from the calibration data.
+
+``preserve`` keeps an earlier stage's structure through QAT (tfmot's collaborative optimization):
+``"sparsity"`` (PQAT: pruned zeros stay zero), ``"clusters"`` (CQAT: clustered kernels keep their
+shared values) or ``"sparsity+clusters"`` (PCQAT).
+
+Example:
+    >>> from tfedge.models.qat import quantize_aware
+    >>> qat_model = quantize_aware(model, train, val, teacher=model)  # doctest: +SKIP
+    >>> blob = tfedge.converters.convert(qat_model, calib=train)  # doctest: +SKIP
+"""
+
+import numpy as np
+
+from tfedge.backend import keras, tfmot
+from tfedge.errors import OptimizationError
+from tfedge.models import training
+from tfedge.models.registry import patch_tfmot_saving
+
+__all__ = ["quantize_aware", "annotatable_layers", "float_layers", "PRESERVE", "DEFAULT_STEPS"]
+
+PRESERVE = (None, "sparsity", "clusters", "sparsity+clusters")
+DEFAULT_STEPS = 300
+
+
+def _scheme(preserve):
+    mot = tfmot()
+    if preserve is None:
+        return mot.quantization.keras.default_8bit.Default8BitQuantizeScheme()
+    combine = mot.experimental.combine
+    if preserve == "sparsity":
+        return combine.Default8BitPrunePreserveQuantizeScheme()
+    if preserve == "clusters":
+        return combine.Default8BitClusterPreserveQuantizeScheme(preserve_sparsity=False)
+    if preserve in ("sparsity+clusters", "clusters+sparsity"):
+        return combine.Default8BitClusterPreserveQuantizeScheme(preserve_sparsity=True)
+    raise OptimizationError(
+        f"preserve={preserve!r} is unknown; expected None, 'sparsity', 'clusters' or "
+        "'sparsity+clusters'",
+        "'sparsity' after pruning (PQAT), 'clusters' after clustering (CQAT), both after "
+        "pruning then clustering (PCQAT)",
+    )
+
+
+def annotatable_layers(model, preserve=None, skip=()) -> list[str]:
+    """Names of the layers tfmot's 8-bit QAT scheme can quantize in a flat model, minus ``skip``.
+
+    Example:
+        >>> annotatable_layers(model)  # doctest: +SKIP
+        ['conv1', 'pool1', 'conv2', 'pool2', 'flatten', 'fc1', 'logits']
+    """
+    registry = _scheme(preserve).get_quantize_registry()
+    skipped = training.skipped_layers(model, skip)
+    names = []
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.InputLayer) or layer.name in skipped:
+            continue
+        try:
+            if registry.supports(layer):
+                names.append(layer.name)
+        except Exception:  # a registry that cannot even look at the layer: leave it float
+            continue
+    return names
+
+
+def _apply(model, names, scheme):
+    """Annotate ``names`` and apply the scheme; raise tfmot's error as is."""
+    mot = tfmot().quantization.keras
+
+    def annotate(layer):
+        if layer.name in names:
+            return mot.quantize_annotate_layer(layer)
+        return layer
+
+    with training.trusted_cloning(), mot.quantize_scope():
+        annotated = keras.models.clone_model(model, clone_function=annotate)
+        return mot.quantize_apply(annotated, scheme)
+
+
+def _quantize(model, names, scheme):
+    """Apply QAT to as many of ``names`` as tfmot accepts; return (model, names quantized)."""
+    try:
+        return _apply(model, names, scheme), list(names)
+    except Exception as first:
+        error = first
+    # Find the layers tfmot chokes on, one at a time, and leave them float.
+    accepted = []
+    for name in names:
+        try:
+            _apply(model, [name], scheme)
+            accepted.append(name)
+        except Exception:
+            continue
+    if accepted:
+        try:
+            return _apply(model, accepted, scheme), accepted
+        except Exception as exc:
+            error = exc
+    raise OptimizationError(
+        f"tfmot cannot apply quantization-aware training to {model.name!r}: "
+        f"{training._first_line(error)}",
+        "convert the float model with post-training int8 instead (tfedge convert --mode int8), "
+        "or skip the layers named above (skip=('NAME', ...))",
+    ) from error
+
+
+def _short_names(layer) -> dict:
+    keyed, counts = {}, {}
+    for variable in layer.weights:
+        base = variable.name.split("/")[-1].split(":")[0]
+        if base.startswith(layer.name + "_"):  # QuantizeLayer's "<name>_min"
+            base = base[len(layer.name) + 1 :]
+        count = counts.get(base, 0)
+        counts[base] = count + 1
+        keyed[base if count == 0 else f"{base}_{count}"] = variable
+    return keyed
+
+
+def _to_default_scheme(trained, work, names, sample):
+    """A default-scheme QAT copy of a collaborative (PQAT/CQAT/PCQAT) model, same numbers.
+
+    The preserving quantizers rebuild their clusters and masks from the weights they are built
+    on, so a collaborative model cannot be saved and loaded again; once trained, its kernels
+    already hold the preserved values, and the plain 8-bit scheme gives the same outputs.
+    """
+    plain = _apply(work, names, _scheme(None))
+    if len(plain.layers) != len(trained.layers):
+        return trained
+    for target, source in zip(plain.layers, trained.layers):
+        sources = _short_names(source)
+        for key, variable in _short_names(target).items():
+            if key not in sources or tuple(sources[key].shape) != tuple(variable.shape):
+                return trained
+            variable.assign(sources[key])
+    before = trained(sample, training=False).numpy()
+    after = plain(sample, training=False).numpy()
+    if not np.allclose(before, after, atol=1e-4):
+        return trained
+    return plain
+
+
+def quantize_aware(
+    model,
+    train,
+    val,
+    *,
+    epochs: int | None = None,
+    teacher=None,
+    strategy=None,
+    preserve: str | None = None,
+    skip=(),
+    batch_size: int = training.DEFAULT_BATCH_SIZE,
+    learning_rate: float = 2e-4,
+    temperature: float = 4.0,
+    alpha: float = 0.1,
+    seed: int | None = 0,
+):
+    """Fine-tune a trained model with fake int8 quantization; return the QAT model to convert.
+
+    Args:
+        model: a trained tf_keras functional or Sequential model (nested models are flattened);
+            for ``preserve``, the stripped output of the pruning or clustering stage.
+        train: training :class:`~tfedge.data.Dataset` with labels.
+        val: validation :class:`~tfedge.data.Dataset`; the best epoch on it is kept.
+        epochs: fine-tuning epochs (None: about 300 optimizer steps).
+        teacher: a float model to distill from while fine-tuning (None: the labels only).
+        strategy: a ``tf.distribute`` strategy to build and train under, or None.
+        preserve: None, ``"sparsity"`` (PQAT), ``"clusters"`` (CQAT) or
+            ``"sparsity+clusters"`` (PCQAT).
+        skip: layers to leave float during QAT (names, type names or classes; ``"first"`` /
+            ``"last"`` name the first and last layers with weights). The converter still makes
+            them int8 from calibration data.
+        batch_size: the batch size.
+        learning_rate: Adam's initial learning rate (cosine-decayed; QAT wants a small one).
+        temperature: the distillation temperature (with a teacher).
+        alpha: the true-label weight in distillation (with a teacher).
+        seed: the random seed.
+
+    Returns:
+        The quantize-annotated tf_keras model (tfmot's ``QuantizeWrapperV2`` layers): save it with
+        ``model.save("qat.keras")``, load it with :func:`tfedge.loading.load_model`, convert it
+        with :func:`tfedge.converters.convert`. :func:`float_layers` lists the layers QAT left
+        float.
+
+    Raises:
+        OptimizationError: for a bad ``preserve``, or a model tfmot cannot quantize at all.
+
+    Example:
+        >>> qat_model = quantize_aware(model, train, val, teacher=model)  # doctest: +SKIP
+        >>> blob = convert(qat_model, calib=train)  # doctest: +SKIP
+    """
+    scheme = _scheme(preserve)
+    patch_tfmot_saving()
+    training.check_data(train, "training")
+    if epochs is None:
+        epochs = training.epochs_for(train, DEFAULT_STEPS, batch_size, minimum=2)
+    with training.strategy_scope(strategy):
+        work = training.clone_model(training.flatten_model(model))
+        training.check_data(train, "training", work)
+        names = annotatable_layers(work, preserve, skip)
+        if not names:
+            raise OptimizationError(
+                f"tfmot's 8-bit scheme supports none of the layers of {work.name!r} "
+                f"({', '.join(type(layer).__name__ for layer in work.layers)})",
+                "convert the float model with post-training int8 (tfedge convert --mode int8)",
+            )
+        quantized, names = _quantize(work, names, scheme)
+        training.fit(
+            quantized,
+            train,
+            val,
+            epochs=epochs,
+            batch_size=batch_size,
+            learning_rate=learning_rate,
+            teacher=teacher,
+            temperature=temperature,
+            alpha=alpha,
+            strategy=strategy,
+            keep_initial=True,
+            desc="quantization-aware training",
+            seed=seed,
+        )
+        if preserve is not None:
+            quantized = _to_default_scheme(quantized, work, names, train.x[:64])
+    quantized._name = model.name
+    return quantized
+
+
+def float_layers(model) -> list[str]:
+    """Names of the layers a QAT model leaves float: no fake quantization of their weights.
+
+    These are the layers tfmot cannot annotate (or that were skipped); a layer wrapped only to
+    quantize its output (tfmot's ``OutputOnlyConfig``, before an annotated layer) counts too.
+    The converter still quantizes them to int8 from its calibration data.
+
+    Example:
+        >>> float_layers(quantize_aware(model_with_rescaling, train, val))  # doctest: +SKIP
+        ['rescaling']
+    """
+    wrapper = tfmot().quantization.keras.QuantizeWrapperV2
+    names = []
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.InputLayer) or type(layer).__name__ == "QuantizeLayer":
+            continue
+        if isinstance(layer, wrapper):
+            if type(layer.quantize_config).__name__ == "OutputOnlyConfig":
+                names.append(layer.layer.name)
+            continue
+        names.append(layer.name)
+    return names

@@ -1,0 +1,105 @@
+"""Weight clustering: few distinct values per kernel, kept through int8, accuracy recovered."""
+
+import numpy as np
+import pytest
+
+from tfedge.errors import OptimizationError
+
+
+def int8_accuracy(blob: bytes, data, tmp_path) -> float:
+    """Top-1 accuracy of a .tflite model with the real LiteRT interpreter."""
+    from tfedge.runner import bench_models
+
+    path = tmp_path / "model.tflite"
+    path.write_bytes(blob)
+    ((kind, row),) = list(bench_models([str(path)], data=(data.x, data.y), runs=1, warmup=0))
+    assert kind == "result", row
+    return row["accuracy"]
+
+
+@pytest.fixture(scope="module")
+def clustered(trained_digits_cnn, digits):
+    from tfedge.models.clustering import cluster
+
+    train, test = digits
+    return cluster(trained_digits_cnn, train, test, clusters=16, teacher=trained_digits_cnn)
+
+
+def test_every_kernel_has_at_most_16_values(clustered):
+    from tfedge.models.clustering import unique_weight_values
+
+    counts = unique_weight_values(clustered)
+    assert set(counts) == {f"{name}/kernel" for name in ("conv1", "conv2", "fc1", "logits")}
+    assert max(counts.values()) <= 16
+
+
+def test_clustered_int8_model_keeps_clusters_and_accuracy(
+    clustered, trained_digits_cnn, digits, accuracy_of, tmp_path
+):
+    from tfedge.converters import convert
+    from tfedge.inspector import inspect_model
+
+    blob = convert(clustered, calib=digits[0])
+    info = inspect_model(blob)
+    assert info["fully_integer"]
+    assert info["unique_weight_values_max"] <= 16
+    float_accuracy = accuracy_of(trained_digits_cnn, digits[1])
+    assert int8_accuracy(blob, digits[1], tmp_path) >= float_accuracy - 0.03
+
+
+def test_clustered_model_saves_and_loads(clustered, digits, tmp_path):
+    from tfedge.loading import load_model
+
+    path = tmp_path / "clustered.keras"
+    clustered.save(path)
+    loaded = load_model(path).model
+    x = digits[1].x[:32]
+    np.testing.assert_allclose(
+        loaded.predict(x, verbose=0), clustered.predict(x, verbose=0), atol=1e-6
+    )
+
+
+def test_preserve_sparsity_keeps_the_zeros_of_a_pruned_model(trained_digits_cnn, digits):
+    from tfedge.models.clustering import cluster, unique_weight_values
+    from tfedge.models.pruning import prune, weight_sparsity
+
+    train, test = digits
+    pruned = prune(trained_digits_cnn, train, test, sparsity=0.7, epochs=2, polish_epochs=0)
+    both = cluster(pruned, train, test, clusters=8, preserve_sparsity=True, epochs=1)
+    assert weight_sparsity(both, ["conv2", "fc1"]) >= weight_sparsity(pruned, ["conv2", "fc1"])
+    assert max(unique_weight_values(both, ["conv2", "fc1"]).values()) <= 8
+
+
+@pytest.mark.parametrize("init", ["linear", "density"])
+def test_other_initializations_and_skip(trained_digits_cnn, digits, init):
+    from tfedge.models.clustering import cluster, unique_weight_values
+
+    model = cluster(
+        trained_digits_cnn,
+        digits[0],
+        digits[1],
+        clusters=8,
+        init=init,
+        skip=("first", "last"),
+        epochs=1,
+    )
+    counts = unique_weight_values(model)
+    assert counts["conv2/kernel"] <= 8 and counts["fc1/kernel"] <= 8
+    assert counts["conv1/kernel"] > 8 and counts["logits/kernel"] > 8
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"clusters": 1}, "from 2 to 256"),
+        ({"clusters": 1000}, "from 2 to 256"),
+        ({"init": "kmeans"}, "kmeans\\+\\+"),
+        ({"skip": ("Conv9D",)}, "Conv9D"),
+    ],
+)
+def test_bad_arguments_say_what_to_do(trained_digits_cnn, digits, kwargs, message):
+    from tfedge.models.clustering import cluster
+
+    with pytest.raises(OptimizationError, match=message) as caught:
+        cluster(trained_digits_cnn, digits[0], digits[1], epochs=1, **kwargs)
+    assert caught.value.hint

@@ -1,0 +1,209 @@
+"""Quantization-aware training: fully-int8 conversions of the models people have, PQAT/CQAT/PCQAT."""
+
+import numpy as np
+import pytest
+
+from tfedge.errors import OptimizationError
+
+
+def int8_accuracy(blob: bytes, data, tmp_path) -> float:
+    """Top-1 accuracy of a .tflite model with the real LiteRT interpreter."""
+    from tfedge.runner import bench_models
+
+    path = tmp_path / "model.tflite"
+    path.write_bytes(blob)
+    ((kind, row),) = list(bench_models([str(path)], data=(data.x, data.y), runs=1, warmup=0))
+    assert kind == "result", row
+    return row["accuracy"]
+
+
+def assert_fully_int8(blob: bytes) -> dict:
+    from tfedge.inspector import inspect_model
+
+    info = inspect_model(blob)
+    assert info["fully_integer"], info["float_ops"]
+    assert info["input"][0]["dtype"] == "int8" and info["output"][0]["dtype"] == "int8"
+    assert not {"QUANTIZE", "DEQUANTIZE"} & set(info["ops"]), info["ops"]
+    return info
+
+
+@pytest.fixture(scope="module")
+def qat_model(trained_digits_cnn, digits):
+    from tfedge.models.qat import quantize_aware
+
+    return quantize_aware(trained_digits_cnn, digits[0], digits[1], teacher=trained_digits_cnn)
+
+
+def test_qat_model_converts_to_fully_int8_and_keeps_accuracy(
+    qat_model, trained_digits_cnn, digits, accuracy_of, tmp_path
+):
+    from tfedge.converters import convert
+
+    blob = convert(qat_model, calib=digits[0])
+    assert_fully_int8(blob)
+    float_accuracy = accuracy_of(trained_digits_cnn, digits[1])
+    assert int8_accuracy(blob, digits[1], tmp_path) >= float_accuracy - 0.01
+
+
+def test_qat_model_saves_and_loads_through_tfedge(qat_model, digits, tmp_path):
+    from tfedge.converters import convert
+    from tfedge.loading import load_model
+
+    path = tmp_path / "qat.keras"
+    qat_model.save(path)
+    loaded = load_model(path).model
+    x = digits[1].x[:32]
+    np.testing.assert_allclose(
+        loaded.predict(x, verbose=0), qat_model.predict(x, verbose=0), atol=1e-5
+    )
+    assert_fully_int8(convert(loaded, calib=digits[0]))
+
+
+def _nested():
+    from tfedge.backend import keras
+
+    layers = keras.layers
+    backbone = keras.Sequential(
+        [keras.Input((16, 16, 1)), layers.Conv2D(8, 3, activation="relu"), layers.MaxPooling2D()],
+        name="backbone",
+    )
+    head_in = keras.Input((7, 7, 8))
+    head = keras.Model(
+        head_in, layers.Dense(10, activation="softmax")(layers.Flatten()(head_in)), name="head"
+    )
+    inputs = keras.Input((16, 16, 1))
+    return keras.Model(inputs, head(backbone(inputs))), []
+
+
+def _rescaling():
+    from tfedge.backend import keras
+
+    layers = keras.layers
+    inputs = keras.Input((16, 16, 1))
+    x = layers.Rescaling(2.0, offset=-1.0, name="rescale")(inputs)
+    x = layers.Conv2D(8, 3, activation="relu")(x)
+    x = layers.Flatten()(x)
+    return keras.Model(inputs, layers.Dense(10, activation="softmax")(x)), ["rescale"]
+
+
+def _upsampling_and_transpose():
+    from tfedge.backend import keras
+
+    layers = keras.layers
+    inputs = keras.Input((16, 16, 1))
+    x = layers.Conv2D(8, 3, strides=2, padding="same", activation="relu")(inputs)
+    x = layers.UpSampling2D()(x)
+    x = layers.Conv2D(8, 3, strides=2, padding="same", activation="relu")(x)
+    x = layers.Conv2DTranspose(8, 3, strides=2, padding="same", activation="relu")(x)
+    x = layers.Flatten()(x)
+    return keras.Model(inputs, layers.Dense(10)(x)), []
+
+
+def _batchnorm_not_after_conv():
+    from tfedge.backend import keras
+
+    layers = keras.layers
+    inputs = keras.Input((16, 16, 1))
+    x = layers.BatchNormalization(momentum=0.8, name="bn_in")(inputs)
+    x = layers.Conv2D(8, 3)(x)
+    x = layers.BatchNormalization(momentum=0.8)(x)
+    x = layers.ReLU()(x)
+    x = layers.MaxPooling2D()(x)
+    x = layers.Flatten()(x)
+    x = layers.Dense(32, activation="relu")(x)
+    x = layers.BatchNormalization(momentum=0.8, name="bn_dense")(x)
+    return keras.Model(inputs, layers.Dense(10, activation="softmax")(x)), ["bn_in", "bn_dense"]
+
+
+def _unsupported_layers():
+    from tfedge.backend import keras
+
+    layers = keras.layers
+    inputs = keras.Input((16, 16, 1))
+    x = layers.Conv2D(8, 3, activation="relu")(inputs)
+    x = layers.LayerNormalization(name="norm")(x)
+    x = layers.Lambda(lambda t: t * 2.0, name="double")(x)
+    x = layers.Flatten()(x)
+    return keras.Model(inputs, layers.Dense(10, activation="softmax")(x)), ["norm", "double"]
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        _nested,
+        _rescaling,
+        _upsampling_and_transpose,
+        _batchnorm_not_after_conv,
+        _unsupported_layers,
+    ],
+)
+def test_qat_of_the_models_people_have_converts_fully_int8(make, digits):
+    from tfedge.backend import keras
+    from tfedge.converters import convert
+    from tfedge.models.qat import float_layers, quantize_aware
+    from tfedge.models.training import evaluate, fit
+
+    keras.utils.set_random_seed(0)
+    train, test = digits[0].take(500), digits[1].take(200)
+    model, left_float = make()
+    fit(model, train, None, epochs=3, learning_rate=3e-3)
+    float_accuracy = evaluate(model, test)
+    qat = quantize_aware(model, train, test, epochs=1)
+    assert set(left_float) <= set(float_layers(qat))
+    assert not any(isinstance(layer, keras.Model) for layer in qat.layers)
+    blob = convert(qat, calib=train)
+    assert_fully_int8(blob)
+    assert float_accuracy > 0.5
+    assert evaluate(qat, test) >= float_accuracy - 0.1
+
+
+@pytest.fixture(scope="module")
+def pruned_and_clustered(trained_digits_cnn, digits):
+    from tfedge.models.clustering import cluster
+    from tfedge.models.pruning import prune
+
+    train, test = digits
+    pruned = prune(trained_digits_cnn, train, test, sparsity=0.8, epochs=3, polish_epochs=0)
+    clustered = cluster(trained_digits_cnn, train, test, clusters=16, epochs=1)
+    both = cluster(pruned, train, test, clusters=16, preserve_sparsity=True, epochs=1)
+    return {"sparsity": pruned, "clusters": clustered, "sparsity+clusters": both}
+
+
+@pytest.mark.parametrize("preserve", ["sparsity", "clusters", "sparsity+clusters"])
+def test_collaborative_qat_preserves_and_round_trips(
+    preserve, pruned_and_clustered, digits, tmp_path
+):
+    from tfedge.converters import convert
+    from tfedge.loading import load_model
+    from tfedge.models.qat import quantize_aware
+
+    source = pruned_and_clustered[preserve]
+    qat = quantize_aware(source, digits[0], digits[1], preserve=preserve, epochs=1)
+    path = tmp_path / f"{preserve}.keras"
+    qat.save(path)
+    loaded = load_model(path).model
+    x = digits[1].x[:32]
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), qat.predict(x, verbose=0), atol=1e-5)
+    info = assert_fully_int8(convert(loaded, calib=digits[0]))
+    if "sparsity" in preserve:
+        assert info["weight_sparsity"] >= 0.79
+    if "clusters" in preserve:
+        assert info["unique_weight_values_max"] <= 16
+    assert int8_accuracy(convert(loaded, calib=digits[0]), digits[1], tmp_path) > 0.9
+
+
+def test_skipped_layers_stay_float_in_qat_and_still_convert(trained_digits_cnn, digits):
+    from tfedge.converters import convert
+    from tfedge.models.qat import float_layers, quantize_aware
+
+    qat = quantize_aware(trained_digits_cnn, digits[0], digits[1], skip=("fc1",), epochs=1)
+    assert "fc1" in float_layers(qat)
+    assert_fully_int8(convert(qat, calib=digits[0]))
+
+
+def test_unknown_preserve_is_refused(trained_digits_cnn, digits):
+    from tfedge.models.qat import quantize_aware
+
+    with pytest.raises(OptimizationError, match="preserve") as caught:
+        quantize_aware(trained_digits_cnn, digits[0], digits[1], preserve="sparse", epochs=1)
+    assert "PQAT" in caught.value.hint
