@@ -177,8 +177,16 @@ def rebuild(model, config: dict, weights: dict, name: str | None = None) -> kera
     if name:
         config["name"] = name
     # The model is already in memory (nothing untrusted is read): its Lambda layers may be rebuilt.
-    with keras.src.saving.serialization_lib.SafeModeScope(False):
-        new = keras.Model.from_config(config)
+    try:
+        with keras.src.saving.serialization_lib.SafeModeScope(False):
+            new = keras.Model.from_config(config)
+    except (ValueError, TypeError) as exc:
+        raise OptimizationError(
+            f"cannot rebuild model {model.name!r} from its config: "
+            f"{str(exc).strip().splitlines()[0][:300]}",
+            "custom layers must be registered (keras.utils.register_keras_serializable) and "
+            "implement get_config so that the model can be rebuilt",
+        ) from exc
     old_layers = {layer.name: layer for layer in model.layers}
     for layer in new.layers:
         arrays = weights.get(layer.name)

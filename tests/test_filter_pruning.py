@@ -201,3 +201,17 @@ def test_prune_filters_fine_tunes_saves_and_converts(
     np.testing.assert_allclose(loaded(test.x[:4]).numpy(), small(test.x[:4]).numpy(), atol=1e-6)
     info = inspect_model(convert(loaded, calib=train))
     assert info["fully_integer"]
+
+
+def test_unregistered_custom_layers_say_how_to_fix():
+    class Scale(L.Layer):
+        def call(self, x):
+            return x * 0.5
+
+    inputs = keras.Input((8, 8, 1))
+    x = L.Conv2D(8, 3, name="conv")(inputs)
+    x = Scale(name="scale")(x)
+    model = keras.Model(inputs, L.Dense(2)(L.Flatten()(L.Conv2D(4, 3, name="conv2")(x))))
+    with pytest.raises(OptimizationError, match="cannot rebuild") as info:
+        shrink(model, ratio=0.5)
+    assert "register_keras_serializable" in info.value.hint
