@@ -20,7 +20,9 @@ from tfedge.models import training
 __all__ = ["Distiller", "distill", "make_student", "half_width_student", "DEFAULT_STEPS"]
 
 DEFAULT_STEPS = 1300
-_EPSILON = 1e-7
+# The smallest normal float32: log-probabilities keep their spread down to about -87 (a clip at
+# 1e-7 would flatten a confident teacher's soft targets).
+_EPSILON = 1.1754944e-38
 _WIDTH_KEYS = {
     "Conv1D": "filters",
     "Conv2D": "filters",
@@ -109,9 +111,9 @@ class Distiller(keras.Model):
         teacher_logits = self._logits(teacher_outputs, self.teacher_probabilities)
         hard = keras.losses.sparse_categorical_crossentropy(y, student_logits, from_logits=True)
         t = self.temperature
-        soft_teacher = tf.nn.softmax(teacher_logits / t, axis=-1)
+        log_soft_teacher = tf.nn.log_softmax(teacher_logits / t, axis=-1)
         log_soft_student = tf.nn.log_softmax(student_logits / t, axis=-1)
-        log_soft_teacher = tf.math.log(tf.clip_by_value(soft_teacher, _EPSILON, 1.0))
+        soft_teacher = tf.exp(log_soft_teacher)
         kl = tf.reduce_sum(soft_teacher * (log_soft_teacher - log_soft_student), axis=-1)
         return tf.reduce_mean(self.alpha * hard + (1.0 - self.alpha) * kl * (t * t))
 
