@@ -27,6 +27,7 @@ __all__ = [
     "output_names",
     "rebuild",
     "stage_data",
+    "fold_batch_norms",
 ]
 
 FUNCTIONAL_HINT = (
@@ -215,3 +216,106 @@ def stage_data(data, model, name: str):
         return None
     shape = tuple(model.inputs[0].shape[1:]) if getattr(model, "inputs", None) else None
     return load_data(data, input_shape=shape, require_labels=True, name=name)
+
+
+FOLDABLE = {
+    "Conv2D": 3,
+    "DepthwiseConv2D": None,
+    "Dense": -1,
+    "SeparableConv2D": 3,
+    "Conv2DTranspose": 2,
+}
+
+
+def _replace_refs(value, old: str, new: str):
+    """Point every ``[old, node, tensor, ...]`` reference of a config at ``new``."""
+    if isinstance(value, dict):
+        return {k: _replace_refs(v, old, new) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        if len(value) >= 3 and value[0] == old and isinstance(value[1], int):
+            return type(value)([new, *value[1:]])
+        return type(value)(_replace_refs(v, old, new) for v in value)
+    return value
+
+
+def fold_batch_norms(model) -> keras.Model:
+    """Merge every BatchNormalization into the convolution or Dense right before it.
+
+    A BN folds when it normalizes the channel axis and its input comes from a Conv2D,
+    DepthwiseConv2D, SeparableConv2D, Conv2DTranspose or Dense with a linear activation, used by
+    nothing else: the layer's kernel is scaled by ``gamma / sqrt(var + eps)`` per output channel and
+    its bias becomes ``(bias - mean) * scale + beta``. The outputs do not change (up to float
+    rounding); the int8 graph loses the BN's MUL/ADD ops when a training wrapper (QAT) would keep
+    them. Other BNs are left as they are.
+
+    Args:
+        model: a tf_keras functional or Sequential model.
+
+    Returns:
+        A new model without the folded BNs (the model itself when there is nothing to fold).
+
+    Example:
+        >>> from tfedge.models.zoo import build
+        >>> folded = fold_batch_norms(build("resnet8"))
+        >>> [l for l in folded.layers if "BatchNormalization" in type(l).__name__]
+        []
+    """
+    functional = as_functional(model)
+    nodes = graph_nodes(functional)
+    by_name = {n.name: n for n in nodes}
+    config = functional.get_config()
+    entries = {entry["config"]["name"]: entry for entry in config["layers"]}
+    weights = {}
+    folded = []
+    for node in nodes:
+        if node.class_name != "BatchNormalization" or node.shared or len(node.inputs) != 1:
+            continue
+        bn = node.layer
+        rank = len(node.input_shapes[0])
+        axis = bn.axis if isinstance(bn.axis, (list, tuple)) else [bn.axis]
+        if [a % rank for a in axis] != [rank - 1]:
+            continue
+        producer = by_name.get(node.inputs[0][0])
+        if (
+            producer is None
+            or producer.class_name not in FOLDABLE
+            or producer.shared
+            or producer.consumers != [node.name]
+            or producer.name in folded
+            or getattr(producer.layer, "activation", None) is not keras.activations.linear
+        ):
+            continue
+        params = {w.name.split("/")[-1].split(":")[0]: w.numpy() for w in bn.weights}
+        channels = params["moving_mean"].shape[0]
+        gamma = params.get("gamma", np.ones(channels, np.float32))
+        beta = params.get("beta", np.zeros(channels, np.float32))
+        scale = gamma / np.sqrt(params["moving_variance"] + bn.epsilon)
+        shift = beta - params["moving_mean"] * scale
+        layer = producer.layer
+        arrays = layer.get_weights()
+        kind = producer.class_name
+        if kind == "SeparableConv2D":
+            kernels, bias = arrays[:2], arrays[2] if layer.use_bias else np.zeros(channels)
+            kernels = [kernels[0], kernels[1] * scale]
+        elif kind == "DepthwiseConv2D":
+            kernel = arrays[0]
+            bias = arrays[1] if layer.use_bias else np.zeros(channels)
+            kernels = [kernel * scale.reshape(kernel.shape[2], kernel.shape[3])]
+        else:
+            kernel = arrays[0]
+            bias = arrays[1] if layer.use_bias else np.zeros(channels)
+            axis = FOLDABLE[kind]
+            shape = [1] * kernel.ndim
+            shape[axis] = channels
+            kernels = [kernel * scale.reshape(shape)]
+        weights[producer.name] = [k.astype(np.float32) for k in kernels] + [
+            (bias * scale + shift).astype(np.float32)
+        ]
+        entries[producer.name]["config"]["use_bias"] = True
+        config["layers"].remove(entries[node.name])
+        config = _replace_refs(config, node.name, producer.name)
+        entries = {entry["config"]["name"]: entry for entry in config["layers"]}
+        folded.append(producer.name)
+    if not folded:
+        return functional
+    return rebuild(functional, config, weights)

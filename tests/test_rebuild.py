@@ -143,3 +143,30 @@ def test_ops_calls_are_refused():
     model = K.Model(inputs, L.Dense(2)(keras3.ops.relu(inputs)))
     with pytest.raises(OptimizationError, match="keras.ops call"):
         to_keras2(model)
+
+
+def test_fold_batch_norms_keeps_outputs_and_drops_foldable_bns():
+    from tfedge.models.graph import fold_batch_norms
+
+    K2 = keras.layers
+    inputs = keras.Input((8, 8, 2))
+    x = K2.BatchNormalization(name="bn_c")(K2.Conv2D(4, 3, use_bias=False, name="c")(inputs))
+    x = K2.BatchNormalization(name="bn_dw")(K2.DepthwiseConv2D(3, depth_multiplier=2, name="dw")(x))
+    x = K2.BatchNormalization(name="bn_sep")(K2.SeparableConv2D(6, 1, name="sep")(x))
+    r = K2.Conv2D(6, 1, activation="relu", name="relu_conv")(x)
+    r = K2.BatchNormalization(name="bn_after_relu")(r)  # not foldable: a ReLU in between
+    shared = K2.Conv2D(6, 1, name="two_uses")(r)
+    y = K2.Add(name="add")([K2.BatchNormalization(name="bn_shared")(shared), shared])
+    y = K2.Flatten()(y)
+    y = K2.BatchNormalization(name="bn_fc")(K2.Dense(5, name="fc")(y))
+    model = keras.Model(inputs, y)
+    rng = np.random.default_rng(0)
+    for layer in model.layers:
+        if isinstance(layer, K2.BatchNormalization):
+            layer.set_weights([rng.random(w.shape).astype(np.float32) + 0.5 for w in layer.weights])
+    folded = fold_batch_norms(model)
+    names = {layer.name for layer in folded.layers}
+    assert not names & {"bn_c", "bn_dw", "bn_sep", "bn_fc"}
+    assert {"bn_after_relu", "bn_shared"} <= names
+    x = rng.random((3, 8, 8, 2), dtype=np.float32)
+    np.testing.assert_allclose(folded(x).numpy(), model(x).numpy(), rtol=1e-4, atol=1e-5)
