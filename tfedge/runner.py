@@ -60,10 +60,11 @@ ARM_PARTS = {
 class RunnerError(Exception):
     """A failure to report as one clean error line (``message`` plus an optional ``hint``)."""
 
-    def __init__(self, message, hint=None):
+    def __init__(self, message, hint=None, code="runner"):
         super().__init__(message)
         self.message = message
         self.hint = hint
+        self.code = code
 
 
 class Runtime:
@@ -135,6 +136,7 @@ def find_runtime():
     raise RunnerError(
         "no TFLite interpreter on this device (tried %s)" % "; ".join(tried),
         "install one: " + install_hint(),
+        "no_interpreter",
     )
 
 
@@ -466,6 +468,7 @@ def bench_one(
     accuracy = None
     samples = 0
     digest = hashlib.sha256()
+    top1 = hashlib.sha256()
     if data is not None:
         x, y = data
         if len(feeders) != 1:
@@ -492,10 +495,9 @@ def bench_one(
             for detail in outputs:
                 value = interpreter.get_tensor(detail["index"])
                 digest.update(np.ascontiguousarray(value[:count]).tobytes())
+            predicted = _predictions(interpreter.get_tensor(outputs[0]["index"]), outputs[0], count)
+            top1.update(np.asarray(predicted, dtype="<i4").tobytes())
             if labels is not None:
-                predicted = _predictions(
-                    interpreter.get_tensor(outputs[0]["index"]), outputs[0], count
-                )
                 correct += int((predicted == labels[offset : offset + count]).sum())
         if labels is not None and samples:
             accuracy = round(correct / samples, 6)
@@ -524,6 +526,9 @@ def bench_one(
             "accuracy": accuracy,
             "samples": samples,
             "outputs_sha256": digest.hexdigest(),
+            # Top-1 per sample: equal across devices even where a float-based kernel (the int8
+            # SOFTMAX lookup table) rounds one output step differently on x86 and ARM.
+            "predictions_sha256": top1.hexdigest() if samples else None,
             "latency_ms": _stats(times),
             "first_inference_ms": round(first_ms, 4),
             "init_ms": round(init_ms, 4),
@@ -585,7 +590,10 @@ def bench_models(
                 bench_one(runtime, path, name, data, threads, warmup, runs, delegate, device),
             )
         except RunnerError as exc:
-            yield "error", {"model": name, "message": exc.message, "hint": exc.hint}
+            yield (
+                "error",
+                {"model": name, "message": exc.message, "hint": exc.hint, "code": exc.code},
+            )
 
 
 def _emit(obj):
@@ -648,7 +656,15 @@ def main(argv=None):
             else:
                 _emit(dict(type="error", **payload))
     except RunnerError as exc:
-        _emit({"type": "error", "model": None, "message": exc.message, "hint": exc.hint})
+        _emit(
+            {
+                "type": "error",
+                "model": None,
+                "message": exc.message,
+                "hint": exc.hint,
+                "code": exc.code,
+            }
+        )
         return 1
     except KeyboardInterrupt:
         _emit({"type": "error", "model": None, "message": "interrupted", "hint": None})
