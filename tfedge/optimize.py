@@ -198,6 +198,15 @@ def _to_keras2(loaded):
     )
 
 
+def _frozen_copy(model):
+    from tfedge.backend import keras
+
+    copy = keras.models.clone_model(model)
+    copy.set_weights(model.get_weights())
+    copy.trainable = False
+    return copy
+
+
 def _accuracy(model, data) -> float:
     import numpy as np
 
@@ -279,6 +288,9 @@ def optimize(
     entries.append(("float32", float_path, baseline_accuracy))
     entries.append(("int8", tflite(base, "00-int8"), baseline_accuracy))
 
+    # The teacher is a frozen copy: distillation freezes its teacher, and the first stage trains
+    # ``base`` itself.
+    teacher = _frozen_copy(base)
     state_file = checkpoints / "state.json"
     state = json.loads(state_file.read_text()) if resume and state_file.is_file() else {}
     current = base
@@ -296,7 +308,7 @@ def optimize(
             echo(f"stage {index}/{len(stages)}: {label}")
             params = {k: v for k, v in stage.items() if k != "name"}
             function = _stage_function(stage["name"])
-            current = function(current, train, val, teacher=base, strategy=strategy, **params)
+            current = function(current, train, val, teacher=teacher, strategy=strategy, **params)
             current.save(keras_path)
             state[name] = key
             state_file.write_text(json.dumps(state, indent=2))
