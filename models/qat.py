@@ -24,7 +24,14 @@ from tfedge.errors import OptimizationError
 from tfedge.models import training
 from tfedge.models.registry import patch_tfmot_saving
 
-__all__ = ["quantize_aware", "annotatable_layers", "float_layers", "PRESERVE", "DEFAULT_STEPS"]
+__all__ = [
+    "quantize_aware",
+    "annotatable_layers",
+    "float_layers",
+    "calibrate_ranges",
+    "PRESERVE",
+    "DEFAULT_STEPS",
+]
 
 PRESERVE = (None, "sparsity", "clusters", "sparsity+clusters")
 DEFAULT_STEPS = 300
@@ -109,6 +116,99 @@ def _quantize(model, names, scheme):
         "convert the float model with post-training int8 instead (tfedge convert --mode int8), "
         "or skip the layers named above (skip=('NAME', ...))",
     ) from error
+
+
+_RANGE_QUANTIZERS = ("MovingAverageQuantizer", "AllValuesQuantizer")
+
+
+class _RangeRecorder:
+    """Stands in for an activation quantizer while calibrating: passes the float tensor through
+    and remembers the widest range it saw (with 0 inside, as tfmot's quantizers keep it)."""
+
+    def __init__(self, quantizer, seen: dict):
+        self.quantizer = quantizer
+        self.seen = seen
+
+    def __call__(self, inputs, training, weights, **kwargs):
+        from tfedge.backend import tf
+
+        low = min(float(tf.reduce_min(inputs)), 0.0)
+        high = max(float(tf.reduce_max(inputs)), 0.0)
+        key = id(weights["min_var"])
+        if key in self.seen:
+            _, _, old_low, old_high = self.seen[key]
+            low, high = min(low, old_low), max(high, old_high)
+        self.seen[key] = (weights["min_var"], weights["max_var"], low, high)
+        return inputs
+
+    def __getattr__(self, name):
+        return getattr(self.quantizer, name)
+
+
+def _swap_activation_quantizers(model, seen: dict) -> list:
+    """Put recorders in place of the activation quantizers; return how to put them back."""
+    undo = []
+
+    def is_range(quantizer) -> bool:
+        return type(quantizer).__name__ in _RANGE_QUANTIZERS
+
+    for layer in model.layers:
+        for activation in getattr(layer, "_quantize_activations", None) or []:
+            if is_range(getattr(activation, "quantizer", None)):
+                undo.append((activation, "quantizer", activation.quantizer))
+                activation.quantizer = _RangeRecorder(activation.quantizer, seen)
+        outputs = getattr(layer, "_output_quantizers", None)
+        if outputs and any(is_range(q) for q in outputs):
+            undo.append((layer, "_output_quantizers", outputs))
+            layer._output_quantizers = [
+                _RangeRecorder(q, seen) if is_range(q) else q for q in outputs
+            ]
+        if is_range(getattr(layer, "quantizer", None)):  # QuantizeLayer
+            undo.append((layer, "quantizer", layer.quantizer))
+            layer.quantizer = _RangeRecorder(layer.quantizer, seen)
+    return undo
+
+
+def calibrate_ranges(model, x, batch_size: int = 64, samples: int = 512) -> int:
+    """Set a QAT model's quantization ranges from its weights and from ``x`` before fine-tuning.
+
+    tfmot starts the input range at [0, 0], every activation range at [-6, 6] (then moved by a
+    moving average with decay 0.999) and the weight ranges at [-6, 6] until a training step: a
+    short fine-tune ends with ranges still near [-6, 6], wasting half the int8 levels of a ReLU
+    output, and the model converts with less accuracy than post-training int8. Starting from the
+    observed min/max (what post-training calibration uses) gives QAT a fair start.
+
+    Args:
+        model: a QAT model from tfmot's ``quantize_apply``.
+        x: representative inputs.
+        batch_size: the calibration batch size.
+        samples: how many inputs to use at most.
+
+    Returns:
+        The number of activation ranges set.
+
+    Example:
+        >>> calibrate_ranges(qat_model, train.x)  # doctest: +SKIP
+        6
+    """
+    for layer in model.layers:
+        for weight, quantizer, variables in getattr(layer, "_weight_vars", None) or []:
+            quantizer(weight, True, weights=variables)  # LastValue: the weights' exact range
+    seen = {}
+    undo = _swap_activation_quantizers(model, seen)
+    try:
+        data = np.asarray(x[:samples], dtype=np.float32)
+        for start in range(0, len(data), batch_size):
+            model(data[start : start + batch_size], training=False)
+    finally:
+        for owner, attribute, value in undo:
+            setattr(owner, attribute, value)
+    for min_var, max_var, low, high in seen.values():
+        if high - low <= 0:
+            continue
+        min_var.assign(np.full(min_var.shape, low, dtype=np.float32))
+        max_var.assign(np.full(max_var.shape, high, dtype=np.float32))
+    return len(seen)
 
 
 def _short_names(layer) -> dict:
@@ -212,6 +312,7 @@ def quantize_aware(
                 "convert the float model with post-training int8 (tfedge convert --mode int8)",
             )
         quantized, names = _quantize(work, names, scheme)
+        calibrate_ranges(quantized, train.x)
         training.fit(
             quantized,
             train,

@@ -207,3 +207,15 @@ def test_unknown_preserve_is_refused(trained_digits_cnn, digits):
     with pytest.raises(OptimizationError, match="preserve") as caught:
         quantize_aware(trained_digits_cnn, digits[0], digits[1], preserve="sparse", epochs=1)
     assert "PQAT" in caught.value.hint
+
+
+def test_calibrated_ranges_give_qat_a_post_training_start(trained_digits_cnn, digits, accuracy_of):
+    from tfedge.backend import tfmot
+    from tfedge.models.qat import calibrate_ranges
+
+    qat = tfmot().quantization.keras.quantize_model(trained_digits_cnn)
+    assert accuracy_of(qat, digits[1]) < 0.5  # tfmot's starting ranges: input [0, 0]
+    assert calibrate_ranges(qat, digits[0].x) >= 5
+    assert accuracy_of(qat, digits[1]) >= accuracy_of(trained_digits_cnn, digits[1]) - 0.01
+    ranges = {w.name.split("/")[-1]: float(w.numpy()) for w in qat.layers[1].weights}
+    assert ranges["quantize_layer_min:0"] == 0.0 and ranges["quantize_layer_max:0"] == 1.0
