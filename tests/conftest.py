@@ -74,3 +74,31 @@ def keras_accuracy(model, data) -> float:
 def accuracy_of():
     """The ``keras_accuracy(model, data)`` helper as a fixture."""
     return keras_accuracy
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """Run the emulated-Pi tests last, and start the Pi's (cached, minutes-long) build right away.
+
+    The ``pi`` fixture's own ``pi-device.sh up`` waits on the script's lock for this background
+    build, so the other tests run while debootstrap works.
+    """
+    device = [item for item in items if item.get_closest_marker("device")]
+    if not device:
+        return
+    items[:] = [item for item in items if not item.get_closest_marker("device")] + device
+    if os.environ.get("TFEDGE_SKIP_DEVICE") == "1" or os.geteuid() != 0:
+        return
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    log = open(root / ".pytest-device-up.log", "w")  # noqa: SIM115 (kept open for the child)
+    config._tfedge_device_up = subprocess.Popen(
+        ["bash", "scripts/pi-device.sh", "up"], cwd=root, stdout=log, stderr=subprocess.STDOUT
+    )
+
+
+def pytest_unconfigure(config):
+    proc = getattr(config, "_tfedge_device_up", None)
+    if proc is not None and proc.poll() is None:
+        proc.wait(timeout=1800)
