@@ -217,5 +217,5 @@ def test_calibrated_ranges_give_qat_a_post_training_start(trained_digits_cnn, di
     assert accuracy_of(qat, digits[1]) < 0.5  # tfmot's starting ranges: input [0, 0]
     assert calibrate_ranges(qat, digits[0].x) >= 5
     assert accuracy_of(qat, digits[1]) >= accuracy_of(trained_digits_cnn, digits[1]) - 0.01
-    ranges = {w.name.split("/")[-1]: float(w.numpy()) for w in qat.layers[1].weights}
-    assert ranges["quantize_layer_min:0"] == 0.0 and ranges["quantize_layer_max:0"] == 1.0
+    input_range = {w.name.split(":")[0][-3:]: float(w.numpy()) for w in qat.layers[1].weights}
+    assert input_range["min"] == 0.0 and input_range["max"] == 1.0  # the digits' pixel range
