@@ -237,7 +237,10 @@ def distill(
             "distillation needs a teacher model, got teacher=None",
             "pass teacher=<the trained float model>, e.g. distill(student, train, val, teacher=model)",
         )
-    if model is teacher:
+    same = model is teacher
+    teacher = training.as_keras2(teacher)
+    model = teacher if same else training.as_keras2(model)
+    if same:
         if seed is not None:
             keras.utils.set_random_seed(seed)
         model = make_student(teacher, width=width, params=params, strategy=strategy)

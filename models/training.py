@@ -31,6 +31,7 @@ __all__ = [
     "outputs_probabilities",
     "clone_model",
     "trusted_cloning",
+    "as_keras2",
     "flatten_model",
     "select_layers",
     "skipped_layers",
@@ -208,12 +209,35 @@ def _is_graph_model(layer) -> bool:
     )
 
 
+def as_keras2(model) -> keras.Model:
+    """The model as tf_keras (Keras 2), which tfmot's wrappers need: a Keras 3 model is rebuilt.
+
+    Raises:
+        OptimizationError: for anything else than a Keras model.
+    """
+    from tfedge.backend import is_keras3_model
+
+    if isinstance(model, keras.Model):
+        return model
+    if is_keras3_model(model):
+        from tfedge.models.rebuild import to_keras2
+
+        return to_keras2(model)
+    raise OptimizationError(
+        f"expected a Keras model, got {type(model).__module__}.{type(model).__name__}",
+        "pass a tf_keras or Keras 3 functional/Sequential model (tfedge.loading.load_model "
+        "reads .keras/.h5 files)",
+    )
+
+
 def flatten_model(model) -> keras.Model:
     """Inline nested functional/Sequential sub-models: one flat functional model, same weights.
 
     tfmot's wrappers see only the top-level layers; a model built from sub-models (a backbone
     plus a head, a Sequential block) is flattened first, so every inner layer can be wrapped. The
     inner layers keep their names, prefixed by their sub-model's name where names would clash.
+
+    A Keras 3 model is first rebuilt as tf_keras (:func:`as_keras2`).
 
     Raises:
         OptimizationError: for a subclassed model (no graph to read).
@@ -222,11 +246,7 @@ def flatten_model(model) -> keras.Model:
         >>> flat = flatten_model(keras.Sequential([backbone, head]))  # doctest: +SKIP
         >>> [layer.name for layer in flat.layers]  # doctest: +SKIP
     """
-    if not isinstance(model, keras.Model):
-        raise OptimizationError(
-            f"expected a Keras 2 (tf_keras) model, got {type(model).__module__}.{type(model).__name__}",
-            "load it with tfedge.loading.load_model, which rebuilds Keras 3 models for tfmot",
-        )
+    model = as_keras2(model)
     if not _is_graph_model(model):
         raise OptimizationError(
             f"the model {model.name!r} is a subclassed {type(model).__name__}: its layers cannot be "
@@ -580,6 +600,8 @@ def fit(
     check_data(train, "training", model)
     if val is not None:
         check_data(val, "validation", model)
+    if teacher is not None:
+        teacher = as_keras2(teacher)
     if seed is not None:
         keras.utils.set_random_seed(seed)
     from tfedge.console import quiet

@@ -202,3 +202,22 @@ def test_prunes_under_a_distribution_strategy(trained_digits_cnn, digits):
         strategy=strategy,
     )
     assert weight_sparsity(model) >= 0.5
+
+
+def test_keras3_model_is_rebuilt_and_pruned(digits):
+    from tfedge.backend import keras3
+    from tfedge.models.pruning import prune, weight_sparsity
+
+    keras3.utils.set_random_seed(0)
+    layers = keras3.layers
+    model = keras3.Sequential(
+        [
+            keras3.Input((16, 16, 1)),
+            layers.Conv2D(8, 3, activation="relu"),
+            layers.Flatten(),
+            layers.Dense(10, activation="softmax"),
+        ]
+    )
+    pruned = prune(model, digits[0], digits[1], sparsity=0.5, epochs=1, polish_epochs=0)
+    assert type(pruned).__module__.startswith("tf_keras")
+    assert weight_sparsity(pruned) >= 0.5
