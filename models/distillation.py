@@ -17,7 +17,14 @@ from tfedge.backend import keras, tf
 from tfedge.errors import OptimizationError
 from tfedge.models import training
 
-__all__ = ["Distiller", "distill", "make_student", "half_width_student", "DEFAULT_STEPS"]
+__all__ = [
+    "Distiller",
+    "distill",
+    "make_student",
+    "half_width_student",
+    "ends_in_softmax",
+    "DEFAULT_STEPS",
+]
 
 DEFAULT_STEPS = 1300
 # The smallest normal float32: log-probabilities keep their spread down to about -87 (a clip at
@@ -166,7 +173,12 @@ class Distiller(keras.Model):
 
 
 def ends_in_softmax(model) -> bool:
-    """True when the model's last layer applies a softmax (seen through tfmot's wrappers)."""
+    """True when the model's last layer applies a softmax (seen through tfmot's wrappers).
+
+    Example:
+        >>> ends_in_softmax(build("digits_cnn"))  # doctest: +SKIP
+        True
+    """
     layer = model.layers[-1] if getattr(model, "layers", None) else None
     while layer is not None:
         if isinstance(layer, keras.layers.Softmax):

@@ -164,7 +164,15 @@ def weight_sparsity(model, layers=None) -> float:
 
 
 class KeepZeros(keras.callbacks.Callback):
-    """Hold the zero weights of the given layers at zero while a stripped model trains."""
+    """Hold the zero weights of the given layers at zero while a stripped model trains.
+
+    Args:
+        model: the stripped, pruned model.
+        names: the pruned layers' names.
+
+    Example:
+        >>> model.fit(x, y, callbacks=[KeepZeros(model, ["conv2", "fc1"])])  # doctest: +SKIP
+    """
 
     def __init__(self, model, names):
         super().__init__()

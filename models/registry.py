@@ -28,8 +28,13 @@ _patched = False
 
 
 def tfmot_internal(path: str):
-    """A module inside tfmot's ``python.core`` package (registries, wrappers), e.g.
-    ``tfmot_internal("sparsity.keras.prune_registry")``; tfmot itself comes from the backend."""
+    """A module inside tfmot's ``python.core`` package (registries, wrappers, quantizers).
+
+    tfmot itself is imported by :mod:`tfedge.backend`; this only reaches into it.
+
+    Example:
+        >>> tfmot_internal("sparsity.keras.prune_registry").PruneRegistry  # doctest: +SKIP
+    """
     from tfedge.backend import tfmot
 
     return importlib.import_module(f"{tfmot().__name__}.python.core.{path}")
@@ -87,6 +92,10 @@ def patch_tfmot_saving() -> None:
     ("expected 5 variables, but received 3"). The fix builds ``QuantizeLayer`` once and stores
     both layers' own variables by name instead of by position. Files saved before the fix (by
     position) still load the old way.
+
+    Example:
+        >>> patch_tfmot_saving()  # doctest: +SKIP
+        >>> qat_model.save("qat.keras")  # doctest: +SKIP
     """
     global _patched
     if _patched:

@@ -121,6 +121,10 @@ def check_data(data, name: str, model=None):
 
     Raises:
         OptimizationError: without labels, or with inputs of the wrong shape.
+
+    Example:
+        >>> check_data(train, "training", model) is train  # doctest: +SKIP
+        True
     """
     if data is None:
         raise OptimizationError(
@@ -177,6 +181,10 @@ def trusted_cloning():
 
     Keras refuses to rebuild a ``Lambda`` from its config outside this scope (a guard against
     untrusted files); cloning the user's own in-memory model is safe.
+
+    Example:
+        >>> with trusted_cloning():
+        ...     copy = keras.models.clone_model(model_with_a_lambda)  # doctest: +SKIP
     """
     scope = getattr(getattr(getattr(keras, "src", None), "saving", None), "serialization_lib", None)
     scope = getattr(scope, "SafeModeScope", None)
@@ -214,6 +222,10 @@ def as_keras2(model) -> keras.Model:
 
     Raises:
         OptimizationError: for anything else than a Keras model.
+
+    Example:
+        >>> type(as_keras2(keras3_model)).__module__.startswith("tf_keras")  # doctest: +SKIP
+        True
     """
     from tfedge.backend import is_keras3_model
 
@@ -355,7 +367,12 @@ def _matches(layer, item) -> bool:
 
 
 def kernel_layers(model) -> list:
-    """The layers with a trainable kernel (a weight of rank >= 2): convolutions, dense, RNNs."""
+    """The layers with a trainable kernel (a weight of rank >= 2): convolutions, dense, RNNs.
+
+    Example:
+        >>> [layer.name for layer in kernel_layers(model)]  # doctest: +SKIP
+        ['conv1', 'conv2', 'fc1', 'logits']
+    """
     return [
         layer
         for layer in model.layers
@@ -375,6 +392,10 @@ def skipped_layers(model, skip, candidates=None) -> set:
 
     Raises:
         OptimizationError: when ``skip`` names an unknown layer or has a bad entry.
+
+    Example:
+        >>> sorted(skipped_layers(model, ("first", "Dense")))  # doctest: +SKIP
+        ['conv1', 'fc1', 'logits']
     """
     if skip is None:
         skip = ()
@@ -437,7 +458,15 @@ def select_layers(model, skip=("first", "last"), eligible=None) -> list[str]:
 
 
 class EpochProgress(keras.callbacks.Callback):
-    """A progress bar with one step per epoch, showing the loss and validation accuracy."""
+    """A progress bar with one step per epoch, showing the loss and validation accuracy.
+
+    Args:
+        epochs: the number of epochs (the bar's length).
+        desc: the bar's label.
+
+    Example:
+        >>> model.fit(x, y, epochs=5, verbose=0, callbacks=[EpochProgress(5)])  # doctest: +SKIP
+    """
 
     def __init__(self, epochs: int, desc: str = "fine-tuning"):
         super().__init__()
@@ -478,6 +507,12 @@ class RestoreBest(keras.callbacks.Callback):
         initial: a labelled data set to score the starting weights on, so that training that
             only makes the model worse gives the starting weights back (None: do not).
         restore: restore the best weights at the end (False: only track and stop early).
+
+    Example:
+        >>> best = RestoreBest(model, start_epoch=3)  # doctest: +SKIP
+        >>> model.fit(x, y, validation_data=(xv, yv), epochs=10, callbacks=[best])  # doctest: +SKIP
+        >>> best.best_epoch, best.best  # doctest: +SKIP
+        (7, 0.9874)
     """
 
     def __init__(
