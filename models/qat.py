@@ -22,6 +22,7 @@ import numpy as np
 from tfedge.backend import keras, tfmot
 from tfedge.errors import OptimizationError
 from tfedge.models import training
+from tfedge.models.graph import fold_batch_norms
 from tfedge.models.registry import patch_tfmot_saving
 
 __all__ = [
@@ -302,7 +303,9 @@ def quantize_aware(
     if epochs is None:
         epochs = training.epochs_for(train, DEFAULT_STEPS, batch_size, minimum=2)
     with training.strategy_scope(strategy):
-        work = training.clone_model(training.flatten_model(model))
+        # tfmot keeps a BatchNorm it cannot fuse as its own int8 MUL/ADD; folded beforehand, the
+        # QAT graph has the same operators as post-training int8.
+        work = fold_batch_norms(training.clone_model(training.flatten_model(model)))
         training.check_data(train, "training", work)
         names = annotatable_layers(work, preserve, skip)
         if not names:

@@ -219,3 +219,18 @@ def test_calibrated_ranges_give_qat_a_post_training_start(trained_digits_cnn, di
     assert accuracy_of(qat, digits[1]) >= accuracy_of(trained_digits_cnn, digits[1]) - 0.01
     input_range = {w.name.split(":")[0][-3:]: float(w.numpy()) for w in qat.layers[1].weights}
     assert input_range["min"] == 0.0 and input_range["max"] == 1.0  # the digits' pixel range
+
+
+def test_qat_adds_no_operator_to_the_int8_graph_of_a_batchnorm_model(digits):
+    from tfedge.converters import convert
+    from tfedge.inspector import inspect_model
+    from tfedge.models.qat import quantize_aware
+    from tfedge.models.zoo import build, train
+
+    train_data, test_data = digits
+    model = train(build("resnet8"), train_data, epochs=2)
+    ptq = inspect_model(convert(model, calib=train_data, calib_samples=50))
+    qat_model = quantize_aware(model, train_data, test_data, epochs=1)
+    qat = inspect_model(convert(qat_model, calib=train_data, calib_samples=50))
+    assert qat["fully_integer"]
+    assert qat["ops"] == ptq["ops"]
