@@ -285,7 +285,7 @@ def table(rows, seeds, epochs) -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--epochs", type=int, default=20, help="training epochs of the float CNN")
     parser.add_argument("--runs", type=int, default=5, help="timed runs per model (accuracy only)")
     parser.add_argument("--only", nargs="*", help="run only stages whose name contains a word")
