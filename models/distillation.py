@@ -209,6 +209,7 @@ def distill(
     learning_rate: float = 2e-3,
     params: float = 0.5,
     width: float | None = None,
+    new_student: bool = False,
     seed: int | None = 0,
     desc: str = "distilling",
 ):
@@ -232,6 +233,8 @@ def distill(
         learning_rate: Adam's initial learning rate (cosine-decayed).
         params: the student's parameter fraction, when the student is made here.
         width: the student's width factor, when the student is made here (overrides ``params``).
+        new_student: make a fresh student of ``teacher``'s architecture (``params``/``width``)
+            instead of training ``model`` (what ``tfedge optimize --distill`` asks for).
         seed: the random seed.
         desc: the progress bar's label.
 
@@ -249,7 +252,7 @@ def distill(
             "distillation needs a teacher model, got teacher=None",
             "pass teacher=<the trained float model>, e.g. distill(student, train, val, teacher=model)",
         )
-    same = model is teacher
+    same = model is teacher or new_student
     teacher = training.as_keras2(teacher)
     model = teacher if same else training.as_keras2(model)
     if same:

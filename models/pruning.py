@@ -60,11 +60,19 @@ def _prunable_weights(layer) -> list:
 
 
 def _parse_structure(structure):
-    """``None`` → ``(None, None)``; ``"2:4"`` → ``((2, 4), None)``; ``(h, w)`` → ``(None, (h, w))``."""
+    """``None`` → ``(None, None)``; ``"2:4"`` → ``((2, 4), None)``; ``(h, w)`` or ``"HxW"`` → ``(None, (h, w))``."""
     if structure is None:
         return None, None
+    if isinstance(structure, str) and "x" in structure.lower():
+        parts = structure.lower().split("x")
+        if len(parts) == 2 and all(p.strip().isdigit() and int(p) >= 1 for p in parts):
+            return None, (int(parts[0]), int(parts[1]))
+        raise OptimizationError(
+            f"structure {structure!r} is not a block 'HxW' of positive integers",
+            "use a block such as '1x4' (zeros in whole 1x4 blocks) or an 'M:N' pattern such as '2:4'",
+        )
     if isinstance(structure, str):
-        parts = structure.replace("x", ":").split(":")
+        parts = structure.split(":")
         if len(parts) == 2 and all(p.strip().isdigit() for p in parts):
             m, n = (int(p) for p in parts)
             if 0 < m < n:

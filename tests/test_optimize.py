@@ -239,3 +239,29 @@ def test_mirrored_strategy_with_two_logical_cpus(tmp_path, digits_cnn_path, trai
     assert result.returncode == 0, result.stderr
     assert "MirroredStrategy over 2 replicas" in result.stdout
     assert json.loads((out / "report.json").read_text())["results"][-1]["accuracy"] > 0.8
+
+
+def test_distill_flag_trains_a_half_size_student(
+    tmp_path, digits_cnn_path, train_npz, test_npz, trained_digits_cnn
+):
+    from tfedge.loading import load_model
+
+    out = tmp_path / "distilled"
+    argv = [
+        "optimize",
+        digits_cnn_path,
+        "--train",
+        train_npz,
+        "--val",
+        test_npz,
+        "--distill",
+        "--runs",
+        "5",
+        "-o",
+        out,
+    ]
+    assert main([str(a) for a in argv]) == 0
+    student = load_model(out / "model.keras").model
+    assert student.count_params() < 0.6 * trained_digits_cnn.count_params()
+    rows = json.loads((out / "report.json").read_text())["results"]
+    assert rows[-1]["accuracy"] > 0.9

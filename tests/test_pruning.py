@@ -221,3 +221,18 @@ def test_keras3_model_is_rebuilt_and_pruned(digits):
     pruned = prune(model, digits[0], digits[1], sparsity=0.5, epochs=1, polish_epochs=0)
     assert type(pruned).__module__.startswith("tf_keras")
     assert weight_sparsity(pruned) >= 0.5
+
+
+@pytest.mark.parametrize(
+    ("structure", "expected"),
+    [
+        ("2:4", ((2, 4), None)),
+        ("1x4", (None, (1, 4))),
+        ((2, 2), (None, (2, 2))),
+        (None, (None, None)),
+    ],
+)
+def test_structure_forms(structure, expected):
+    from tfedge.models.pruning import _parse_structure
+
+    assert _parse_structure(structure) == expected

@@ -65,7 +65,7 @@ def stages_from_flags(
     """
     stages = []
     if distill:
-        stages.append({"name": "distill"})
+        stages.append({"name": "distill", "new_student": True})
     if factorize is not None:
         value = float(factorize)
         stages.append(
