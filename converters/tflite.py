@@ -121,7 +121,11 @@ def convert(
 
     keras_model = _resolve(model)
     specs = _input_specs(keras_model, input_shape)
+    if mode in INTEGER_MODES:
+        keras_model = _unrolled(keras_model)
     concrete = _concrete_function(keras_model, specs)
+    if mode in INTEGER_MODES:
+        _refuse_loops(concrete, mode)
 
     # No trackable object: with a Keras 3 model it leaves READ_VARIABLE ops behind; without it the
     # converter freezes the variables the function captured (``keras_model`` keeps them alive).
@@ -200,6 +204,63 @@ def _normalization_from(calib, specs):
     if low >= 0.0 and high <= 255.0:
         return [0.0], [1.0]
     return None, None
+
+
+def _rnn_layers(model):
+    from tfedge.backend import keras, keras3
+
+    bases = (keras.layers.RNN, keras3.layers.RNN)
+    found = []
+    for layer in getattr(model, "layers", []):
+        inner = getattr(layer, "layer", None) if type(layer).__name__ == "Bidirectional" else layer
+        if isinstance(inner, bases) and not inner.unroll:
+            found.append(layer)
+        elif hasattr(layer, "layers"):
+            found += _rnn_layers(layer)
+    return found
+
+
+def _unrolled(model):
+    """A copy of ``model`` whose recurrent layers are unrolled (same weights).
+
+    TFLite's int8 quantizer cannot handle the WHILE loop a recurrent layer becomes (TensorFlow's
+    converter crashes on it); with the sequence length fixed, an unrolled LSTM converts to plain
+    fully-int8 operators.
+    """
+    layers = _rnn_layers(model)
+    if not layers:
+        return model
+    from tfedge.backend import is_keras3_model, keras, keras3
+
+    api = keras3 if is_keras3_model(model) else keras
+
+    def unroll(layer):
+        config = layer.get_config()
+        if "unroll" in config:
+            config["unroll"] = True
+        for key in ("layer", "backward_layer"):
+            if isinstance(config.get(key), dict) and "unroll" in config[key].get("config", {}):
+                config[key]["config"]["unroll"] = True
+        return layer.__class__.from_config(config)
+
+    try:
+        copy = api.models.clone_model(model, clone_function=unroll)
+        copy.set_weights(model.get_weights())
+    except Exception:
+        return model  # _refuse_loops names the layers below
+    return copy
+
+
+def _refuse_loops(concrete, mode):
+    loops = [op for op in concrete.graph.get_operations() if op.type in ("While", "StatelessWhile")]
+    if loops:
+        names = sorted({op.name.split("/")[0] for op in loops})
+        raise ConversionError(
+            f"cannot convert to {mode}: the model has loops (WHILE, from {', '.join(names)}) that "
+            "TFLite's integer quantizer cannot handle",
+            "give recurrent layers unroll=True (fixed sequence length) for a fully-int8 model, or "
+            "use --mode dynamic (int8 weights, float activations)",
+        )
 
 
 def _resolve(model):

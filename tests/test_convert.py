@@ -179,3 +179,38 @@ def test_calibration_sample_count_is_used(trained_digits_cnn, digits):
     few = convert(trained_digits_cnn, calib=digits[0], calib_samples=2)
     many = convert(trained_digits_cnn, calib=digits[0], calib_samples=300)
     assert few != many
+
+
+def test_keras3_lstm_is_unrolled_to_a_fully_int8_model(digits, tmp_path):
+    from tfedge.backend import keras3
+
+    keras3.utils.set_random_seed(0)
+    train, test = digits
+    rows = lambda d: d.x.reshape(len(d), 16, 16)  # noqa: E731 (each image as 16 steps of 16 pixels)
+    inputs = keras3.Input((16, 16))
+    hidden = keras3.layers.LSTM(24)(inputs)
+    model = keras3.Model(inputs, keras3.layers.Dense(10, activation="softmax")(hidden))
+    model.compile("adam", "sparse_categorical_crossentropy")
+    model.fit(rows(train), train.y, epochs=6, verbose=0)
+    blob = convert(model, calib=rows(train), calib_samples=100)
+    info = inspect_model(blob)
+    assert info["fully_integer"] and "WHILE" not in info["ops"]
+    float_acc = float((model.predict(rows(test), verbose=0).argmax(-1) == test.y).mean())
+    path = tmp_path / "lstm.tflite"
+    path.write_bytes(blob)
+    ((_, row),) = bench_models([str(path)], data=(rows(test), test.y), warmup=0, runs=1)
+    assert row["accuracy"] >= float_acc - 0.02
+
+
+def test_loops_that_cannot_be_unrolled_get_a_clean_error():
+    from tfedge.backend import tf
+    from tfedge.converters.tflite import _refuse_loops
+
+    @tf.function
+    def cumulative(x):
+        return tf.while_loop(lambda i, s: i < 3, lambda i, s: (i + 1, s + x), (0, x))[1]
+
+    concrete = cumulative.get_concrete_function(tf.TensorSpec([1, 4], tf.float32))
+    with pytest.raises(ConversionError, match="loops") as err:
+        _refuse_loops(concrete, "int8")
+    assert "unroll=True" in err.value.hint
