@@ -50,6 +50,11 @@ def convert(
 ) -> bytes:
     """Convert a Keras model (2 or 3), a model file or a SavedModel to TFLite.
 
+    Keras 3 models are converted directly. When that cannot give a fully integer model (Keras 3
+    writes some layers with operators TFLite has no int8 kernel for, e.g. the NEG of its
+    LayerNormalization), the model is rebuilt as tf_keras (same layers, same weights, outputs
+    checked) and converted again; the first error stands if that fails too.
+
     Args:
         model: a Keras model, a :class:`~tfedge.loading.LoadedModel`, or a path to a ``.keras`` /
             ``.h5`` file or a SavedModel directory.
@@ -79,6 +84,66 @@ def convert(
     Example:
         >>> blob = convert(keras_model, calib=(x_train, y_train))  # doctest: +SKIP
     """
+    options = dict(
+        mode=mode,
+        calib=calib,
+        io=io,
+        calib_samples=calib_samples,
+        keep_float=keep_float,
+        input_shape=input_shape,
+        labels=labels,
+        mean=mean,
+        std=std,
+        target=target,
+    )
+    try:
+        return _convert(model, **options)
+    except ConversionError as first:
+        if mode not in INTEGER_MODES:
+            raise
+        rebuilt = _keras2_twin(model)
+        if rebuilt is None:
+            raise
+        try:
+            return _convert(rebuilt, **options)
+        except TfedgeError:
+            raise first from None
+
+
+def _keras2_twin(model):
+    """The tf_keras rebuild of a Keras 3 model, or None (not Keras 3, or not rebuildable)."""
+    from tfedge.backend import is_keras3_model
+    from tfedge.errors import OptimizationError
+
+    try:
+        model = _resolve(model)
+    except TfedgeError:
+        return None
+    if not is_keras3_model(model):
+        return None
+    from tfedge.models.rebuild import to_keras2
+
+    try:
+        return to_keras2(model)
+    except (OptimizationError, ValueError, TypeError):
+        return None
+
+
+def _convert(
+    model,
+    *,
+    mode: str = "int8",
+    calib=None,
+    io: str | None = None,
+    calib_samples: int = DEFAULT_CALIB_SAMPLES,
+    keep_float: Sequence[str] = (),
+    input_shape: Sequence[int] | None = None,
+    labels=None,
+    mean=None,
+    std=None,
+    target=None,
+) -> bytes:
+    """Convert once (see :func:`convert` for the arguments)."""
     if isinstance(model, (str, bytes)) or hasattr(model, "__fspath__"):
         from tfedge.loading import detect_format
 

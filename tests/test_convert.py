@@ -214,3 +214,19 @@ def test_loops_that_cannot_be_unrolled_get_a_clean_error():
     with pytest.raises(ConversionError, match="loops") as err:
         _refuse_loops(concrete, "int8")
     assert "unroll=True" in err.value.hint
+
+
+def test_keras3_layernorm_model_is_made_fully_int8(digits, tmp_path, accuracy_of):
+    from tfedge.backend import keras3
+
+    keras3.utils.set_random_seed(0)
+    L = keras3.layers
+    inputs = keras3.Input((16, 16, 1))
+    x = L.Conv2D(16, 3, activation="relu")(inputs)
+    x = L.LayerNormalization()(x)
+    x = L.GlobalAveragePooling2D()(x)
+    model = keras3.Model(inputs, L.Dense(10, activation="softmax")(x))
+    fit(model, digits, epochs=6)
+    blob = convert(model, calib=digits[0], calib_samples=100)
+    assert inspect_model(blob)["fully_integer"]
+    assert tflite_accuracy(blob, digits[1], tmp_path) >= accuracy_of(model, digits[1]) - 0.02
