@@ -108,6 +108,14 @@ class Distiller(keras.Model):
 
     def _logits(self, outputs, probabilities: bool):
         outputs = tf.cast(outputs, tf.float32)
+        if outputs.shape[-1] == 1:
+            # A binary classifier (sigmoid or logit): the two-class logits [log(1-p), log(p)],
+            # or [0, z] for a logit z, whose softmax is (1 - sigmoid(z), sigmoid(z)).
+            if probabilities:
+                return tf.math.log(
+                    tf.clip_by_value(tf.concat([1.0 - outputs, outputs], -1), _EPSILON, 1.0)
+                )
+            return tf.concat([tf.zeros_like(outputs), outputs], -1)
         if probabilities:
             return tf.math.log(tf.clip_by_value(outputs, _EPSILON, 1.0))
         return outputs
@@ -173,7 +181,8 @@ class Distiller(keras.Model):
 
 
 def ends_in_softmax(model) -> bool:
-    """True when the model's last layer applies a softmax (seen through tfmot's wrappers).
+    """True when the model's last layer applies a softmax (seen through tfmot's wrappers), or a
+    sigmoid to a binary classifier's single output.
 
     Example:
         >>> ends_in_softmax(build("digits_cnn"))  # doctest: +SKIP
@@ -191,8 +200,15 @@ def ends_in_softmax(model) -> bool:
         )
         if name == "softmax":
             return True
+        if name == "sigmoid" and _one_output(model):
+            return True  # a binary classifier's probability
         layer = getattr(layer, "layer", None)
     return False
+
+
+def _one_output(model) -> bool:
+    shape = getattr(model, "output_shape", None)
+    return isinstance(shape, tuple) and len(shape) == 2 and shape[-1] == 1
 
 
 def distill(

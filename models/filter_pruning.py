@@ -1,6 +1,7 @@
 """Filter (channel) pruning that really shrinks the graph, for a measured int8 speed-up.
 
-Each Conv2D / SeparableConv2D / Conv2DTranspose output filter is ranked (L1 or L2 norm of its
+Each Conv2D / SeparableConv2D / Conv2DTranspose / Conv1D output filter (and, in a model without
+convolutions, each hidden Dense unit) is ranked (L1 or L2 norm of its
 weights, or a first-order Taylor estimate of the loss change), the lowest ``ratio`` are removed, and
 the functional model is REBUILT with fewer channels: the kept weights are carried over, and every
 layer downstream is made consistent:
@@ -53,7 +54,8 @@ __all__ = ["CRITERIA", "FilterGroup", "PruningPlan", "filter_groups", "shrink", 
 CRITERIA = ("l1", "l2", "taylor")
 DEFAULT_EPOCHS = 10
 
-PRODUCERS = ("Conv2D", "SeparableConv2D", "Conv2DTranspose")
+CONVOLUTIONS = ("Conv2D", "SeparableConv2D", "Conv2DTranspose", "Conv1D")
+PRODUCERS = (*CONVOLUTIONS, "Dense")
 PASS_THROUGH = {
     "Activation",
     "ReLU",
@@ -71,9 +73,20 @@ PASS_THROUGH = {
     "UpSampling2D",
     "ZeroPadding2D",
     "Cropping2D",
+    "SpatialDropout1D",
+    "MaxPooling1D",
+    "AveragePooling1D",
+    "UpSampling1D",
+    "ZeroPadding1D",
+    "Cropping1D",
     "Identity",
 }
-GLOBAL_POOLS = {"GlobalAveragePooling2D", "GlobalMaxPooling2D"}
+GLOBAL_POOLS = {
+    "GlobalAveragePooling2D",
+    "GlobalMaxPooling2D",
+    "GlobalAveragePooling1D",
+    "GlobalMaxPooling1D",
+}
 MERGES = {"Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum"}
 SLICED = {"BatchNormalization", "PReLU"}
 
@@ -171,9 +184,12 @@ class _Spec:
 
 
 class _Analysis:
-    def __init__(self, model, skip, frozen_layers=()):
+    def __init__(self, model, skip, frozen_layers=(), dense=None):
         self.model = as_functional(model)
         self.nodes = graph_nodes(self.model)
+        if dense is None:  # an MLP's hidden units are its filters; a CNN keeps its Dense layers
+            dense = not any(node.class_name in CONVOLUTIONS for node in self.nodes)
+        self.dense = bool(dense)
         self.by_name = {n.name: n for n in self.nodes}
         self.spaces = _Spaces()
         self.specs = {}
@@ -237,17 +253,22 @@ class _Analysis:
         spec = ins[0] if len(ins) == 1 else None
         key = (node.name, 0)
 
-        if cls in PRODUCERS and len(ins) == 1 and getattr(layer, "groups", 1) == 1:
-            if spec is not None and spec.kind != "chan":
+        if (
+            (cls in CONVOLUTIONS or (cls == "Dense" and self.dense))
+            and len(ins) == 1
+            and getattr(layer, "groups", 1) == 1
+        ):
+            if spec is not None and spec.kind != "chan" and cls != "Dense":
                 self._freeze(spec, f"{cls} {node.name} after a flattened tensor")
             reason = ""
+            filters = _filters(layer)
             if node.name in self.outputs:
                 reason = "model output"
             elif self.skipped(node.name):
                 reason = "skipped"
-            elif layer.filters < 2:
+            elif filters < 2:
                 reason = "one filter"
-            space = self.spaces.new(layer.filters, bool(reason), node.name, reason)
+            space = self.spaces.new(filters, bool(reason), node.name, reason)
             self.producer_space[node.name] = space
             self.specs[key] = _Spec("chan", ((space, 1),))
         elif cls == "Dense" and len(ins) == 1:
@@ -353,12 +374,13 @@ class _Analysis:
         return groups
 
 
-def filter_groups(model, skip=()) -> list[FilterGroup]:
+def filter_groups(model, skip=(), dense=None) -> list[FilterGroup]:
     """The model's filter groups: which convolutions' outputs are pruned together, and which can't be.
 
     Args:
         model: a tf_keras functional or Sequential model.
         skip: layer names (or glob patterns, ``stack1_*``) whose filters must all stay.
+        dense: prune hidden Dense layers' units too (None: only in a model without convolutions).
 
     Returns:
         One :class:`FilterGroup` per set of tied producers, in graph order.
@@ -368,7 +390,7 @@ def filter_groups(model, skip=()) -> list[FilterGroup]:
         >>> [g.layers for g in filter_groups(build("resnet8")) if len(g.layers) > 1][0]
         ['conv1', 'stack1_conv2']
     """
-    return _Analysis(model, skip).groups()
+    return _Analysis(model, skip, dense=dense).groups()
 
 
 def _bn_after(analysis, name):
@@ -389,8 +411,13 @@ def _bn_scale(bn):
     return gamma / np.sqrt(params["moving_variance"] + bn.epsilon)
 
 
+def _filters(layer) -> int:
+    return int(layer.units if type(layer).__name__ == "Dense" else layer.filters)
+
+
 def _out_axis(layer):
-    return 2 if type(layer).__name__ == "Conv2DTranspose" else 3
+    """The output-channel axis of a producer's main kernel."""
+    return {"Conv2DTranspose": 2, "Conv1D": 2, "Dense": 1}.get(type(layer).__name__, 3)
 
 
 def _main_kernel(layer):
@@ -433,7 +460,12 @@ def _taylor_scores(analysis, names, data, batches, batch_size):
         variables += [w for w in layer.trainable_weights]
     variables = list({id(v): v for v in variables}.values())
     from_logits = not training.outputs_probabilities(model, data.x)
-    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=from_logits, reduction="sum")
+    if training.is_binary(model):
+        loss_fn = keras.losses.BinaryCrossentropy(from_logits=from_logits, reduction="sum")
+    else:
+        loss_fn = keras.losses.SparseCategoricalCrossentropy(
+            from_logits=from_logits, reduction="sum"
+        )
     rng = np.random.default_rng(0)
     order = rng.permutation(len(data.x))
     totals = {name: 0.0 for name in names}
@@ -501,6 +533,7 @@ def shrink(
     round_to: int = 1,
     taylor_batches: int = 8,
     batch_size: int = 32,
+    dense: bool | None = None,
 ) -> tuple[keras.Model, PruningPlan]:
     """Remove the lowest-ranked filters and rebuild the model smaller (no fine-tuning).
 
@@ -517,6 +550,8 @@ def shrink(
             channel counts); never more than the filters there are.
         taylor_batches: batches used by the Taylor criterion.
         batch_size: their size.
+        dense: also remove hidden Dense layers' units (None: only when the model has no
+            convolution, so that an MLP is pruned by its units and a CNN keeps its Dense layers).
 
     Returns:
         ``(new_model, plan)``: the rebuilt model, weights carried over, and a :class:`PruningPlan`.
@@ -540,13 +575,14 @@ def shrink(
             _check_ratio(value)
     else:
         _check_ratio(ratio)
-    analysis = _Analysis(model, skip)
+    analysis = _Analysis(model, skip, dense=dense)
     groups = analysis.groups()
     if not groups:
         raise OptimizationError(
-            f"model {analysis.model.name!r} has no Conv2D, SeparableConv2D or Conv2DTranspose "
-            "layer whose filters could be pruned",
-            "filter pruning shrinks convolutions; for Dense layers use factorize or prune",
+            f"model {analysis.model.name!r} has no Conv1D, Conv2D, SeparableConv2D or "
+            "Conv2DTranspose layer whose filters could be pruned (nor a hidden Dense layer)",
+            "filter pruning shrinks convolutions and an MLP's hidden layers; otherwise use "
+            "factorize or prune",
         )
     prunable = [g for g in groups if g.prunable and _ratio_for(ratio, g.layers) > 0]
     if criterion == "taylor" and prunable:
@@ -607,9 +643,10 @@ def _rebuild(analysis, keep) -> keras.Model:
         if in_index is None and out_index is None:
             continue
         arrays = layer.get_weights()
-        if cls in PRODUCERS:
-            layer_configs[node.name]["filters"] = (
-                len(out_index) if out_index is not None else layer.filters
+        if node.name in analysis.producer_space:
+            key = "units" if cls == "Dense" else "filters"
+            layer_configs[node.name][key] = (
+                len(out_index) if out_index is not None else _filters(layer)
             )
             weights[node.name] = _producer_weights(layer, cls, arrays, in_index, out_index)
         elif cls == "Dense" and in_index is not None:
@@ -637,12 +674,12 @@ def _rebuild(analysis, keep) -> keras.Model:
 
 
 def _producer_weights(layer, cls, arrays, in_index, out_index):
-    if cls == "Conv2D":
+    if cls in ("Conv2D", "Conv1D", "Dense"):
         kernel = arrays[0]
         if in_index is not None:
-            kernel = _take(kernel, in_index, 2)
+            kernel = _take(kernel, in_index, kernel.ndim - 2)
         if out_index is not None:
-            kernel = _take(kernel, out_index, 3)
+            kernel = _take(kernel, out_index, kernel.ndim - 1)
         rest = arrays[1:]
         if out_index is not None and rest:
             rest = [_take(rest[0], out_index, 0)]
@@ -687,6 +724,7 @@ def prune_filters(
     batch_size: int = 32,
     learning_rate: float = 1e-3,
     taylor_batches: int = 8,
+    dense: bool | None = None,
 ) -> keras.Model:
     """Filter pruning stage: rank, remove and rebuild (:func:`shrink`), then fine-tune.
 
@@ -705,6 +743,7 @@ def prune_filters(
         batch_size: fine-tuning (and Taylor) batch size.
         learning_rate: the fine-tuning learning rate (cosine-decayed).
         taylor_batches: batches the Taylor criterion looks at.
+        dense: also remove hidden Dense units (None: only in a model without convolutions).
 
     Returns:
         The smaller tf_keras model, fine-tuned, ready for :func:`tfedge.converters.convert`.
@@ -727,6 +766,7 @@ def prune_filters(
             round_to=round_to,
             taylor_batches=taylor_batches,
             batch_size=batch_size,
+            dense=dense,
         )
     # Fine-tuning trains every layer, even when the model came in frozen (a teacher elsewhere).
     result.trainable = True

@@ -34,6 +34,10 @@ SCHEDULES = ("polynomial", "constant")
 DEFAULT_SKIP = ("first", "last")
 DEFAULT_STEPS = 900
 MAX_LAYER_SPARSITY = 0.98
+#: With the default skip, the most the pruned layers are asked to make up for the dense first and
+#: last layers; past it (an MLP whose first layer holds half the weights), the first or the last
+#: layer is pruned too rather than the rest being pruned to nothing.
+MAX_MAKE_UP_SPARSITY = 0.9
 
 
 def _sparsity_module():
@@ -144,13 +148,30 @@ def _size(model, names) -> int:
     )
 
 
-def _choose_layers(model, skip, eligible) -> list[str]:
+def _needed(model, names, sparsity) -> float:
+    """The sparsity ``names`` need for ``sparsity`` over them and the first and last layers."""
+    edges = [n for n in training.skipped_layers(model, DEFAULT_SKIP) if n not in names]
+    pruned = _size(model, names)
+    return sparsity * (pruned + _size(model, edges)) / pruned if pruned else math.inf
+
+
+def _choose_layers(model, skip, eligible, sparsity=None, m_by_n=None) -> list[str]:
     names = training.select_layers(model, skip, eligible=eligible)
-    if skip is DEFAULT_SKIP:
-        every = training.select_layers(model, (), eligible=eligible)
-        if _size(model, names) < 0.5 * _size(model, every):
-            return every
-    return names
+    if skip is not DEFAULT_SKIP:
+        return names
+    every = training.select_layers(model, (), eligible=eligible)
+    if _size(model, names) < 0.5 * _size(model, every):
+        return every
+    if sparsity is None or m_by_n is not None:
+        return names
+    if _needed(model, names, sparsity) <= MAX_MAKE_UP_SPARSITY:
+        return names
+    # Too much to make up: keep only the last layer dense, else only the first, else none.
+    for fewer in (("last",), ("first",)):
+        candidate = training.select_layers(model, fewer, eligible=eligible)
+        if candidate and _needed(model, candidate, sparsity) <= MAX_MAKE_UP_SPARSITY:
+            return candidate
+    return every
 
 
 def weight_sparsity(model, layers=None) -> float:
@@ -283,7 +304,7 @@ def prune(
     with training.strategy_scope(strategy):
         work = training.clone_model(training.flatten_model(model))
         training.check_data(train, "training", work)
-        names = _choose_layers(work, skip, _eligible(m_by_n, block))
+        names = _choose_layers(work, skip, _eligible(m_by_n, block), float(sparsity), m_by_n)
         if not names:
             what = f" with structure {structure!r}" if structure is not None else ""
             raise OptimizationError(

@@ -148,10 +148,11 @@ def check_data(data, name: str, model=None):
                 "give the data the model's input shape",
             )
         output = model.output_shape
-        if isinstance(output, list) or len(output) != 2 or (output[-1] or 0) < 2:
+        if isinstance(output, list) or len(output) != 2 or (output[-1] or 0) < 1:
             raise OptimizationError(
                 f"the model {model.name!r} has output shape {output}; the compression stages "
-                "fine-tune classifiers with one output of shape (batch, classes), classes >= 2",
+                "fine-tune classifiers with one output of shape (batch, classes), or (batch, 1) "
+                "for a binary classifier (a sigmoid or a logit)",
                 "compress a classifier, or fine-tune other models with your own training loop",
             )
     return data
@@ -170,10 +171,54 @@ def outputs_probabilities(model, x) -> bool:
     out = np.asarray(model(sample, training=False), dtype=np.float64)
     if out.ndim != 2:
         return False
+    if out.shape[1] == 1:  # binary: a sigmoid's probability, or a logit
+        return bool(
+            (out >= -_PROBABILITY_TOLERANCE).all() and (out <= 1 + _PROBABILITY_TOLERANCE).all()
+        )
     return bool(
         (out >= -_PROBABILITY_TOLERANCE).all()
         and np.allclose(out.sum(axis=1), 1.0, atol=_PROBABILITY_TOLERANCE * out.shape[1])
     )
+
+
+def is_binary(model) -> bool:
+    """True for a binary classifier: one output of shape ``(batch, 1)`` (a sigmoid or a logit).
+
+    Example:
+        >>> is_binary(keras.Sequential([keras.layers.Dense(1, "sigmoid", input_shape=(4,))]))
+        True
+    """
+    shape = model.output_shape
+    return not isinstance(shape, list) and len(shape) == 2 and shape[-1] == 1
+
+
+def accuracy_metric(binary: bool, probabilities: bool):
+    """The ``accuracy`` metric for a classifier's outputs: top-1, or thresholded when binary.
+
+    Example:
+        >>> accuracy_metric(True, False).threshold
+        0.0
+    """
+    if binary:
+        return keras.metrics.BinaryAccuracy(
+            name="accuracy", threshold=0.5 if probabilities else 0.0
+        )
+    return keras.metrics.SparseCategoricalAccuracy(name="accuracy")
+
+
+def predicted_labels(predictions, probabilities: bool | None = None) -> np.ndarray:
+    """Class ids from a classifier's outputs (``(batch, 1)`` outputs are thresholded).
+
+    Example:
+        >>> predicted_labels(np.array([[0.2], [0.9]])).tolist()
+        [0, 1]
+    """
+    predictions = np.asarray(predictions)
+    if predictions.ndim == 2 and predictions.shape[1] == 1:
+        if probabilities is None:
+            probabilities = bool(((predictions >= 0) & (predictions <= 1)).all())
+        return (predictions[:, 0] > (0.5 if probabilities else 0.0)).astype(np.int64)
+    return predictions.reshape(len(predictions), -1).argmax(axis=1)
 
 
 def trusted_cloning():
@@ -642,6 +687,7 @@ def fit(
     from tfedge.console import quiet
 
     probabilities = outputs_probabilities(model, train.x)
+    binary = is_binary(model)
     total_steps = epochs * steps_per_epoch(len(train), batch_size)
     with strategy_scope(strategy):
         optimizer = keras.optimizers.Adam(_learning_rate(learning_rate, total_steps, lr_schedule))
@@ -656,13 +702,15 @@ def fit(
                 student_probabilities=probabilities,
                 teacher_probabilities=outputs_probabilities(teacher, train.x),
             )
-            trainer.compile(optimizer=optimizer, metrics=["accuracy"])
+            trainer.compile(optimizer=optimizer, metrics=[accuracy_metric(binary, probabilities)])
         else:
             trainer = model
+            if binary:
+                loss = keras.losses.BinaryCrossentropy(from_logits=not probabilities)
+            else:
+                loss = keras.losses.SparseCategoricalCrossentropy(from_logits=not probabilities)
             trainer.compile(
-                optimizer=optimizer,
-                loss=keras.losses.SparseCategoricalCrossentropy(from_logits=not probabilities),
-                metrics=["accuracy"],
+                optimizer=optimizer, loss=loss, metrics=[accuracy_metric(binary, probabilities)]
             )
     best = RestoreBest(
         model,
@@ -698,7 +746,8 @@ def evaluate(model, data, batch_size: int = 256) -> float:
     """
     check_data(data, "evaluation")
     predictions = model.predict(data.x, batch_size=batch_size, verbose=0)
-    return float(np.mean(np.argmax(predictions, axis=-1) == data.y))
+    probabilities = outputs_probabilities(model, data.x) if is_binary(model) else None
+    return float(np.mean(predicted_labels(predictions, probabilities) == data.y))
 
 
 def _first_line(exc) -> str:

@@ -154,3 +154,28 @@ def test_student_with_other_classes_is_refused(trained_digits_cnn, digits):
     with pytest.raises(OptimizationError, match="maps") as caught:
         distill(other, digits[0], digits[1], teacher=trained_digits_cnn, epochs=1)
     assert "number of classes" in caught.value.hint
+
+
+def test_binary_loss_is_the_same_for_sigmoid_and_logit_outputs():
+    """A (batch, 1) classifier distils as the two-class softmax of [0, logit]."""
+    from tfedge.backend import keras, tf
+    from tfedge.models.distillation import Distiller, ends_in_softmax
+
+    rng = np.random.default_rng(0)
+    z_student = rng.normal(size=(16, 1)).astype("float32") * 3
+    z_teacher = rng.normal(size=(16, 1)).astype("float32") * 3
+    y = rng.integers(0, 2, 16)
+    sigmoid = keras.Sequential([keras.layers.Dense(1, activation="sigmoid", input_shape=(2,))])
+    logit = keras.Sequential([keras.layers.Dense(1, input_shape=(2,))])
+    assert ends_in_softmax(sigmoid) and not ends_in_softmax(logit)
+    probs = Distiller(sigmoid, sigmoid, alpha=0.3)
+    logits = Distiller(logit, logit, alpha=0.3)
+    a = probs.distillation_loss(y, tf.sigmoid(z_student), tf.sigmoid(z_teacher))
+    b = logits.distillation_loss(y, z_student, z_teacher)
+    assert float(a) == pytest.approx(float(b), rel=1e-4)
+    # alpha=1: plain binary cross-entropy on the labels
+    only_labels = Distiller(logit, logit, alpha=1.0).distillation_loss(y, z_student, z_teacher)
+    expected = keras.losses.binary_crossentropy(
+        y[:, None].astype("float32"), z_student, from_logits=True
+    )
+    assert float(only_labels) == pytest.approx(float(np.mean(expected)), rel=1e-4)

@@ -163,9 +163,9 @@ def test_bad_arguments_say_what_is_expected(kwargs, words):
 
 
 def test_models_without_convolutions_or_graph_are_refused():
-    dense = keras.Sequential([L.Dense(4, input_shape=(3,)), L.Dense(2)])
-    with pytest.raises(OptimizationError, match="no Conv2D"):
-        shrink(dense)
+    flat = keras.Sequential([L.Flatten(input_shape=(3, 2))])
+    with pytest.raises(OptimizationError, match="no Conv1D, Conv2D"):
+        shrink(flat)
 
     class Sub(keras.Model):
         def __init__(self):
@@ -215,3 +215,42 @@ def test_unregistered_custom_layers_say_how_to_fix():
     with pytest.raises(OptimizationError, match="cannot rebuild") as info:
         shrink(model, ratio=0.5)
     assert "register_keras_serializable" in info.value.hint
+
+
+def test_conv1d_filters_are_pruned_exactly():
+    inputs = keras.Input((8, 8))
+    x = L.Conv1D(8, 3, padding="same", name="c1")(inputs)
+    x = L.BatchNormalization(name="bn")(x)
+    x = L.ReLU()(x)
+    x = L.MaxPooling1D(name="pool")(x)
+    x = L.Conv1D(6, 3, activation="relu", name="c2")(x)
+    x = L.GlobalAveragePooling1D()(x)
+    model = keras.Model(inputs, L.Dense(3, name="out")(x))
+    assert [g.layers for g in filter_groups(model) if g.prunable] == [["c1"], ["c2"]]
+    zero_lowest(model)
+    small, plan = shrink(model, ratio=0.5)
+    assert small.get_layer("c1").filters == 4 and small.get_layer("c2").filters == 3
+    x = np.random.default_rng(0).random((4, 8, 8)).astype("float32")
+    np.testing.assert_allclose(small(x).numpy(), model(x).numpy(), atol=1e-5)
+
+
+def test_mlp_hidden_units_are_pruned_and_a_cnn_keeps_its_dense_layers():
+    mlp = keras.Sequential(
+        [
+            L.Dense(16, input_shape=(5,), name="h1"),
+            L.BatchNormalization(name="bn"),
+            L.ReLU(),
+            L.Dropout(0.2),
+            L.Dense(8, activation="relu", name="h2"),
+            L.Dense(1, activation="sigmoid", name="out"),
+        ]
+    )
+    zero_lowest(mlp)
+    small, plan = shrink(mlp, ratio=0.5)
+    assert small.get_layer("h1").units == 8 and small.get_layer("h2").units == 4
+    assert small.get_layer("out").units == 1
+    x = np.random.default_rng(0).random((4, 5)).astype("float32")
+    np.testing.assert_allclose(small(x).numpy(), mlp(x).numpy(), atol=1e-5)
+    # with a convolution in the model, Dense layers keep their units unless asked
+    assert all(g.layers != ["fc"] for g in filter_groups(kitchen_sink()))
+    assert ["fc"] in [g.layers for g in filter_groups(kitchen_sink(), dense=True)]

@@ -236,3 +236,24 @@ def test_structure_forms(structure, expected):
     from tfedge.models.pruning import _parse_structure
 
     assert _parse_structure(structure) == expected
+
+
+def test_mlp_whose_first_layer_is_big_prunes_it_rather_than_failing(digits):
+    """Too much for the middle layers to make up: the first layer is pruned too, not an error."""
+    from tfedge.backend import keras
+    from tfedge.data import Dataset
+    from tfedge.models.pruning import prune, weight_sparsity
+
+    L = keras.layers
+    train = Dataset(digits[0].x.reshape(len(digits[0].x), -1)[:, :40], digits[0].y)
+    model = keras.Sequential(
+        [
+            L.Dense(48, activation="relu", input_shape=(40,), name="first"),
+            L.Dense(56, activation="relu", name="middle"),
+            L.Dense(10, activation="softmax", name="last"),
+        ]
+    )
+    sparse = prune(model, train, None, sparsity=0.75, epochs=1, polish_epochs=0)
+    assert weight_sparsity(sparse) == pytest.approx(0.75, abs=0.02)
+    assert weight_sparsity(sparse, ["first"]) > 0.5
+    assert weight_sparsity(sparse, ["last"]) == 0.0
