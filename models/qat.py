@@ -212,6 +212,40 @@ def calibrate_ranges(model, x, batch_size: int = 64, samples: int = 512) -> int:
     return len(seen)
 
 
+class _HoldFloatLayers(keras.callbacks.Callback):
+    """Keep the structure ``preserve`` names in the layers QAT leaves float (e.g. Conv1D).
+
+    tfmot's preserving schemes only guard the layers they wrap; a layer left float would otherwise
+    train freely and lose its zeros (or its clusters). Zeros are held at zero after every batch;
+    with ``clusters`` to keep, those layers are frozen instead.
+    """
+
+    def __init__(self, model, preserve: str):
+        super().__init__()
+        wrapper = tfmot().quantization.keras.QuantizeWrapperV2
+        self.pairs = []
+        for layer in model.layers:
+            if isinstance(layer, wrapper) or not layer.trainable_weights:
+                continue
+            kernels = [w for w in layer.trainable_weights if len(w.shape) >= 2]
+            if not kernels:
+                continue
+            if "clusters" in preserve:
+                layer.trainable = False
+                continue
+            for weight in kernels:
+                mask = (weight.numpy() != 0).astype(weight.dtype.as_numpy_dtype)
+                if not mask.all():
+                    self.pairs.append((weight, mask))
+
+    def on_train_batch_end(self, batch, logs=None):
+        for weight, mask in self.pairs:
+            weight.assign(weight * mask)
+
+    def on_train_end(self, logs=None):
+        self.on_train_batch_end(-1)
+
+
 def _short_names(layer) -> dict:
     keyed, counts = {}, {}
     for variable in layer.weights:
@@ -316,6 +350,7 @@ def quantize_aware(
             )
         quantized, names = _quantize(work, names, scheme)
         calibrate_ranges(quantized, train.x)
+        callbacks = [] if preserve is None else [_HoldFloatLayers(quantized, preserve)]
         training.fit(
             quantized,
             train,
@@ -328,6 +363,7 @@ def quantize_aware(
             alpha=alpha,
             strategy=strategy,
             keep_initial=True,
+            callbacks=callbacks,
             desc="quantization-aware training",
             seed=seed,
         )

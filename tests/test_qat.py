@@ -267,3 +267,32 @@ def test_binary_classifier_with_one_output_is_pruned_and_quantized(digits, activ
     # the runner thresholds one output at 0.5: right for the sigmoid, so check int8 accuracy there
     if activation == "sigmoid":
         assert int8_accuracy(blob, test, tmp_path) >= before - 0.05
+
+
+def test_pqat_keeps_the_zeros_of_layers_qat_leaves_float(digits):
+    """tfmot does not wrap Conv1D: its pruned zeros must survive PQAT all the same."""
+    from tfedge.backend import keras
+    from tfedge.data import Dataset
+    from tfedge.models.pruning import prune, weight_sparsity
+    from tfedge.models.qat import float_layers, quantize_aware
+
+    def rows(data):  # each 16x16 digit as a sequence of 16 rows
+        return Dataset(data.x.reshape(len(data.x), 16, 16), data.y)
+
+    train, test = rows(digits[0]), rows(digits[1])
+    keras.utils.set_random_seed(0)
+    L = keras.layers
+    model = keras.Sequential(
+        [
+            L.Conv1D(16, 3, activation="relu", input_shape=(16, 16), name="c1"),
+            L.Conv1D(32, 3, activation="relu", name="c2"),
+            L.GlobalMaxPooling1D(),
+            L.Dense(32, activation="relu", name="fc"),
+            L.Dense(10, activation="softmax", name="out"),
+        ]
+    )
+    pruned = prune(model, train, test, sparsity=0.75, epochs=1, polish_epochs=0)
+    assert weight_sparsity(pruned, ["c2"]) > 0.7
+    qat = quantize_aware(pruned, train, test, epochs=1, preserve="sparsity", learning_rate=1e-2)
+    assert "c2" in float_layers(qat)
+    assert weight_sparsity(qat, ["c2"]) == pytest.approx(weight_sparsity(pruned, ["c2"]))
