@@ -199,4 +199,6 @@ def format_results(rows) -> str:
     out = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True))]
     out.append("  ".join("-" * w for w in widths))
     out += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in lines]
+    if any((row.get("device") or {}).get("emulated") for row in rows):
+        out.append("note: emulated device (qemu): its latency is not a real device figure")
     return "\n".join(out)

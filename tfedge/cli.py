@@ -302,8 +302,6 @@ def bench(
     rows = report["results"]
     if any(not row.get("error") for row in rows):
         echo(format_results(rows))
-    if any(_is_emulated(row) for row in rows):
-        echo("note: emulated device (qemu): its latency is not a real device figure")
     failures = failed_rows(rows)
     for row in failures:
         device = (row.get("device") or {}).get("name", "local")
@@ -313,10 +311,6 @@ def bench(
     if json_path:
         echo(f"results: {json_path}")
     return 1 if failures else 0
-
-
-def _is_emulated(row) -> bool:
-    return bool((row.get("device") or {}).get("emulated"))
 
 
 def _read_devices_file(path) -> list[str]:
