@@ -53,6 +53,9 @@ def render_html(rows, title: str = "tfedge report") -> str:
     )
     device = next((r.get("device") for r in rows if r.get("device")), {}) or {}
     runtime = next((r.get("runtime") for r in rows if r.get("runtime")), {}) or {}
+    emulated = ""
+    if any((r.get("device") or {}).get("emulated") for r in rows):
+        emulated = "<p><b>Emulated device (qemu):</b> its latency is not a real device figure.</p>"
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>
@@ -70,6 +73,7 @@ td:first-child, td:nth-child(2) {{ text-align: left; }}
 {body}
 </tbody></table>
 <p>Latency is the median (p50) and 90th percentile of timed invocations in one run.</p>
+{emulated}
 </body></html>
 """
 
