@@ -120,7 +120,9 @@ def _layer_sparsity(model, names, skip, sparsity, m_by_n) -> float:
     edges = [item for item in _as_tuple(skip) if item in ("first", "last")]
     dense = [name for name in training.skipped_layers(model, edges) if name not in names]
     pruned = _size(model, names)
-    total = pruned + _size(model, dense)
+    # every kernel counts, as in weight_sparsity: a SeparableConv2D's depthwise kernel, which
+    # tfmot leaves dense, is made up for like the first and last layers
+    total = _kernel_size(model, names + dense)
     if pruned == 0:
         return sparsity
     needed = sparsity * total / pruned
@@ -152,7 +154,17 @@ def _needed(model, names, sparsity) -> float:
     """The sparsity ``names`` need for ``sparsity`` over them and the first and last layers."""
     edges = [n for n in training.skipped_layers(model, DEFAULT_SKIP) if n not in names]
     pruned = _size(model, names)
-    return sparsity * (pruned + _size(model, edges)) / pruned if pruned else math.inf
+    return sparsity * _kernel_size(model, names + edges) / pruned if pruned else math.inf
+
+
+def _kernel_size(model, names) -> int:
+    """All the kernel weights (rank >= 2) of the named layers, pruned by tfmot or not."""
+    return sum(
+        int(np.prod(w.shape))
+        for name in names
+        for w in model.get_layer(name).trainable_weights
+        if len(w.shape) >= 2
+    )
 
 
 def _choose_layers(model, skip, eligible, sparsity=None, m_by_n=None) -> list[str]:

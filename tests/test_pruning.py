@@ -257,3 +257,22 @@ def test_mlp_whose_first_layer_is_big_prunes_it_rather_than_failing(digits):
     assert weight_sparsity(sparse) == pytest.approx(0.75, abs=0.02)
     assert weight_sparsity(sparse, ["first"]) > 0.5
     assert weight_sparsity(sparse, ["last"]) == 0.0
+
+
+def test_sparsity_counts_the_depthwise_kernels_tfmot_leaves_dense(digits):
+    """SeparableConv2D: tfmot prunes the pointwise kernel only; the target holds over both."""
+    from tfedge.backend import keras
+    from tfedge.models.pruning import prune, weight_sparsity
+
+    L = keras.layers
+    model = keras.Sequential(
+        [
+            L.Conv2D(8, 3, activation="relu", input_shape=(16, 16, 1), name="first"),
+            L.SeparableConv2D(32, 3, activation="relu", name="sep1"),
+            L.SeparableConv2D(32, 3, activation="relu", name="sep2"),
+            L.GlobalAveragePooling2D(),
+            L.Dense(10, activation="softmax", name="last"),
+        ]
+    )
+    sparse = prune(model, digits[0], None, sparsity=0.75, epochs=1, polish_epochs=0)
+    assert weight_sparsity(sparse) == pytest.approx(0.75, abs=0.02)
