@@ -248,8 +248,8 @@ def prune(
     polish_epochs: int | None = None,
     batch_size: int = training.DEFAULT_BATCH_SIZE,
     learning_rate: float = 1e-3,
-    temperature: float = 4.0,
-    alpha: float = 0.1,
+    temperature: float = 1.0,
+    alpha: float = 0.5,
     seed: int | None = 0,
 ):
     """Prune a trained model to ``sparsity`` and fine-tune it back; return the stripped model.
@@ -276,7 +276,9 @@ def prune(
             ``epochs``; 0 to skip).
         batch_size: the batch size (the schedule's steps are counted with it).
         learning_rate: Adam's initial learning rate (cosine-decayed).
-        temperature: the distillation temperature (with a teacher).
+        temperature: the distillation temperature (with a teacher). 1, not Hinton's 4: a teacher
+            that is not very confident gives near-uniform targets at T=4 (a Keras 3 residual
+            CNN pruned to 75 %: 89 % at T=4, alpha=0.1; 96 % at T=1, alpha=0.5; float 96 %).
         alpha: the true-label weight in distillation (with a teacher).
         seed: the random seed.
 

@@ -276,3 +276,21 @@ def test_sparsity_counts_the_depthwise_kernels_tfmot_leaves_dense(digits):
     )
     sparse = prune(model, digits[0], None, sparsity=0.75, epochs=1, polish_epochs=0)
     assert weight_sparsity(sparse) == pytest.approx(0.75, abs=0.02)
+
+
+def test_pruning_distils_at_a_low_temperature_with_labels(monkeypatch, trained_digits_cnn, digits):
+    """T=1, alpha=0.5 by default (T=4, alpha=0.1 lost 6 points on a held-out residual CNN)."""
+    from tfedge.models import training
+    from tfedge.models.pruning import prune
+
+    seen = []
+    real_fit = training.fit
+
+    def spy(*args, **kwargs):
+        seen.append((kwargs.get("temperature"), kwargs.get("alpha"), kwargs.get("teacher")))
+        return real_fit(*args, **kwargs)
+
+    monkeypatch.setattr(training, "fit", spy)
+    m = trained_digits_cnn
+    prune(m, digits[0], digits[1], sparsity=0.5, epochs=1, polish_epochs=0, teacher=m)
+    assert (seen[0][0], seen[0][1]) == (1.0, 0.5) and seen[0][2] is m
