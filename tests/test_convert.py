@@ -230,3 +230,32 @@ def test_keras3_layernorm_model_is_made_fully_int8(digits, tmp_path, accuracy_of
     blob = convert(model, calib=digits[0], calib_samples=100)
     assert inspect_model(blob)["fully_integer"]
     assert tflite_accuracy(blob, digits[1], tmp_path) >= accuracy_of(model, digits[1]) - 0.02
+
+
+@pytest.mark.parametrize("activation", ["sigmoid", None])
+@pytest.mark.parametrize("mode", ["int8", "float32"])
+def test_one_output_classifiers_are_scored_right(activation, mode, tmp_path):
+    from sklearn.datasets import load_breast_cancer
+
+    from tfedge.backend import keras
+
+    data = load_breast_cancer()
+    x = ((data.data - data.data.mean(0)) / data.data.std(0)).astype("float32")
+    y = data.target
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [
+            keras.Input((30,)),
+            keras.layers.Dense(16, activation="relu"),
+            keras.layers.Dense(1, activation=activation),
+        ]
+    )
+    model.compile("adam", keras.losses.BinaryCrossentropy(from_logits=activation is None))
+    model.fit(x, y, epochs=20, verbose=0)
+    keras_acc = float(
+        ((model.predict(x, verbose=0)[:, 0] > (0.5 if activation else 0.0)) == y).mean()
+    )
+    path = tmp_path / "binary.tflite"
+    path.write_bytes(convert(model, mode=mode, calib=x))
+    ((_, row),) = bench_models([str(path)], data=(x, y), warmup=0, runs=1)
+    assert row["accuracy"] >= keras_acc - 0.01

@@ -174,6 +174,17 @@ def _key(value) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def _code_key(stages) -> str:
+    """tfedge's version and the source of every stage module used: new code retrains."""
+    from tfedge import __version__
+
+    digest = hashlib.sha256(__version__.encode())
+    for stage in stages:
+        module = importlib.import_module(STAGES[stage["name"]][0])
+        digest.update(Path(module.__file__).read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def _label(stage: dict) -> str:
     params = ", ".join(f"{k}={v}" for k, v in stage.items() if k not in ("name", "epochs"))
     return f"{stage['name']}({params})" if params else stage["name"]
@@ -210,11 +221,10 @@ def _frozen_copy(model):
 def _accuracy(model, data) -> float:
     import numpy as np
 
+    from tfedge.models.training import outputs_probabilities, predicted_labels
+
     predictions = np.asarray(model.predict(data.x, batch_size=256, verbose=0))
-    if predictions.ndim == 2 and predictions.shape[1] == 1:
-        labels = (predictions[:, 0] > 0.5).astype(np.int64)
-    else:
-        labels = predictions.reshape(len(predictions), -1).argmax(axis=1)
+    labels = predicted_labels(predictions, outputs_probabilities(model, data.x))
     return float((labels == data.y).mean())
 
 
@@ -297,7 +307,14 @@ def optimize(
     history = []
     for index, stage in enumerate(stages, start=1):
         history.append(stage)
-        key = _key({"source": str(source), "stages": history, "train": len(train)})
+        key = _key(
+            {
+                "source": str(source),
+                "stages": history,
+                "train": len(train),
+                "code": _code_key(history),
+            }
+        )
         name = f"{index:02d}-{stage['name']}"
         keras_path = checkpoints / f"{name}.keras"
         label = _label(stage)

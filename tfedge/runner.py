@@ -345,17 +345,38 @@ class _Feeder:
         return rng.uniform(-1.0, 1.0, size=self.shape).astype(self.dtype)
 
 
-def _predictions(output, detail, count):
-    """Top-1 class per sample from the first output (dequantized; one unit means a sigmoid)."""
+def _scores(output, detail, count):
+    """The first output of ``count`` samples as float64 rows (dequantized with its scale)."""
     import numpy as np
 
     values = np.asarray(output)[:count].reshape(count, -1).astype(np.float64)
     scale, zero_point = detail.get("quantization", (0.0, 0))
     if scale:
         values = (values - zero_point) * scale
-    if values.shape[1] == 1:
-        return (values[:, 0] > 0.5).astype(np.int64)
-    return values.argmax(axis=1)
+    return values
+
+
+def _is_probability(interpreter, detail, scores):
+    """Whether a one-unit output is a probability (threshold 0.5) or a logit (threshold 0).
+
+    Decided by the output's quantized range (an int8 LOGISTIC output spans [0, 1)), else by the
+    operator that produces it, else by the values seen.
+    """
+    import numpy as np
+
+    scale, zero_point = detail.get("quantization", (0.0, 0))
+    if scale and np.dtype(detail["dtype"]).kind in "iu":
+        info = np.iinfo(detail["dtype"])
+        return (info.min - zero_point) * scale >= -1e-6 and (
+            info.max - zero_point
+        ) * scale <= 1 + 1e-6
+    try:
+        for op in interpreter._get_ops_details():
+            if detail["index"] in list(op["outputs"]):
+                return op["op_name"] == "LOGISTIC"
+    except Exception:
+        pass
+    return bool(((scores >= 0) & (scores <= 1)).all())
 
 
 def _labels(y):
@@ -486,6 +507,7 @@ def bench_one(
         invoke()
         first_ms = (time.perf_counter() - start) * 1000.0
         correct = 0
+        binary = []
         labels = _labels(y) if y is not None else None
         for offset in range(0, samples, batch):
             count = min(batch, samples - offset)
@@ -495,10 +517,21 @@ def bench_one(
             for detail in outputs:
                 value = interpreter.get_tensor(detail["index"])
                 digest.update(np.ascontiguousarray(value[:count]).tobytes())
-            predicted = _predictions(interpreter.get_tensor(outputs[0]["index"]), outputs[0], count)
+            values = _scores(interpreter.get_tensor(outputs[0]["index"]), outputs[0], count)
+            if values.shape[1] == 1:
+                binary.append(values[:, 0])  # thresholded below, once the whole output is seen
+                continue
+            predicted = values.argmax(axis=1)
             top1.update(np.asarray(predicted, dtype="<i4").tobytes())
             if labels is not None:
                 correct += int((predicted == labels[offset : offset + count]).sum())
+        if binary:
+            values = np.concatenate(binary)
+            threshold = 0.5 if _is_probability(interpreter, outputs[0], values) else 0.0
+            predicted = (values > threshold).astype(np.int64)
+            top1.update(np.asarray(predicted, dtype="<i4").tobytes())
+            if labels is not None:
+                correct = int((predicted == labels).sum())
         if labels is not None and samples:
             accuracy = round(correct / samples, 6)
         timing_inputs = [first]
