@@ -287,19 +287,14 @@ def factorize(
             + " the two factors hold at least as many weights as the original",
             "lower the rank: energy=0.8, ratio=0.25 or rank=8",
         )
-    # Fine-tuning trains every layer, even when the model came in frozen (a teacher elsewhere).
-    result.trainable = True
-    epochs = DEFAULT_EPOCHS if epochs is None else int(epochs)
-    if epochs > 0:
-        training.fit(
-            result,
-            train,
-            val,
-            epochs=epochs,
-            teacher=teacher,
-            strategy=strategy,
-            batch_size=batch_size,
-            learning_rate=learning_rate,
-            desc="fine-tuning factorized layers",
-        )
-    return result
+    return training.fine_tune_rebuilt(
+        result,
+        train,
+        val,
+        epochs=DEFAULT_EPOCHS if epochs is None else int(epochs),
+        desc="fine-tuning factorized layers",
+        teacher=teacher,
+        strategy=strategy,
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+    )

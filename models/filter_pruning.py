@@ -775,21 +775,16 @@ def prune_filters(
             batch_size=batch_size,
             dense=dense,
         )
-    # Fine-tuning trains every layer, even when the model came in frozen (a teacher elsewhere).
-    result.trainable = True
-    epochs = DEFAULT_EPOCHS if epochs is None else int(epochs)
-    if epochs > 0:
-        training.fit(
-            result,
-            train,
-            val,
-            epochs=epochs,
-            teacher=teacher,
-            strategy=strategy,
-            batch_size=batch_size,
-            learning_rate=learning_rate,
-            temperature=temperature,
-            alpha=alpha,
-            desc="fine-tuning pruned filters",
-        )
-    return result
+    return training.fine_tune_rebuilt(
+        result,
+        train,
+        val,
+        epochs=DEFAULT_EPOCHS if epochs is None else int(epochs),
+        desc="fine-tuning pruned filters",
+        teacher=teacher,
+        strategy=strategy,
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+        temperature=temperature,
+        alpha=alpha,
+    )

@@ -37,6 +37,7 @@ __all__ = [
     "skipped_layers",
     "kernel_layers",
     "fit",
+    "fine_tune_rebuilt",
     "evaluate",
     "EpochProgress",
     "RestoreBest",
@@ -735,6 +736,21 @@ def fit(
             verbose=0,
         )
     return best
+
+
+def fine_tune_rebuilt(model, train, val=None, *, epochs: int, desc: str, **fit_options):
+    """Fine-tune a model a stage has rebuilt (fewer filters, factorized layers) with :func:`fit`.
+
+    Every layer trains, even when the model it was built from came in frozen (a teacher
+    elsewhere); ``epochs=0`` skips the fine-tune.
+
+    Example:
+        >>> fine_tune_rebuilt(smaller, train, val, epochs=5, desc="fine-tuning")  # doctest: +SKIP
+    """
+    model.trainable = True
+    if epochs > 0:
+        fit(model, train, val, epochs=epochs, desc=desc, **fit_options)
+    return model
 
 
 def evaluate(model, data, batch_size: int = 256) -> float:
