@@ -231,6 +231,7 @@ def _convert(
             tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8
         ]
 
+    failure = None
     with quiet() as log:
         try:
             if keep_float:
@@ -240,7 +241,9 @@ def _convert(
         except TfedgeError:
             raise
         except Exception as exc:
-            raise _conversion_error(exc, log.text if hasattr(log, "text") else "", mode) from exc
+            failure = exc
+    if failure is not None:  # raised here: the converter's log is in log.text once quiet() ends
+        raise _conversion_error(failure, log.text, mode) from failure
     _check(blob, mode, io, keep_float)
     if labels is not None:
         from tfedge.converters.metadata import add_metadata, read_labels_file
