@@ -30,6 +30,7 @@ import numpy as np
 from ai_edge_litert import schema_py_generated as _tfl
 
 from tfedge.converters import metadata_schema_py_generated as _md
+from tfedge.converters.flatbuffer import pack_model
 from tfedge.errors import ConversionError, InputFileError
 
 __all__ = [
@@ -54,8 +55,6 @@ _METADATA_IDENTIFIER = b"M001"
 # Fixed timestamp of the zip entries, so that the same inputs give the same bytes (zipfile would
 # stamp the current local time). 1980-01-01 is the earliest date a zip entry can carry.
 _ZIP_DATE_TIME = (1980, 1, 1, 0, 0, 0)
-# TFLite's schema asks for `Buffer.data` aligned to 16 bytes (force_align: 16).
-_BUFFER_ALIGNMENT = 16
 _INPUT_KINDS = ("image", "tensor")
 # Value range of integer input tensors, for the `stats` of the input tensor metadata.
 _INT_RANGES = {
@@ -231,11 +230,8 @@ def add_metadata(
         model.buffers[entry.buffer] = _tfl.BufferT(data=metadata_buf)
 
     # Repack (anything after the flatbuffer, such as associated files packed before, is dropped).
-    model.buffers = [_AlignedBuffer(b) for b in model.buffers]
-    builder = flatbuffers.Builder(len(model_bytes) + len(metadata_buf) + 4096)
-    builder.Finish(model.Pack(builder), _TFLITE_IDENTIFIER)
     out = io.BytesIO()
-    out.write(builder.Output())
+    out.write(pack_model(model, len(model_bytes) + len(metadata_buf) + 4096))
     _append_zip(out, {LABELS_FILE_NAME: ("\n".join(labels) + "\n").encode("utf-8")})
     return out.getvalue()
 
@@ -342,33 +338,6 @@ def read_metadata(model_bytes: bytes) -> dict | None:
 
 # --------------------------------------------------------------------------------------------
 # Helpers.
-
-
-class _AlignedBuffer:
-    """Packs a ``BufferT`` like the object API does, but with its data aligned to 16 bytes.
-
-    The generated Python object API ignores the schema's ``force_align: 16`` on ``Buffer.data``;
-    the C++ converter honours it, and so does this.
-    """
-
-    def __init__(self, buffer: _tfl.BufferT):
-        self.buffer = buffer
-
-    def Pack(self, builder: flatbuffers.Builder) -> int:  # noqa: N802 (the object API's name)
-        b = self.buffer
-        data = None
-        if b.data is not None:
-            payload = np.asarray(b.data, dtype=np.uint8).tobytes()
-            builder.StartVector(1, len(payload), _BUFFER_ALIGNMENT)
-            builder.head -= len(payload)
-            builder.Bytes[builder.head : builder.head + len(payload)] = payload
-            data = builder.EndVector()
-        _tfl.BufferStart(builder)
-        if data is not None:
-            _tfl.BufferAddData(builder, data)
-        _tfl.BufferAddOffset(builder, b.offset)
-        _tfl.BufferAddSize(builder, b.size)
-        return _tfl.BufferEnd(builder)
 
 
 def _check_identifier(model_bytes) -> None:

@@ -244,6 +244,10 @@ def _convert(
             failure = exc
     if failure is not None:  # raised here: the converter's log is in log.text once quiet() ends
         raise _conversion_error(failure, log.text, mode) from failure
+    if mode in INTEGER_MODES and not keep_float:
+        from tfedge.converters.float_islands import integerize_float_islands
+
+        blob = integerize_float_islands(blob)
     _check(blob, mode, io, keep_float)
     if labels is not None:
         from tfedge.converters.metadata import add_metadata, read_labels_file

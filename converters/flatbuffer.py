@@ -1,0 +1,88 @@
+"""Read and write whole TFLite flatbuffers with the schema's object API (no TensorFlow).
+
+Example:
+    >>> from tfedge.converters.flatbuffer import pack_model, unpack_model
+    >>> model = unpack_model(open("model.tflite", "rb").read())  # doctest: +SKIP
+    >>> blob = pack_model(model)                                   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import flatbuffers
+import numpy as np
+from ai_edge_litert import schema_py_generated as schema
+
+__all__ = ["TFLITE_IDENTIFIER", "AlignedBuffer", "pack_model", "unpack_model", "opcode_names"]
+
+TFLITE_IDENTIFIER = b"TFL3"
+# TFLite's schema asks for `Buffer.data` aligned to 16 bytes (force_align: 16).
+_BUFFER_ALIGNMENT = 16
+_BUILTIN_NAMES = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+
+
+def unpack_model(blob: bytes) -> schema.ModelT:
+    """The mutable object form of a ``.tflite`` flatbuffer.
+
+    Example:
+        >>> len(unpack_model(blob).subgraphs)  # doctest: +SKIP
+        1
+    """
+    return schema.ModelT.InitFromPackedBuf(bytes(blob), 0)
+
+
+def pack_model(model: schema.ModelT, size_hint: int = 1024) -> bytes:
+    """Serialize a :class:`ModelT` back to flatbuffer bytes, buffer data aligned to 16 bytes.
+
+    Example:
+        >>> pack_model(unpack_model(blob))[4:8]  # doctest: +SKIP
+        b'TFL3'
+    """
+    model.buffers = [
+        b if isinstance(b, AlignedBuffer) else AlignedBuffer(b) for b in model.buffers or []
+    ]
+    builder = flatbuffers.Builder(size_hint)
+    builder.Finish(model.Pack(builder), TFLITE_IDENTIFIER)
+    model.buffers = [b.buffer for b in model.buffers]
+    return bytes(builder.Output())
+
+
+def opcode_names(model: schema.ModelT) -> list[str]:
+    """The builtin operator name of each operator code (``CUSTOM`` for custom ones).
+
+    Example:
+        >>> opcode_names(unpack_model(blob))[:2]  # doctest: +SKIP
+        ['CONV_2D', 'FULLY_CONNECTED']
+    """
+    names = []
+    for code in model.operatorCodes or []:
+        # Codes past 127 live in builtinCode; deprecatedBuiltinCode holds min(code, 127).
+        number = max(code.builtinCode or 0, code.deprecatedBuiltinCode or 0)
+        names.append(_BUILTIN_NAMES.get(number, f"BUILTIN_{number}"))
+    return names
+
+
+class AlignedBuffer:
+    """Packs a ``BufferT`` like the object API does, but with its data aligned to 16 bytes.
+
+    The generated Python object API ignores the schema's ``force_align: 16`` on ``Buffer.data``;
+    the C++ converter honours it, and so does this.
+    """
+
+    def __init__(self, buffer: schema.BufferT):
+        self.buffer = buffer
+
+    def Pack(self, builder: flatbuffers.Builder) -> int:  # noqa: N802 (the object API's name)
+        b = self.buffer
+        data = None
+        if b.data is not None:
+            payload = np.asarray(b.data, dtype=np.uint8).tobytes()
+            builder.StartVector(1, len(payload), _BUFFER_ALIGNMENT)
+            builder.head -= len(payload)
+            builder.Bytes[builder.head : builder.head + len(payload)] = payload
+            data = builder.EndVector()
+        schema.BufferStart(builder)
+        if data is not None:
+            schema.BufferAddData(builder, data)
+        schema.BufferAddOffset(builder, b.offset)
+        schema.BufferAddSize(builder, b.size)
+        return schema.BufferEnd(builder)

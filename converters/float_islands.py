@@ -1,0 +1,136 @@
+"""Make integer the data-movement operators TFLite's int8 quantizer sometimes leaves in float.
+
+TensorFlow 2.21's quantizer is not deterministic on operators with several outputs when one of
+them is dead. An unrolled LSTM's first step splits its gates, and the forget gate's output is
+unused there: the state it would scale is a constant zero. From one run to the next, that SPLIT
+comes out either int8 or as a float island: DEQUANTIZE -> float SPLIT -> QUANTIZE. Data-movement
+operators (split, reshape, slice, transpose) only copy values. The integer form of such an island
+is therefore exact: the operator reads the int8 tensor, and its outputs keep the input's scale,
+as the quantizer gives them when it succeeds. Each QUANTIZE stays as an int8 -> int8
+requantization to the scale its consumers were calibrated for, or is dropped when the scales match.
+
+Example:
+    >>> from tfedge.converters.float_islands import integerize_float_islands
+    >>> blob = integerize_float_islands(blob)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import copy
+
+from ai_edge_litert import schema_py_generated as schema
+
+from tfedge.converters.flatbuffer import opcode_names, pack_model, unpack_model
+
+__all__ = ["MOVEMENT_OPS", "integerize_float_islands"]
+
+#: Operators that only move values, with the index of their data input (the others are shapes,
+#: axes or indices). Their int8 kernels need the output scale equal to the input's.
+MOVEMENT_OPS = {
+    "SPLIT": 1,
+    "SPLIT_V": 0,
+    "UNPACK": 0,
+    "RESHAPE": 0,
+    "SQUEEZE": 0,
+    "EXPAND_DIMS": 0,
+    "TRANSPOSE": 0,
+    "SLICE": 0,
+    "STRIDED_SLICE": 0,
+}
+_INTEGER_TYPES = (schema.TensorType.INT8, schema.TensorType.UINT8, schema.TensorType.INT16)
+
+
+def integerize_float_islands(blob: bytes) -> bytes:
+    """Rewrite each DEQUANTIZE -> float data-movement op -> QUANTIZE island as integer operators.
+
+    Args:
+        blob: a converted ``.tflite`` flatbuffer.
+
+    Returns:
+        The model with those islands integer; ``blob`` itself (the same object) when it has none.
+
+    Example:
+        >>> fixed = integerize_float_islands(converter.convert())  # doctest: +SKIP
+    """
+    model = unpack_model(blob)
+    names = opcode_names(model)
+    changed = False
+    for graph in model.subgraphs or []:
+        changed |= _rewrite_graph(graph, names)
+    if not changed:
+        return blob
+    return pack_model(model, len(blob) + 4096)
+
+
+def _rewrite_graph(graph, names) -> bool:
+    changed = False
+    for op in list(graph.operators):
+        slot = MOVEMENT_OPS.get(names[op.opcodeIndex])
+        if slot is None or slot >= len(op.inputs) or op not in graph.operators:
+            continue
+        changed |= _rewrite_island(graph, names, op, slot)
+    return changed
+
+
+def _rewrite_island(graph, names, op, slot) -> bool:
+    tensors = graph.tensors
+    floating = op.inputs[slot]
+    if floating < 0 or tensors[floating].type != schema.TensorType.FLOAT32:
+        return False
+    dequantize = _producer(graph, floating)
+    if dequantize is None or names[dequantize.opcodeIndex] != "DEQUANTIZE":
+        return False
+    source = tensors[dequantize.inputs[0]]
+    if source.type not in _INTEGER_TYPES or not _per_tensor(source):
+        return False
+    graph_outputs = set(graph.outputs or [])
+    requantizers = []
+    for out in op.outputs:
+        if tensors[out].type != schema.TensorType.FLOAT32 or out in graph_outputs:
+            return False
+        for consumer in _consumers(graph, out):
+            target = tensors[consumer.outputs[0]]
+            if names[consumer.opcodeIndex] != "QUANTIZE" or target.type != source.type:
+                return False
+            requantizers.append(consumer)
+
+    op.inputs = [int(i) for i in op.inputs]  # the object API may hand out read-only arrays
+    op.inputs[slot] = int(dequantize.inputs[0])
+    for out in op.outputs:
+        tensors[out].type = source.type
+        tensors[out].quantization = copy.deepcopy(source.quantization)
+    for quantize in requantizers:
+        if _same_scale(tensors[quantize.outputs[0]], source):
+            _replace_uses(graph, int(quantize.outputs[0]), int(quantize.inputs[0]))
+            graph.operators.remove(quantize)
+    if not _consumers(graph, floating):
+        graph.operators.remove(dequantize)
+    return True
+
+
+def _producer(graph, tensor):
+    return next((op for op in graph.operators if tensor in op.outputs), None)
+
+
+def _consumers(graph, tensor):
+    return [op for op in graph.operators if tensor in op.inputs]
+
+
+def _per_tensor(tensor) -> bool:
+    q = tensor.quantization
+    return q is not None and q.scale is not None and len(q.scale) == 1
+
+
+def _same_scale(a, b) -> bool:
+    qa, qb = a.quantization, b.quantization
+    return (
+        _per_tensor(a)
+        and float(qa.scale[0]) == float(qb.scale[0])
+        and int(qa.zeroPoint[0]) == int(qb.zeroPoint[0])
+    )
+
+
+def _replace_uses(graph, old: int, new: int) -> None:
+    for op in graph.operators:
+        op.inputs = [new if i == old else int(i) for i in op.inputs]
+    graph.outputs = [new if i == old else int(i) for i in graph.outputs]
