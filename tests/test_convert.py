@@ -181,22 +181,29 @@ def test_calibration_sample_count_is_used(trained_digits_cnn, digits):
     assert few != many
 
 
-def test_keras3_lstm_is_unrolled_to_a_fully_int8_model(digits, tmp_path):
-    from tfedge.backend import keras3
+@pytest.mark.parametrize(
+    "api, layer",
+    [("keras3", "LSTM"), ("tf_keras", "LSTM"), ("tf_keras", "GRU")],
+)
+def test_recurrent_layers_are_unrolled_to_a_fully_int8_model(digits, tmp_path, api, layer):
+    from tfedge.backend import keras, keras3
 
-    keras3.utils.set_random_seed(0)
+    # The first unrolled step's gate SPLIT has a dead output; TF's quantizer leaves it float now
+    # and then (float_islands.py makes it integer), so these conversions used to fail at random.
+    K = keras3 if api == "keras3" else keras
+    K.utils.set_random_seed(0)
     train, test = digits
     rows = lambda d: d.x.reshape(len(d), 16, 16)  # noqa: E731 (each image as 16 steps of 16 pixels)
-    inputs = keras3.Input((16, 16))
-    hidden = keras3.layers.LSTM(24)(inputs)
-    model = keras3.Model(inputs, keras3.layers.Dense(10, activation="softmax")(hidden))
+    inputs = K.Input((16, 16))
+    hidden = getattr(K.layers, layer)(24)(inputs)
+    model = K.Model(inputs, K.layers.Dense(10, activation="softmax")(hidden))
     model.compile("adam", "sparse_categorical_crossentropy")
     model.fit(rows(train), train.y, epochs=6, verbose=0)
     blob = convert(model, calib=rows(train), calib_samples=100)
     info = inspect_model(blob)
     assert info["fully_integer"] and "WHILE" not in info["ops"]
     float_acc = float((model.predict(rows(test), verbose=0).argmax(-1) == test.y).mean())
-    path = tmp_path / "lstm.tflite"
+    path = tmp_path / "rnn.tflite"
     path.write_bytes(blob)
     ((_, row),) = bench_models([str(path)], data=(rows(test), test.y), warmup=0, runs=1)
     assert row["accuracy"] >= float_acc - 0.02
