@@ -12,7 +12,14 @@ import flatbuffers
 import numpy as np
 from ai_edge_litert import schema_py_generated as schema
 
-__all__ = ["TFLITE_IDENTIFIER", "AlignedBuffer", "pack_model", "unpack_model", "opcode_names"]
+__all__ = [
+    "TFLITE_IDENTIFIER",
+    "AlignedBuffer",
+    "pack_model",
+    "unpack_model",
+    "opcode_names",
+    "repackable",
+]
 
 TFLITE_IDENTIFIER = b"TFL3"
 # TFLite's schema asks for `Buffer.data` aligned to 16 bytes (force_align: 16).
@@ -44,6 +51,16 @@ def pack_model(model: schema.ModelT, size_hint: int = 1024) -> bytes:
     builder.Finish(model.Pack(builder), TFLITE_IDENTIFIER)
     model.buffers = [b.buffer for b in model.buffers]
     return bytes(builder.Output())
+
+
+def repackable(model: schema.ModelT) -> bool:
+    """False for a model with buffers stored after the flatbuffer (over 2 GB), which a repack breaks.
+
+    Example:
+        >>> repackable(unpack_model(blob))  # doctest: +SKIP
+        True
+    """
+    return not any(b.offset or b.size for b in model.buffers or [])
 
 
 def opcode_names(model: schema.ModelT) -> list[str]:

@@ -20,7 +20,7 @@ import copy
 
 from ai_edge_litert import schema_py_generated as schema
 
-from tfedge.converters.flatbuffer import opcode_names, pack_model, unpack_model
+from tfedge.converters.flatbuffer import opcode_names, pack_model, repackable, unpack_model
 
 __all__ = ["MOVEMENT_OPS", "integerize_float_islands"]
 
@@ -53,6 +53,8 @@ def integerize_float_islands(blob: bytes) -> bytes:
         >>> fixed = integerize_float_islands(converter.convert())  # doctest: +SKIP
     """
     model = unpack_model(blob)
+    if not repackable(model):
+        return blob
     names = opcode_names(model)
     changed = False
     for graph in model.subgraphs or []:

@@ -248,6 +248,9 @@ def _convert(
         from tfedge.converters.float_islands import integerize_float_islands
 
         blob = integerize_float_islands(blob)
+    from tfedge.converters.tensor_names import shorten_tensor_names
+
+    blob = shorten_tensor_names(blob)
     _check(blob, mode, io, keep_float)
     if labels is not None:
         from tfedge.converters.metadata import add_metadata, read_labels_file
