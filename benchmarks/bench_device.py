@@ -82,8 +82,11 @@ def main() -> int:
         )
     lines += [
         "",
-        "Latency on the emulated Pi is not a device figure and is not reported. A `NO` in "
-        "outputs_sha256 is LiteRT's int8 SOFTMAX rounding one output step differently on x86 and ARM.",
+        "Latency on the emulated Pi is not a device figure and is not reported. float32 outputs "
+        "differ in their last bits between x86 and ARM float arithmetic. An int8 `NO` in "
+        "outputs_sha256 is SOFTMAX: LiteRT's aarch64 build computes it from a 16-bit lookup table, "
+        "its x86 build from a float one, so a probability can round one step apart; "
+        "predictions_sha256 compares top-1 classes.",
     ]
     (RESULTS / "device.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

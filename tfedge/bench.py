@@ -180,6 +180,7 @@ def format_results(rows) -> str:
             continue
         latency = row.get("latency_ms") or {}
         accuracy = row.get("accuracy")
+        mark = "*" if (row.get("device") or {}).get("emulated") else ""
         lines.append(
             (
                 str(row.get("stage") or Path(row["model"]).name),
@@ -187,9 +188,9 @@ def format_results(rows) -> str:
                 "-" if accuracy is None else f"{accuracy * 100:.2f}%",
                 _fmt(row.get("size_bytes", 0) / 1024, ".1f"),
                 _fmt(row.get("size_gzip_bytes", 0) / 1024, ".1f"),
-                _fmt(latency.get("p50"), ".3f"),
-                _fmt(latency.get("p90"), ".3f"),
-                _fmt(row.get("init_ms"), ".1f"),
+                _fmt(latency.get("p50"), ".3f") + mark,
+                _fmt(latency.get("p90"), ".3f") + mark,
+                _fmt(row.get("init_ms"), ".1f") + mark,
                 _fmt(row.get("peak_rss_mb"), ".1f"),
             )
         )
@@ -200,5 +201,42 @@ def format_results(rows) -> str:
     out.append("  ".join("-" * w for w in widths))
     out += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in lines]
     if any((row.get("device") or {}).get("emulated") for row in rows):
-        out.append("note: emulated device (qemu): its latency is not a real device figure")
+        out.append("* emulated device (qemu): not a real device latency; use it for accuracy only")
+    out += agreement_lines(rows)
     return "\n".join(out)
+
+
+def agreement_lines(rows) -> list[str]:
+    """How each model's outputs on other devices compare with its first device's.
+
+    Example:
+        >>> agreement_lines(report["results"])  # doctest: +SKIP
+        ['outputs vs local:', '  model.tflite on ssh://pi: bit-identical']
+    """
+    first: dict = {}
+    lines = []
+    for row in rows:
+        if row.get("error") or not row.get("outputs_sha256"):
+            continue
+        key = (row.get("sha256"), row.get("delegate"))
+        base = first.setdefault(key, row)
+        if base is row:
+            continue
+        name = Path(row["model"]).name
+        where = (row.get("device") or {}).get("name", "?")
+        if row["outputs_sha256"] == base["outputs_sha256"]:
+            verdict = "bit-identical"
+        elif row.get("predictions_sha256") == base.get("predictions_sha256"):
+            verdict = "same top-1 on every sample, raw outputs differ (1)"
+        else:
+            verdict = "DIFFERENT predictions"
+        base_name = (base.get("device") or {}).get("name", "?")
+        lines.append(f"  {name} on {where} vs {base_name}: {verdict}")
+    if not lines:
+        return []
+    if any(line.endswith("(1)") for line in lines):
+        lines.append(
+            "  (1) LiteRT's ARM build computes some int8 ops with other kernels than its x86 build "
+            "(SOFTMAX: a 16-bit lookup table instead of a float one), so results can round apart"
+        )
+    return ["outputs across devices:", *lines]
