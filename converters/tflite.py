@@ -42,6 +42,7 @@ def convert(
     io: str | None = None,
     calib_samples: int = DEFAULT_CALIB_SAMPLES,
     keep_float: Sequence[str] = (),
+    int16: Sequence[str] = (),
     input_shape: Sequence[int] | None = None,
     labels=None,
     mean=None,
@@ -66,6 +67,9 @@ def convert(
         io: input/output type: ``int8`` (default for int8), ``uint8`` or ``float32``.
         calib_samples: how many calibration samples to use (a seeded random choice).
         keep_float: layer names to leave in float (the model is then not fully integer).
+        int16: layer names for int16 activations. Refused with a clear error: TFLite's converter
+            has no per-layer int16 (tensorflow/tensorflow#61720), and a mixed model it makes
+            loses the requantization between the two schemes (#106742).
         input_shape: the input shape without batch, for models whose non-batch dims are unknown.
         labels: a labels file or list: embeds TFLite metadata (labels, input normalization).
         mean: the metadata's input normalization mean (one value or one per channel): the app
@@ -84,6 +88,13 @@ def convert(
     Example:
         >>> blob = convert(keras_model, calib=(x_train, y_train))  # doctest: +SKIP
     """
+    if int16:
+        raise ConversionError(
+            f"--int16 {', '.join(int16)}: TFLite's converter cannot give single layers int16 "
+            "activations (it has no mixed int8/int16 quantization)",
+            "use --mode int16x8 for the whole model, or --keep-float LAYER to leave a "
+            "sensitive layer in float",
+        )
     options = dict(
         mode=mode,
         calib=calib,

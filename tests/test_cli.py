@@ -125,6 +125,10 @@ BAD_CASES = {
     "bench of a keras file": (["bench", "{model}"], "not a tflite"),
     "bench missing model": (["bench", "{root}/nothing.tflite"], "not found"),
     "unknown option": (["convert", "{model}", "--frobnicate"], "frobnicate"),
+    "per-layer int16": (
+        ["convert", "{model}", "--int16", "conv1", "-o", "{root}/o.tflite"],
+        "int16x8",
+    ),
 }
 
 

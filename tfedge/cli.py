@@ -65,9 +65,15 @@ def demo(out_dir, epochs):
 @click.option("--mean", help="Metadata input normalization mean (comma-separated per channel).")
 @click.option("--std", help="Metadata input normalization std (comma-separated per channel).")
 @click.option("--keep-float", multiple=True, metavar="LAYER", help="Leave this layer float.")
+@click.option(
+    "--int16",
+    multiple=True,
+    metavar="LAYER",
+    help="int16 activations for this layer (refused: TFLite has no per-layer int16).",
+)
 @click.option("-o", "--output", required=True, type=click.Path(), help="The .tflite to write.")
 def convert(
-    model, calib, calib_samples, mode, io_type, target, labels, mean, std, keep_float, output
+    model, calib, calib_samples, mode, io_type, target, labels, mean, std, keep_float, int16, output
 ):
     """Convert a Keras model (.keras/.h5, Keras 2 or 3) or SavedModel to TFLite."""
     from tfedge.console import echo
@@ -81,6 +87,7 @@ def convert(
         io=io_type,
         calib_samples=calib_samples,
         keep_float=_split(keep_float),
+        int16=_split(int16),
         labels=labels,
         mean=_floats(mean, "--mean"),
         std=_floats(std, "--std"),
