@@ -298,7 +298,9 @@ def _rnn_layers(model):
     bases = (keras.layers.RNN, keras3.layers.RNN)
     found = []
     for layer in getattr(model, "layers", []):
-        inner = getattr(layer, "layer", None) if type(layer).__name__ == "Bidirectional" else layer
+        inner = layer
+        if type(layer).__name__ == "Bidirectional":  # tf_keras: .layer; Keras 3: .forward_layer
+            inner = getattr(layer, "forward_layer", None) or getattr(layer, "layer", None)
         if isinstance(inner, bases) and not inner.unroll:
             found.append(layer)
         elif hasattr(layer, "layers"):

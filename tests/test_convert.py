@@ -3,7 +3,7 @@
 import pytest
 
 from tfedge.converters import convert
-from tfedge.errors import ConversionError
+from tfedge.errors import ConversionError, OptimizationError
 from tfedge.inspector import inspect_model
 from tfedge.runner import bench_models
 
@@ -183,7 +183,13 @@ def test_calibration_sample_count_is_used(trained_digits_cnn, digits):
 
 @pytest.mark.parametrize(
     "api, layer",
-    [("keras3", "LSTM"), ("tf_keras", "LSTM"), ("tf_keras", "GRU")],
+    [
+        ("keras3", "LSTM"),
+        ("keras3", "Bidirectional"),
+        ("tf_keras", "LSTM"),
+        ("tf_keras", "GRU"),
+        ("tf_keras", "Bidirectional"),
+    ],
 )
 def test_recurrent_layers_are_unrolled_to_a_fully_int8_model(digits, tmp_path, api, layer):
     from tfedge.backend import keras, keras3
@@ -195,7 +201,10 @@ def test_recurrent_layers_are_unrolled_to_a_fully_int8_model(digits, tmp_path, a
     train, test = digits
     rows = lambda d: d.x.reshape(len(d), 16, 16)  # noqa: E731 (each image as 16 steps of 16 pixels)
     inputs = K.Input((16, 16))
-    hidden = getattr(K.layers, layer)(24)(inputs)
+    if layer == "Bidirectional":  # Keras 3 keeps its LSTMs in .forward_layer, tf_keras in .layer
+        hidden = K.layers.Bidirectional(K.layers.LSTM(12))(inputs)
+    else:
+        hidden = getattr(K.layers, layer)(24)(inputs)
     model = K.Model(inputs, K.layers.Dense(10, activation="softmax")(hidden))
     model.compile("adam", "sparse_categorical_crossentropy")
     model.fit(rows(train), train.y, epochs=6, verbose=0)
@@ -206,6 +215,36 @@ def test_recurrent_layers_are_unrolled_to_a_fully_int8_model(digits, tmp_path, a
     path = tmp_path / "rnn.tflite"
     path.write_bytes(blob)
     ((_, row),) = bench_models([str(path)], data=(rows(test), test.y), warmup=0, runs=1)
+    assert row["accuracy"] >= float_acc - 0.02
+
+
+def test_keras3_attention_with_layer_norm_converts_fully_int8(digits, tmp_path):
+    from tfedge.backend import keras3
+    from tfedge.models.rebuild import to_keras2
+
+    # MultiHeadAttention has no tf_keras rebuild, so this goes the direct Keras 3 way, where
+    # LayerNormalization's NEG is left float by TF's quantizer (float_islands.py makes it a MUL).
+    K = keras3
+    K.utils.set_random_seed(0)
+    train, test = digits
+    rows = lambda d: d.x.reshape(len(d), 16, 16)  # noqa: E731
+    inputs = K.Input((16, 16))
+    h = K.layers.Dense(16)(inputs)
+    h = K.layers.LayerNormalization()(h + K.layers.MultiHeadAttention(2, 8)(h, h))
+    outputs = K.layers.Dense(10, activation="softmax")(K.layers.GlobalAveragePooling1D()(h))
+    model = K.Model(inputs, outputs)
+    model.compile("adam", "sparse_categorical_crossentropy")
+    model.fit(rows(train), train.y, epochs=15, verbose=0)
+    with pytest.raises(OptimizationError):
+        to_keras2(model)
+    blob = convert(model, calib=rows(train), calib_samples=100)
+    info = inspect_model(blob)
+    assert info["fully_integer"] and "NEG" not in info["ops"] and info["ops"]["MUL"] >= 1
+    float_acc = float((model.predict(rows(test), verbose=0).argmax(-1) == test.y).mean())
+    path = tmp_path / "attention.tflite"
+    path.write_bytes(blob)
+    ((_, row),) = bench_models([str(path)], data=(rows(test), test.y), warmup=0, runs=1)
+    assert float_acc > 0.6  # it learned something that int8 can lose
     assert row["accuracy"] >= float_acc - 0.02
 
 
