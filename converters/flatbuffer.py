@@ -19,6 +19,7 @@ __all__ = [
     "unpack_model",
     "opcode_names",
     "repackable",
+    "rewrite",
 ]
 
 TFLITE_IDENTIFIER = b"TFL3"
@@ -61,6 +62,29 @@ def repackable(model: schema.ModelT) -> bool:
         True
     """
     return not any(b.offset or b.size for b in model.buffers or [])
+
+
+def rewrite(blob: bytes, *passes) -> bytes:
+    """Apply in-place passes ``pass(model) -> changed`` to a model, unpacking and repacking once.
+
+    Args:
+        blob: a ``.tflite`` flatbuffer.
+        passes: functions that edit a :class:`ModelT` and return whether they changed it.
+
+    Returns:
+        The repacked model; ``blob`` itself when no pass changed anything, or when the model keeps
+        buffers outside the flatbuffer (see :func:`repackable`).
+
+    Example:
+        >>> blob = rewrite(blob, integerize_islands, shorten_names)  # doctest: +SKIP
+    """
+    model = unpack_model(blob)
+    if not repackable(model):
+        return blob
+    changed = [edit(model) for edit in passes]  # every pass runs, whatever the others did
+    if not any(changed):
+        return blob
+    return pack_model(model, len(blob) + 4096)
 
 
 def opcode_names(model: schema.ModelT) -> list[str]:

@@ -23,9 +23,9 @@ import copy
 
 from ai_edge_litert import schema_py_generated as schema
 
-from tfedge.converters.flatbuffer import opcode_names, pack_model, repackable, unpack_model
+from tfedge.converters.flatbuffer import opcode_names, rewrite
 
-__all__ = ["MOVEMENT_OPS", "integerize_float_islands"]
+__all__ = ["MOVEMENT_OPS", "integerize_float_islands", "integerize_islands"]
 
 #: Operators that only move values, with the index of their data input (the others are shapes,
 #: axes or indices). Their int8 kernels need the output scale equal to the input's.
@@ -44,7 +44,7 @@ _INTEGER_TYPES = (schema.TensorType.INT8, schema.TensorType.UINT8, schema.Tensor
 
 
 def integerize_float_islands(blob: bytes) -> bytes:
-    """Rewrite each DEQUANTIZE -> float data-movement op -> QUANTIZE island as integer operators.
+    """Rewrite each float island of a converted model as integer operators.
 
     Args:
         blob: a converted ``.tflite`` flatbuffer.
@@ -55,16 +55,20 @@ def integerize_float_islands(blob: bytes) -> bytes:
     Example:
         >>> fixed = integerize_float_islands(converter.convert())  # doctest: +SKIP
     """
-    model = unpack_model(blob)
-    if not repackable(model):
-        return blob
+    return rewrite(blob, integerize_islands)
+
+
+def integerize_islands(model: schema.ModelT) -> bool:
+    """:func:`integerize_float_islands` on an unpacked model, in place; True if it changed it.
+
+    Example:
+        >>> rewrite(blob, integerize_islands)  # doctest: +SKIP
+    """
     names = opcode_names(model)
     changed = False
     for graph in model.subgraphs or []:
         changed |= _rewrite_graph(model, graph, names)
-    if not changed:
-        return blob
-    return pack_model(model, len(blob) + 4096)
+    return changed
 
 
 def _rewrite_graph(model, graph, names) -> bool:

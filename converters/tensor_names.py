@@ -13,9 +13,11 @@ Example:
 
 from __future__ import annotations
 
-from tfedge.converters.flatbuffer import pack_model, repackable, unpack_model
+from ai_edge_litert import schema_py_generated as schema
 
-__all__ = ["shorten_tensor_names"]
+from tfedge.converters.flatbuffer import rewrite
+
+__all__ = ["shorten_tensor_names", "shorten_names"]
 
 
 def shorten_tensor_names(blob: bytes) -> bytes:
@@ -32,9 +34,15 @@ def shorten_tensor_names(blob: bytes) -> bytes:
     Example:
         >>> short = shorten_tensor_names(converter.convert())  # doctest: +SKIP
     """
-    model = unpack_model(blob)
-    if not repackable(model):
-        return blob
+    return rewrite(blob, shorten_names)
+
+
+def shorten_names(model: schema.ModelT) -> bool:
+    """:func:`shorten_tensor_names` on an unpacked model, in place; True if it changed it.
+
+    Example:
+        >>> rewrite(blob, shorten_names)  # doctest: +SKIP
+    """
     changed = False
     for graph in model.subgraphs or []:
         keep = {int(i) for i in [*(graph.inputs or []), *(graph.outputs or [])]}
@@ -43,8 +51,7 @@ def shorten_tensor_names(blob: bytes) -> bytes:
         for tensor, stays in zip(graph.tensors, fixed):
             if stays:
                 continue
-            name = tensor.name
-            short = base = name.split(b";", 1)[0]
+            short = base = tensor.name.split(b";", 1)[0]
             n = 1
             while short in taken:
                 short = base + b"_%d" % n
@@ -52,6 +59,4 @@ def shorten_tensor_names(blob: bytes) -> bytes:
             tensor.name = short
             taken.add(short)
             changed = True
-    if not changed:
-        return blob
-    return pack_model(model, len(blob))
+    return changed

@@ -255,13 +255,14 @@ def _convert(
             failure = exc
     if failure is not None:  # raised here: the converter's log is in log.text once quiet() ends
         raise _conversion_error(failure, log.text, mode) from failure
+    from tfedge.converters.flatbuffer import rewrite
+    from tfedge.converters.float_islands import integerize_islands
+    from tfedge.converters.tensor_names import shorten_names
+
+    passes = [shorten_names]
     if mode in INTEGER_MODES and not keep_float:
-        from tfedge.converters.float_islands import integerize_float_islands
-
-        blob = integerize_float_islands(blob)
-    from tfedge.converters.tensor_names import shorten_tensor_names
-
-    blob = shorten_tensor_names(blob)
+        passes.insert(0, integerize_islands)
+    blob = rewrite(blob, *passes)
     _check(blob, mode, io, keep_float)
     if labels is not None:
         from tfedge.converters.metadata import add_metadata, read_labels_file
