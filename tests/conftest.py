@@ -76,6 +76,50 @@ def accuracy_of():
     return keras_accuracy
 
 
+def litert_accuracy(blob: bytes, data, tmp_path, name: str = "model.tflite") -> float:
+    """Top-1 accuracy of a .tflite model with the real LiteRT interpreter (tfedge's runner).
+
+    ``data`` is a :class:`tfedge.data.Dataset` or an ``(x, y)`` pair.
+    """
+    from tfedge.runner import bench_models
+
+    path = tmp_path / name
+    path.write_bytes(blob)
+    x, y = (data.x, data.y) if hasattr(data, "x") else data
+    ((kind, row),) = list(bench_models([str(path)], data=(x, y), warmup=0, runs=1))
+    assert kind == "result", row
+    return row["accuracy"]
+
+
+def litert_outputs(blob: bytes, x: np.ndarray) -> np.ndarray:
+    """The raw int8 output of an int8 .tflite model for each sample of ``x`` (as int32)."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_content=blob)
+    interpreter.allocate_tensors()
+    inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+    scale, zero = inp["quantization"]
+    rows = []
+    for sample in x:
+        q = np.clip(np.round(sample / scale + zero), -128, 127).astype(inp["dtype"])
+        interpreter.set_tensor(inp["index"], q[np.newaxis])
+        interpreter.invoke()
+        rows.append(interpreter.get_tensor(out["index"])[0].astype(np.int32))
+    return np.stack(rows)
+
+
+@pytest.fixture(scope="session")
+def raw_outputs():
+    """The ``litert_outputs(blob, x)`` helper as a fixture."""
+    return litert_outputs
+
+
+@pytest.fixture(scope="session")
+def tflite_accuracy():
+    """The ``litert_accuracy(blob, data, tmp_path)`` helper as a fixture."""
+    return litert_accuracy
+
+
 def pytest_collection_modifyitems(session, config, items):
     """Run the emulated-Pi tests last, and start the Pi's (cached, minutes-long) build right away.
 

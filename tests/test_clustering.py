@@ -6,17 +6,6 @@ import pytest
 from tfedge.errors import OptimizationError
 
 
-def int8_accuracy(blob: bytes, data, tmp_path) -> float:
-    """Top-1 accuracy of a .tflite model with the real LiteRT interpreter."""
-    from tfedge.runner import bench_models
-
-    path = tmp_path / "model.tflite"
-    path.write_bytes(blob)
-    ((kind, row),) = list(bench_models([str(path)], data=(data.x, data.y), runs=1, warmup=0))
-    assert kind == "result", row
-    return row["accuracy"]
-
-
 @pytest.fixture(scope="module")
 def clustered(trained_digits_cnn, digits):
     from tfedge.models.clustering import cluster
@@ -34,7 +23,7 @@ def test_every_kernel_has_at_most_16_values(clustered):
 
 
 def test_clustered_int8_model_keeps_clusters_and_accuracy(
-    clustered, trained_digits_cnn, digits, accuracy_of, tmp_path
+    clustered, trained_digits_cnn, digits, accuracy_of, tmp_path, tflite_accuracy
 ):
     from tfedge.converters import convert
     from tfedge.inspector import inspect_model
@@ -44,7 +33,7 @@ def test_clustered_int8_model_keeps_clusters_and_accuracy(
     assert info["fully_integer"]
     assert info["unique_weight_values_max"] <= 16
     float_accuracy = accuracy_of(trained_digits_cnn, digits[1])
-    assert int8_accuracy(blob, digits[1], tmp_path) >= float_accuracy - 0.03
+    assert tflite_accuracy(blob, digits[1], tmp_path) >= float_accuracy - 0.03
 
 
 def test_clustered_model_saves_and_loads(clustered, digits, tmp_path):

@@ -8,14 +8,6 @@ from tfedge.inspector import inspect_model
 from tfedge.runner import bench_models
 
 
-def tflite_accuracy(blob, data, tmp_path, name="m.tflite"):
-    path = tmp_path / name
-    path.write_bytes(blob)
-    ((kind, row),) = bench_models([str(path)], data=(data.x, data.y), warmup=0, runs=1)
-    assert kind == "result", row
-    return row["accuracy"]
-
-
 def fit(model, digits, epochs=4):
     train, _ = digits
     model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
@@ -58,7 +50,7 @@ def test_digits_cnn_int8_is_fully_integer_and_accurate(
 
 @pytest.mark.parametrize("version", [2, 3])
 def test_bn_residual_depthwise_transpose_come_out_static_and_int8(
-    version, digits, tmp_path, accuracy_of
+    version, digits, tmp_path, accuracy_of, tflite_accuracy
 ):
     from tfedge.backend import keras, keras3
 
@@ -89,7 +81,15 @@ def test_bn_residual_depthwise_transpose_come_out_static_and_int8(
     ],
 )
 def test_modes_and_io_types(
-    mode, io, in_dtype, fully_integer, trained_digits_cnn, digits, tmp_path, accuracy_of
+    mode,
+    io,
+    in_dtype,
+    fully_integer,
+    trained_digits_cnn,
+    digits,
+    tmp_path,
+    accuracy_of,
+    tflite_accuracy,
 ):
     blob = convert(trained_digits_cnn, mode=mode, io=io, calib=digits[0], calib_samples=100)
     info = inspect_model(blob)
@@ -106,7 +106,7 @@ def test_float16_halves_the_weights(trained_digits_cnn, digits):
     assert len(f16) < 0.6 * len(f32)
 
 
-def test_keras3_file_converts(digits, tmp_path, accuracy_of):
+def test_keras3_file_converts(digits, tmp_path, accuracy_of, tflite_accuracy):
     from tfedge.backend import keras3
 
     keras3.utils.set_random_seed(0)
@@ -129,7 +129,7 @@ def test_keras3_file_converts(digits, tmp_path, accuracy_of):
 
 
 @pytest.mark.parametrize("form", ["h5", "savedmodel", "keras2"])
-def test_saved_forms_convert(form, trained_digits_cnn, digits, tmp_path):
+def test_saved_forms_convert(form, trained_digits_cnn, digits, tmp_path, tflite_accuracy):
     from tfedge.backend import tf
 
     if form == "h5":
@@ -191,7 +191,9 @@ def test_calibration_sample_count_is_used(trained_digits_cnn, digits):
         ("tf_keras", "Bidirectional"),
     ],
 )
-def test_recurrent_layers_are_unrolled_to_a_fully_int8_model(digits, tmp_path, api, layer):
+def test_recurrent_layers_are_unrolled_to_a_fully_int8_model(
+    digits, tmp_path, api, layer, tflite_accuracy
+):
     from tfedge.backend import keras, keras3
 
     # The first unrolled step's gate SPLIT has a dead output; TF's quantizer leaves it float now
@@ -212,13 +214,10 @@ def test_recurrent_layers_are_unrolled_to_a_fully_int8_model(digits, tmp_path, a
     info = inspect_model(blob)
     assert info["fully_integer"] and "WHILE" not in info["ops"]
     float_acc = float((model.predict(rows(test), verbose=0).argmax(-1) == test.y).mean())
-    path = tmp_path / "rnn.tflite"
-    path.write_bytes(blob)
-    ((_, row),) = bench_models([str(path)], data=(rows(test), test.y), warmup=0, runs=1)
-    assert row["accuracy"] >= float_acc - 0.02
+    assert tflite_accuracy(blob, (rows(test), test.y), tmp_path) >= float_acc - 0.02
 
 
-def test_keras3_attention_with_layer_norm_converts_fully_int8(digits, tmp_path):
+def test_keras3_attention_with_layer_norm_converts_fully_int8(digits, tmp_path, tflite_accuracy):
     from tfedge.backend import keras3
     from tfedge.models.rebuild import to_keras2
 
@@ -241,11 +240,8 @@ def test_keras3_attention_with_layer_norm_converts_fully_int8(digits, tmp_path):
     info = inspect_model(blob)
     assert info["fully_integer"] and "NEG" not in info["ops"] and info["ops"]["MUL"] >= 1
     float_acc = float((model.predict(rows(test), verbose=0).argmax(-1) == test.y).mean())
-    path = tmp_path / "attention.tflite"
-    path.write_bytes(blob)
-    ((_, row),) = bench_models([str(path)], data=(rows(test), test.y), warmup=0, runs=1)
     assert float_acc > 0.6  # it learned something that int8 can lose
-    assert row["accuracy"] >= float_acc - 0.02
+    assert tflite_accuracy(blob, (rows(test), test.y), tmp_path) >= float_acc - 0.02
 
 
 def test_loops_that_cannot_be_unrolled_get_a_clean_error():
@@ -262,7 +258,7 @@ def test_loops_that_cannot_be_unrolled_get_a_clean_error():
     assert "unroll=True" in err.value.hint
 
 
-def test_keras3_layernorm_model_is_made_fully_int8(digits, tmp_path, accuracy_of):
+def test_keras3_layernorm_model_is_made_fully_int8(digits, tmp_path, accuracy_of, tflite_accuracy):
     from tfedge.backend import keras3
 
     keras3.utils.set_random_seed(0)
@@ -280,7 +276,7 @@ def test_keras3_layernorm_model_is_made_fully_int8(digits, tmp_path, accuracy_of
 
 @pytest.mark.parametrize("activation", ["sigmoid", None])
 @pytest.mark.parametrize("mode", ["int8", "float32"])
-def test_one_output_classifiers_are_scored_right(activation, mode, tmp_path):
+def test_one_output_classifiers_are_scored_right(activation, mode, tmp_path, tflite_accuracy):
     from sklearn.datasets import load_breast_cancer
 
     from tfedge.backend import keras
@@ -301,7 +297,5 @@ def test_one_output_classifiers_are_scored_right(activation, mode, tmp_path):
     keras_acc = float(
         ((model.predict(x, verbose=0)[:, 0] > (0.5 if activation else 0.0)) == y).mean()
     )
-    path = tmp_path / "binary.tflite"
-    path.write_bytes(convert(model, mode=mode, calib=x))
-    ((_, row),) = bench_models([str(path)], data=(x, y), warmup=0, runs=1)
-    assert row["accuracy"] >= keras_acc - 0.01
+    blob = convert(model, mode=mode, calib=x)
+    assert tflite_accuracy(blob, (x, y), tmp_path) >= keras_acc - 0.01

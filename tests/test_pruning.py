@@ -8,17 +8,6 @@ import pytest
 from tfedge.errors import OptimizationError
 
 
-def int8_accuracy(blob: bytes, data, tmp_path) -> float:
-    """Top-1 accuracy of a .tflite model with the real LiteRT interpreter."""
-    from tfedge.runner import bench_models
-
-    path = tmp_path / "model.tflite"
-    path.write_bytes(blob)
-    ((kind, row),) = list(bench_models([str(path)], data=(data.x, data.y), runs=1, warmup=0))
-    assert kind == "result", row
-    return row["accuracy"]
-
-
 @pytest.fixture(scope="module")
 def pruned(trained_digits_cnn, digits):
     from tfedge.models.pruning import prune
@@ -37,7 +26,7 @@ def pruned_int8(pruned, digits):
 
 
 def test_pruned_int8_model_is_sparse_fully_integer_and_accurate(
-    pruned_int8, trained_digits_cnn, digits, accuracy_of, tmp_path
+    pruned_int8, trained_digits_cnn, digits, accuracy_of, tmp_path, tflite_accuracy
 ):
     from tfedge.inspector import inspect_model
 
@@ -46,7 +35,7 @@ def test_pruned_int8_model_is_sparse_fully_integer_and_accurate(
     assert info["input"][0]["dtype"] == "int8" and info["output"][0]["dtype"] == "int8"
     assert info["weight_sparsity"] >= 0.79
     float_accuracy = accuracy_of(trained_digits_cnn, digits[1])
-    assert int8_accuracy(pruned_int8, digits[1], tmp_path) >= float_accuracy - 0.03
+    assert tflite_accuracy(pruned_int8, digits[1], tmp_path) >= float_accuracy - 0.03
 
 
 def test_pruned_int8_model_is_much_smaller_gzipped(pruned_int8, trained_digits_cnn):

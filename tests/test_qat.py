@@ -6,17 +6,6 @@ import pytest
 from tfedge.errors import OptimizationError
 
 
-def int8_accuracy(blob: bytes, data, tmp_path) -> float:
-    """Top-1 accuracy of a .tflite model with the real LiteRT interpreter."""
-    from tfedge.runner import bench_models
-
-    path = tmp_path / "model.tflite"
-    path.write_bytes(blob)
-    ((kind, row),) = list(bench_models([str(path)], data=(data.x, data.y), runs=1, warmup=0))
-    assert kind == "result", row
-    return row["accuracy"]
-
-
 def assert_fully_int8(blob: bytes) -> dict:
     from tfedge.inspector import inspect_model
 
@@ -35,14 +24,14 @@ def qat_model(trained_digits_cnn, digits):
 
 
 def test_qat_model_converts_to_fully_int8_and_keeps_accuracy(
-    qat_model, trained_digits_cnn, digits, accuracy_of, tmp_path
+    qat_model, trained_digits_cnn, digits, accuracy_of, tmp_path, tflite_accuracy
 ):
     from tfedge.converters import convert
 
     blob = convert(qat_model, calib=digits[0])
     assert_fully_int8(blob)
     float_accuracy = accuracy_of(trained_digits_cnn, digits[1])
-    assert int8_accuracy(blob, digits[1], tmp_path) >= float_accuracy - 0.01
+    assert tflite_accuracy(blob, digits[1], tmp_path) >= float_accuracy - 0.01
 
 
 def test_qat_model_saves_and_loads_through_tfedge(qat_model, digits, tmp_path):
@@ -171,7 +160,7 @@ def pruned_and_clustered(trained_digits_cnn, digits):
 
 @pytest.mark.parametrize("preserve", ["sparsity", "clusters", "sparsity+clusters"])
 def test_collaborative_qat_preserves_and_round_trips(
-    preserve, pruned_and_clustered, digits, tmp_path
+    preserve, pruned_and_clustered, digits, tmp_path, tflite_accuracy
 ):
     from tfedge.converters import convert
     from tfedge.loading import load_model
@@ -189,7 +178,7 @@ def test_collaborative_qat_preserves_and_round_trips(
         assert info["weight_sparsity"] >= 0.79
     if "clusters" in preserve:
         assert info["unique_weight_values_max"] <= 16
-    assert int8_accuracy(convert(loaded, calib=digits[0]), digits[1], tmp_path) > 0.9
+    assert tflite_accuracy(convert(loaded, calib=digits[0]), digits[1], tmp_path) > 0.9
 
 
 def test_skipped_layers_stay_float_in_qat_and_still_convert(trained_digits_cnn, digits):
@@ -237,7 +226,9 @@ def test_qat_adds_no_operator_to_the_int8_graph_of_a_batchnorm_model(digits):
 
 
 @pytest.mark.parametrize("activation", ["sigmoid", None])
-def test_binary_classifier_with_one_output_is_pruned_and_quantized(digits, activation, tmp_path):
+def test_binary_classifier_with_one_output_is_pruned_and_quantized(
+    digits, activation, tmp_path, tflite_accuracy
+):
     """A (batch, 1) sigmoid or logit classifier fine-tunes through prune + PQAT + int8."""
     from tfedge.backend import keras
     from tfedge.converters import convert
@@ -266,7 +257,7 @@ def test_binary_classifier_with_one_output_is_pruned_and_quantized(digits, activ
     assert_fully_int8(blob)
     # the runner thresholds one output at 0.5: right for the sigmoid, so check int8 accuracy there
     if activation == "sigmoid":
-        assert int8_accuracy(blob, test, tmp_path) >= before - 0.05
+        assert tflite_accuracy(blob, test, tmp_path) >= before - 0.05
 
 
 def test_pqat_keeps_the_zeros_of_layers_qat_leaves_float(digits):

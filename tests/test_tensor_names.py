@@ -3,7 +3,6 @@
 import gzip
 
 import numpy as np
-from ai_edge_litert.interpreter import Interpreter
 
 from tfedge.converters.flatbuffer import pack_model, unpack_model
 from tfedge.converters.tensor_names import shorten_tensor_names
@@ -17,18 +16,7 @@ def _with_names(blob: bytes, rename) -> bytes:
     return pack_model(model)
 
 
-def _run(blob: bytes, x: np.ndarray) -> np.ndarray:
-    interpreter = Interpreter(model_content=blob)
-    interpreter.allocate_tensors()
-    inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
-    scale, zero = inp["quantization"]
-    q = np.clip(np.round(x / scale + zero), -128, 127).astype(inp["dtype"])
-    interpreter.set_tensor(inp["index"], q[np.newaxis])
-    interpreter.invoke()
-    return interpreter.get_tensor(out["index"])
-
-
-def test_fused_names_keep_their_first_part_and_stay_unique(digits_tflite, digits):
+def test_fused_names_keep_their_first_part_and_stay_unique(digits_tflite, digits, raw_outputs):
     blob = digits_tflite["int8"].read_bytes()
     graph = unpack_model(blob).subgraphs[0]
     io = {int(i) for i in [*graph.inputs, *graph.outputs]}
@@ -56,8 +44,8 @@ def test_fused_names_keep_their_first_part_and_stay_unique(digits_tflite, digits
     }
     assert [names[i] for i in sorted(io)] == [graph.tensors[i].name for i in sorted(io)]
     assert len(gzip.compress(short)) < len(gzip.compress(long))
-    x = digits[1].x[0]
-    assert np.array_equal(_run(short, x), _run(long, x))
+    x = digits[1].x[:5]
+    assert np.array_equal(raw_outputs(short, x), raw_outputs(long, x))
 
 
 def test_a_model_with_short_names_is_returned_as_is(digits_tflite):
