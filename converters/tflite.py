@@ -112,32 +112,18 @@ def convert(
     except ConversionError as first:
         if mode not in INTEGER_MODES:
             raise
-        rebuilt = _keras2_twin(model)
-        if rebuilt is None:
+        # Some Keras 3 layers (LayerNormalization's NEG, for one) only quantize fully from their
+        # tf_keras twin: retry with the rebuild when there is one.
+        from tfedge.backend import is_keras3_model
+        from tfedge.models.rebuild import to_keras2
+
+        resolved = _resolve(model)
+        if not is_keras3_model(resolved):
             raise
         try:
-            return _convert(rebuilt, **options)
-        except TfedgeError:
+            return _convert(to_keras2(resolved), **options)
+        except (TfedgeError, ValueError, TypeError):
             raise first from None
-
-
-def _keras2_twin(model):
-    """The tf_keras rebuild of a Keras 3 model, or None (not Keras 3, or not rebuildable)."""
-    from tfedge.backend import is_keras3_model
-    from tfedge.errors import OptimizationError
-
-    try:
-        model = _resolve(model)
-    except TfedgeError:
-        return None
-    if not is_keras3_model(model):
-        return None
-    from tfedge.models.rebuild import to_keras2
-
-    try:
-        return to_keras2(model)
-    except (OptimizationError, ValueError, TypeError):
-        return None
 
 
 def _convert(

@@ -17,7 +17,7 @@ import numpy as np
 from tfedge.backend import keras, tfmot
 from tfedge.errors import OptimizationError
 from tfedge.models import training
-from tfedge.models.registry import tfmot_internal
+from tfedge.serialization import tfmot_internal
 
 __all__ = ["cluster", "unique_weight_values", "INITS", "DEFAULT_STEPS"]
 

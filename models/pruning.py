@@ -24,7 +24,7 @@ import numpy as np
 from tfedge.backend import keras, tf, tfmot
 from tfedge.errors import OptimizationError
 from tfedge.models import training
-from tfedge.models.registry import tfmot_internal
+from tfedge.serialization import tfmot_internal
 
 __all__ = ["prune", "weight_sparsity", "KeepZeros", "SCHEDULES", "DEFAULT_STEPS", "DEFAULT_SKIP"]
 

@@ -23,7 +23,7 @@ from tfedge.backend import keras, tfmot
 from tfedge.errors import OptimizationError
 from tfedge.models import training
 from tfedge.models.graph import fold_batch_norms
-from tfedge.models.registry import patch_tfmot_saving
+from tfedge.serialization import patch_tfmot_saving
 
 __all__ = [
     "quantize_aware",

@@ -332,6 +332,13 @@ def to_keras2(model, *, verify: bool = True) -> keras.Model:
     if isinstance(model, (str, bytes)) or hasattr(model, "__fspath__"):
         model = load_model(model)
     if isinstance(model, LoadedModel):
+        if not model.is_keras:
+            raise OptimizationError(
+                f"{model.path} is a SavedModel without its Keras model, so it cannot be rebuilt "
+                "or fine-tuned",
+                "pass the .keras/.h5 file the SavedModel was exported from; plain SavedModels "
+                "can only be converted",
+            )
         model = model.model
     if is_keras2_model(model):
         return model

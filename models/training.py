@@ -20,6 +20,8 @@ import numpy as np
 
 from tfedge.backend import keras, tf
 from tfedge.errors import OptimizationError
+from tfedge.models.distiller import Distiller
+from tfedge.models.rebuild import to_keras2
 
 __all__ = [
     "DEFAULT_BATCH_SIZE",
@@ -31,7 +33,6 @@ __all__ = [
     "outputs_probabilities",
     "clone_model",
     "trusted_cloning",
-    "as_keras2",
     "flatten_model",
     "select_layers",
     "skipped_layers",
@@ -263,31 +264,6 @@ def _is_graph_model(layer) -> bool:
     )
 
 
-def as_keras2(model) -> keras.Model:
-    """The model as tf_keras (Keras 2), which tfmot's wrappers need: a Keras 3 model is rebuilt.
-
-    Raises:
-        OptimizationError: for anything else than a Keras model.
-
-    Example:
-        >>> type(as_keras2(keras3_model)).__module__.startswith("tf_keras")  # doctest: +SKIP
-        True
-    """
-    from tfedge.backend import is_keras3_model
-
-    if isinstance(model, keras.Model):
-        return model
-    if is_keras3_model(model):
-        from tfedge.models.rebuild import to_keras2
-
-        return to_keras2(model)
-    raise OptimizationError(
-        f"expected a Keras model, got {type(model).__module__}.{type(model).__name__}",
-        "pass a tf_keras or Keras 3 functional/Sequential model (tfedge.loading.load_model "
-        "reads .keras/.h5 files)",
-    )
-
-
 def flatten_model(model) -> keras.Model:
     """Inline nested functional/Sequential sub-models: one flat functional model, same weights.
 
@@ -295,7 +271,7 @@ def flatten_model(model) -> keras.Model:
     plus a head, a Sequential block) is flattened first, so every inner layer can be wrapped. The
     inner layers keep their names, prefixed by their sub-model's name where names would clash.
 
-    A Keras 3 model is first rebuilt as tf_keras (:func:`as_keras2`).
+    A Keras 3 model is first rebuilt as tf_keras (:func:`tfedge.models.rebuild.to_keras2`).
 
     Raises:
         OptimizationError: for a subclassed model (no graph to read).
@@ -304,7 +280,7 @@ def flatten_model(model) -> keras.Model:
         >>> flat = flatten_model(keras.Sequential([backbone, head]))  # doctest: +SKIP
         >>> [layer.name for layer in flat.layers]  # doctest: +SKIP
     """
-    model = as_keras2(model)
+    model = to_keras2(model)
     if not _is_graph_model(model):
         raise OptimizationError(
             f"the model {model.name!r} is a subclassed {type(model).__name__}: its layers cannot be "
@@ -682,7 +658,7 @@ def fit(
     if val is not None:
         check_data(val, "validation", model)
     if teacher is not None:
-        teacher = as_keras2(teacher)
+        teacher = to_keras2(teacher)
     if seed is not None:
         keras.utils.set_random_seed(seed)
     from tfedge.console import quiet
@@ -693,8 +669,6 @@ def fit(
     with strategy_scope(strategy):
         optimizer = keras.optimizers.Adam(_learning_rate(learning_rate, total_steps, lr_schedule))
         if teacher is not None:
-            from tfedge.models.distillation import Distiller
-
             trainer = Distiller(
                 model,
                 teacher,

@@ -35,7 +35,6 @@ __all__ = [
     "recipe_path",
     "expected",
     "train_settings",
-    "measure",
 ]
 
 L = keras.layers
@@ -318,62 +317,3 @@ def train_settings(name: str) -> dict:
 
     recipe = yaml.safe_load(recipe_path(name).read_text())
     return dict(recipe.get("train") or {})
-
-
-def measure(name: str, runs: int = 300, seed: int = 0) -> dict:
-    """Train a zoo model as its recipe says, convert it fully-int8 and bench it (1 thread, here).
-
-    Returns the figures of ``models/expected.json``: ``float_accuracy``, ``int8_accuracy`` (on the
-    397 test digits), ``int8_size_bytes`` and ``int8_p50_ms``.
-
-    Example:
-        >>> measure("digits_cnn")["int8_size_bytes"]  # doctest: +SKIP
-        45232
-    """
-    import tempfile
-
-    from tfedge.converters import convert
-    from tfedge.digits import load_digits
-    from tfedge.runner import bench_models
-
-    train_data, test = load_digits()
-    model = train(build(name), train_data, seed=seed, **train_settings(name))
-    float_accuracy = float((model.predict(test.x, verbose=0).argmax(-1) == test.y).mean())
-    with tempfile.TemporaryDirectory() as folder:
-        path = Path(folder) / f"{name}.tflite"
-        path.write_bytes(convert(model, calib=train_data))
-        rows = list(bench_models([str(path)], data=(test.x, test.y), threads=1, runs=runs))
-    kind, row = rows[0]
-    if kind != "result":
-        raise RuntimeError(f"bench of {name} failed: {row}")
-    return {
-        "float_accuracy": round(float_accuracy, 4),
-        "int8_accuracy": round(float(row["accuracy"]), 4),
-        "int8_size_bytes": int(row["size_bytes"]),
-        "int8_p50_ms": round(float(row["latency_ms"]["p50"]), 4),
-        "params": int(model.count_params()),
-        "tolerance": {"accuracy": 0.02, "size": 0.1, "latency": 0.5},
-        "measured_on": row["device"].get("cpu"),
-    }
-
-
-def main(argv=None) -> int:
-    """``python -m tfedge.models.zoo [NAME ...]``: measure zoo models and rewrite expected.json."""
-    import argparse
-
-    parser = argparse.ArgumentParser(description="Measure zoo models; update models/expected.json")
-    parser.add_argument("names", nargs="*", help="zoo models (default: all)")
-    parser.add_argument("--runs", type=int, default=300)
-    args = parser.parse_args(argv)
-    path = HERE / "expected.json"
-    figures = json.loads(path.read_text()) if path.is_file() else {}
-    for name in args.names or list(ZOO):
-        entry = measure(name, runs=args.runs)
-        figures[name] = entry
-        print(name, json.dumps(entry))
-    path.write_text(json.dumps(figures, indent=2, sort_keys=True) + "\n")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -195,10 +195,8 @@ def load_model(path, custom_objects: dict | None = None) -> LoadedModel:
 
 
 def _tfedge_custom_objects() -> dict:
-    try:
-        from tfedge.models import custom_objects
-    except ImportError:
-        return {}
+    from tfedge.serialization import custom_objects
+
     return custom_objects()
 
 

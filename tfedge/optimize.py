@@ -190,25 +190,6 @@ def _label(stage: dict) -> str:
     return f"{stage['name']}({params})" if params else stage["name"]
 
 
-def _to_keras2(loaded):
-    from tfedge.backend import is_keras2_model
-
-    model = loaded.model
-    if is_keras2_model(model):
-        return model
-    if loaded.keras_version == 3:
-        from tfedge.models.rebuild import to_keras2
-
-        echo(
-            "Keras 3 model: rebuilt as tf_keras (same layers, same weights) for the training wrappers"
-        )
-        return to_keras2(model)
-    raise OptimizationError(
-        f"{loaded.path} is a SavedModel without its Keras model, so it cannot be fine-tuned",
-        "pass the .keras/.h5 file (optimize trains); `tfedge convert` takes plain SavedModels",
-    )
-
-
 def _frozen_copy(model):
     from tfedge.backend import keras
 
@@ -267,6 +248,7 @@ def optimize(
     from tfedge.converters import convert, input_shape_of
     from tfedge.data import load_data
     from tfedge.loading import LoadedModel, load_model
+    from tfedge.models.rebuild import to_keras2
     from tfedge.report import write_html
 
     out = Path(out_dir)
@@ -275,7 +257,11 @@ def optimize(
     if isinstance(model, (str, Path)):
         model = load_model(model)
     source = model.path if isinstance(model, LoadedModel) else getattr(model, "name", "model")
-    base = _to_keras2(model) if isinstance(model, LoadedModel) else model
+    if isinstance(model, LoadedModel) and model.keras_version == 3:
+        echo(
+            "Keras 3 model: rebuilt as tf_keras (same layers, same weights) for the training wrappers"
+        )
+    base = to_keras2(model) if isinstance(model, LoadedModel) else model
     shape = input_shape_of(base)
     train = load_data(train, input_shape=shape, require_labels=True, name="--train")
     val = load_data(val, input_shape=shape, require_labels=True, name="--val")

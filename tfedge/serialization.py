@@ -1,4 +1,4 @@
-"""Every custom class needed to load a model that tfedge's compression stages produced.
+"""Every tfmot class needed to load a model that tfedge's compression stages produced.
 
 :func:`tfedge.loading.load_model` passes these to Keras, so a QAT model (tfmot's quantize
 wrappers, quantizers and configs, including the sparsity- and cluster-preserving ones) saved with
@@ -6,7 +6,7 @@ wrappers, quantizers and configs, including the sparsity- and cluster-preserving
 TensorFlow and tfmot are imported when :func:`custom_objects` is called.
 
 Example:
-    >>> from tfedge.models import custom_objects
+    >>> from tfedge.serialization import custom_objects
     >>> "QuantizeWrapperV2" in custom_objects()  # doctest: +SKIP
     True
 """
@@ -123,8 +123,7 @@ def custom_objects() -> dict:
 
     Covers tfmot's quantization, clustering and pruning wrappers (the same classes as its
     ``quantize_scope``, ``cluster_scope`` and ``prune_scope``), the quantizers and configs of the
-    collaborative schemes (PQAT, CQAT, PCQAT) and tfedge's own :class:`Distiller`. Calling it
-    also applies :func:`patch_tfmot_saving`, without which QAT ``.keras`` files do not load.
+    collaborative schemes (PQAT, CQAT, PCQAT). Calling it also applies :func:`patch_tfmot_saving`, without which QAT ``.keras`` files do not load.
 
     Returns:
         A new dict, safe to modify.
@@ -148,8 +147,4 @@ def custom_objects() -> dict:
     for scope in scopes:
         for table in getattr(scope, "custom_objects", ()):
             objects.update(table)
-    from tfedge.models.distillation import Distiller
-
-    objects["Distiller"] = Distiller
-    objects["tfedge>Distiller"] = Distiller
     return objects
