@@ -5,6 +5,22 @@ Example:
     >>> blob = convert("model.keras", calib="calib.npz")  # doctest: +SKIP
 """
 
-from tfedge.converters.tflite import DEFAULT_CALIB_SAMPLES, IO_TYPES, MODES, convert, input_shape_of
+from tfedge.converters.tflite import (
+    DEFAULT_CALIB_SAMPLES,
+    IO_TYPES,
+    MODES,
+    Conversion,
+    convert,
+    convert_file,
+    input_shape_of,
+)
 
-__all__ = ["convert", "input_shape_of", "MODES", "IO_TYPES", "DEFAULT_CALIB_SAMPLES"]
+__all__ = [
+    "convert",
+    "convert_file",
+    "Conversion",
+    "input_shape_of",
+    "MODES",
+    "IO_TYPES",
+    "DEFAULT_CALIB_SAMPLES",
+]

@@ -12,6 +12,8 @@ import flatbuffers
 import numpy as np
 from ai_edge_litert import schema_py_generated as schema
 
+from tfedge.tflite_file import op_names
+
 __all__ = [
     "TFLITE_IDENTIFIER",
     "AlignedBuffer",
@@ -25,7 +27,6 @@ __all__ = [
 TFLITE_IDENTIFIER = b"TFL3"
 # TFLite's schema asks for `Buffer.data` aligned to 16 bytes (force_align: 16).
 _BUFFER_ALIGNMENT = 16
-_BUILTIN_NAMES = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
 
 
 def unpack_model(blob: bytes) -> schema.ModelT:
@@ -94,11 +95,11 @@ def opcode_names(model: schema.ModelT) -> list[str]:
         >>> opcode_names(unpack_model(blob))[:2]  # doctest: +SKIP
         ['CONV_2D', 'FULLY_CONNECTED']
     """
-    names = []
+    builtin, names = op_names(), []
     for code in model.operatorCodes or []:
         # Codes past 127 live in builtinCode; deprecatedBuiltinCode holds min(code, 127).
         number = max(code.builtinCode or 0, code.deprecatedBuiltinCode or 0)
-        names.append(_BUILTIN_NAMES.get(number, f"BUILTIN_{number}"))
+        names.append(builtin[number] if number < len(builtin) else f"BUILTIN_{number}")
     return names
 
 

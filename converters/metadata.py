@@ -29,7 +29,7 @@ import flatbuffers
 import numpy as np
 from ai_edge_litert import schema_py_generated as _tfl
 
-from tfedge.converters import metadata_schema_py_generated as _md
+import tfedge.converters.metadata_schema_py_generated as _md
 from tfedge.converters.flatbuffer import pack_model
 from tfedge.errors import ConversionError, InputFileError
 

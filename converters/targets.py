@@ -55,11 +55,14 @@ class Target:
             )
         return self.mode, io
 
-    def check(self, blob: bytes) -> dict:
-        """Refuse a converted model the target cannot run; return the inspection (with EdgeTPU mapping)."""
+    def check(self, blob: bytes, info: dict | None = None) -> dict:
+        """Refuse a converted model the target cannot run; return the inspection (with EdgeTPU mapping).
+
+        ``info`` is the model's :func:`tfedge.inspector.inspect_model` when the caller has it.
+        """
         from tfedge.inspector import inspect_model
 
-        info = inspect_model(blob)
+        info = info if info is not None else inspect_model(blob)
         problems = []
         if self.supported_ops is not None:
             extra = sorted(set(info["ops"]) - set(self.supported_ops))

@@ -10,19 +10,56 @@ Example:
     >>> open("digits_int8.tflite", "wb").write(blob)  # doctest: +SKIP
 """
 
+import inspect
+import os
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
 from tfedge.errors import ConversionError, TfedgeError
 
-__all__ = ["MODES", "IO_TYPES", "DEFAULT_CALIB_SAMPLES", "convert", "input_shape_of"]
+__all__ = [
+    "MODES",
+    "IO_TYPES",
+    "DEFAULT_CALIB_SAMPLES",
+    "Conversion",
+    "convert",
+    "convert_file",
+    "input_shape_of",
+]
 
 MODES = ("int8", "int16x8", "float16", "dynamic", "float32")
 IO_TYPES = ("int8", "uint8", "float32")
 DEFAULT_CALIB_SAMPLES = 300
 INTEGER_MODES = ("int8", "int16x8")
+
+
+@dataclass
+class Conversion:
+    """What :func:`convert_file` did: the model written, its inspection, and the target's steps.
+
+    Attributes:
+        blob: the ``.tflite`` bytes.
+        mode: the conversion mode used (a target may fix it).
+        info: :func:`tfedge.inspector.inspect_model` of ``blob`` (EdgeTPU mapping included).
+        target: the :class:`~tfedge.converters.targets.Target` profile, or None.
+        path: where the model was written (None before it is).
+        compiled: :func:`~tfedge.converters.edgetpu_compiler.compile_model`'s result when the
+            target compiles and the compiler ran.
+        compile_skipped: why a target's compilation was skipped (the compiler is not
+            installed), with how to install it; None otherwise.
+    """
+
+    blob: bytes
+    mode: str
+    info: dict
+    target: object = None
+    path: Path | None = None
+    compiled: dict | None = None
+    compile_skipped: str | None = None
 
 
 def input_shape_of(model) -> tuple:
@@ -88,6 +125,70 @@ def convert(
     Example:
         >>> blob = convert(keras_model, calib=(x_train, y_train))  # doctest: +SKIP
     """
+    options = dict(
+        mode=mode,
+        calib=calib,
+        io=io,
+        calib_samples=calib_samples,
+        keep_float=keep_float,
+        int16=int16,
+        input_shape=input_shape,
+        labels=labels,
+        mean=mean,
+        std=std,
+        target=target,
+    )
+    return _conversion(model, options).blob
+
+
+def convert_file(model, output, **options) -> Conversion:
+    """Convert, write ``output`` (atomically), and compile it when the target says so.
+
+    This is ``tfedge convert``: it takes :func:`convert`'s keyword arguments, inspects the model
+    once, and for a target with ``compile: true`` (``edgetpu``) runs ``edgetpu_compiler`` next
+    to ``output`` when it is installed (else ``compile_skipped`` says how to install it and
+    the uncompiled model is kept).
+
+    Example:
+        >>> result = convert_file("model.keras", "model.tflite", calib="train.npz")  # doctest: +SKIP
+        >>> result.info["fully_integer"], result.path  # doctest: +SKIP
+        (True, PosixPath('model.tflite'))
+    """
+    result = _conversion(model, _with_defaults(options))
+    path = Path(output)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(result.blob)
+    os.replace(tmp, path)
+    result.path = path
+    if result.target is not None and result.target.compile:
+        from tfedge.converters.edgetpu_compiler import CompilerNotFoundError, compile_model
+
+        try:
+            result.compiled = compile_model(path, path.parent)
+        except CompilerNotFoundError as exc:
+            result.compile_skipped = f"{exc.message}; kept the uncompiled model {path}" + (
+                f"\n{exc.hint}" if exc.hint else ""
+            )
+    return result
+
+
+def _with_defaults(options: dict) -> dict:
+    defaults = {
+        name: parameter.default
+        for name, parameter in inspect.signature(convert).parameters.items()
+        if parameter.kind is inspect.Parameter.KEYWORD_ONLY
+    }
+    unknown = sorted(set(options) - set(defaults))
+    if unknown:
+        raise TypeError(f"convert_file() got unexpected keyword arguments {unknown}")
+    return {**defaults, **options}
+
+
+def _conversion(model, options: dict) -> Conversion:
+    """Convert with :func:`convert`'s ``options``; a Keras 3 model that fails is retried as tf_keras."""
+    options = dict(options)
+    int16 = options.pop("int16")
     if int16:
         raise ConversionError(
             f"--int16 {', '.join(int16)}: TFLite's converter cannot give single layers int16 "
@@ -95,18 +196,11 @@ def convert(
             "use --mode int16x8 for the whole model, or --keep-float LAYER to leave a "
             "sensitive layer in float",
         )
-    options = dict(
-        mode=mode,
-        calib=calib,
-        io=io,
-        calib_samples=calib_samples,
-        keep_float=keep_float,
-        input_shape=input_shape,
-        labels=labels,
-        mean=mean,
-        std=std,
-        target=target,
-    )
+    if options.get("target") is not None:
+        from tfedge.converters.targets import load_target
+
+        options["target"] = load_target(options["target"])  # loaded once, for both tries
+    mode = options["mode"]
     try:
         return _convert(model, **options)
     except ConversionError as first:
@@ -139,7 +233,7 @@ def _convert(
     mean=None,
     std=None,
     target=None,
-) -> bytes:
+) -> Conversion:
     """Convert once (see :func:`convert` for the arguments)."""
     if isinstance(model, (str, bytes)) or hasattr(model, "__fspath__"):
         from tfedge.loading import detect_format
@@ -249,7 +343,6 @@ def _convert(
     if mode in INTEGER_MODES and not keep_float:
         passes.insert(0, integerize_islands)
     blob = rewrite(blob, *passes)
-    _check(blob, mode, io, keep_float)
     if labels is not None:
         from tfedge.converters.metadata import add_metadata, read_labels_file
 
@@ -259,9 +352,13 @@ def _convert(
         blob = add_metadata(
             blob, names, name=getattr(keras_model, "name", None), input_mean=mean, input_std=std
         )
+    from tfedge.inspector import inspect_model
+
+    info = inspect_model(blob)
+    _check(info, mode, io, keep_float)
     if profile is not None:
-        profile.check(blob)
-    return blob
+        profile.check(blob, info)
+    return Conversion(blob=blob, mode=mode, info=info, target=profile)
 
 
 def _normalization_from(calib, specs):
@@ -499,13 +596,10 @@ def _first_line(exc) -> str:
     return type(exc).__name__
 
 
-def _check(blob: bytes, mode: str, io: str, keep_float) -> None:
+def _check(info: dict, mode: str, io: str, keep_float) -> None:
     """Fail when an int8 conversion left float operators or dynamic shapes behind."""
     if mode != "int8" or keep_float:
         return
-    from tfedge.inspector import inspect_model
-
-    info = inspect_model(blob)
     if not info["static_shapes"]:
         raise ConversionError(
             "the int8 model still has dynamic shapes",

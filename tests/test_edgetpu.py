@@ -1,22 +1,20 @@
-"""tfedge.edgetpu: operator rules, mapping prediction on real models, compiler output, delegate."""
+"""EdgeTPU: operator rules and mapping prediction on real models (tfedge.edgetpu), compiler output
+and the compiler driver (tfedge.converters.edgetpu_compiler)."""
 
-import ctypes
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tfedge.edgetpu import (
-    SUPPORTED_OPS,
+from tfedge.converters.edgetpu_compiler import (
     CompilerNotFoundError,
     compile_model,
     find_compiler,
-    load_delegate,
     parse_compiler_output,
-    predict_mapping,
 )
-from tfedge.errors import ConversionError, DeviceError, InputFileError
+from tfedge.edgetpu import SUPPORTED_OPS, predict_mapping
+from tfedge.errors import ConversionError, InputFileError
 from tfedge.inspector import inspect_model
 
 DATA = Path(__file__).parent / "data"
@@ -94,7 +92,7 @@ def test_undocumented_ops_are_not(op):
 
 
 def test_int8_cnn_maps_fully(models):
-    m = predict_mapping(models["cnn"])
+    m = inspect_model(models["cnn"])["edgetpu"]
     assert m["compatible"] is True
     assert m["unsupported"] == []
     assert (m["mapped_ops"], m["cpu_ops"]) == (5, 0)
@@ -103,7 +101,7 @@ def test_int8_cnn_maps_fully(models):
 
 
 def test_first_unsupported_op_sends_the_rest_to_the_cpu(models):
-    m = predict_mapping(models["leaky_relu"])
+    m = inspect_model(models["leaky_relu"])["edgetpu"]
     assert m["compatible"] is False
     assert m["unsupported"] == ["LEAKY_RELU"]
     assert m["first_cpu_op"]["op"] == "LEAKY_RELU"
@@ -122,7 +120,7 @@ def test_first_unsupported_op_sends_the_rest_to_the_cpu(models):
 
 
 def test_float_io_runs_edges_on_cpu_without_splitting(models):
-    m = predict_mapping(models["cnn_float_io"])
+    m = inspect_model(models["cnn_float_io"])["edgetpu"]
     assert m["compatible"] is False
     assert m["unsupported"] == ["float input/output"]
     assert (m["mapped_ops"], m["cpu_ops"]) == (5, 2)
@@ -130,17 +128,17 @@ def test_float_io_runs_edges_on_cpu_without_splitting(models):
 
 
 def test_dynamic_batch_is_refused(models):
-    m = predict_mapping(models["cnn_dynamic_batch"])
+    m = inspect_model(models["cnn_dynamic_batch"])["edgetpu"]
     assert m["compatible"] is False
     assert "dynamic shapes" in m["unsupported"]
     assert m["mapped_ops"] == 0
 
 
 @pytest.mark.parametrize("name", ["cnn", "leaky_relu", "cnn_float_io"])
-def test_predict_accepts_path_bytes_and_inspect_dicts(models, name):
+def test_predict_accepts_inspect_dicts_of_paths_and_bytes(models, name):
     expected = inspect_model(models[name])["edgetpu"]
-    assert predict_mapping(str(models[name])) == expected
-    assert predict_mapping(models[name].read_bytes()) == expected
+    assert inspect_model(str(models[name]))["edgetpu"] == expected
+    assert inspect_model(models[name].read_bytes())["edgetpu"] == expected
     assert predict_mapping(inspect_model(models[name], detail=True)) == expected
     assert predict_mapping(inspect_model(models[name])) == expected
     assert sum(row["count"] for row in expected["ops"]) == (
@@ -149,8 +147,10 @@ def test_predict_accepts_path_bytes_and_inspect_dicts(models, name):
 
 
 def test_predict_rejects_other_arguments():
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match="inspect_model"):
         predict_mapping(3.5)
+    with pytest.raises(TypeError, match="inspect_model"):
+        predict_mapping("model.tflite")
     with pytest.raises(ValueError, match="detail=True"):
         predict_mapping({"ops": {}})
 
@@ -394,29 +394,5 @@ def test_compiler_not_installed(models, tmp_path, monkeypatch):
 def test_prediction_matches_the_real_compiler(models, tmp_path):
     for name in ("cnn", "leaky_relu"):
         r = compile_model(models[name], tmp_path / name)
-        m = predict_mapping(models[name])
+        m = inspect_model(models[name])["edgetpu"]
         assert (r["mapped_ops"], r["cpu_ops"]) == (m["mapped_ops"], m["cpu_ops"])
-
-
-# ---- delegate -----------------------------------------------------------------------------
-
-
-def _runtime_installed():
-    try:
-        ctypes.CDLL("libedgetpu.so.1")
-    except OSError:
-        return False
-    return True
-
-
-@pytest.mark.skipif(_runtime_installed(), reason="the Edge TPU runtime is installed here")
-def test_load_delegate_without_runtime():
-    with pytest.raises(DeviceError, match="libedgetpu.so.1") as excinfo:
-        load_delegate()
-    assert "libedgetpu1-std" in excinfo.value.hint
-    assert "plug" in excinfo.value.hint
-
-
-def test_load_delegate_missing_library():
-    with pytest.raises(DeviceError, match="no_such_delegate"):
-        load_delegate("libno_such_delegate.so.1")

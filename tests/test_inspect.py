@@ -8,7 +8,6 @@ import sys
 import numpy as np
 import pytest
 
-from tfedge import inspector
 from tfedge.errors import InputFileError
 from tfedge.inspector import format_table, inspect_model
 
@@ -294,21 +293,6 @@ def test_tflite_metadata_is_reported(models, tmp_path):
     assert info["ops"] == inspect_model(models["int8"])["ops"]
 
 
-@pytest.mark.parametrize("name", ["float32", "int8", "dynamic_range", "leaky_relu", "pruned"])
-def test_fallback_reader_matches_litert_schema(models, monkeypatch, name):
-    expected = inspect_model(models[name], detail=True)
-    monkeypatch.setattr(inspector, "_schema", None)  # as on a device without ai-edge-litert
-    assert inspect_model(models[name], detail=True) == expected
-
-
-def test_builtin_op_table_matches_schema():
-    from ai_edge_litert import schema_py_generated as schema
-
-    by_value = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
-    for code, name in enumerate(inspector._BUILTIN_OP_NAMES):
-        assert by_value[code] == name
-
-
 def test_format_table(infos):
     text = format_table(infos["leaky_relu"])
     assert "LEAKY_RELU" in text and "FULLY_CONNECTED" in text
@@ -334,10 +318,7 @@ def assert_not_tflite(excinfo, *words):
 
 
 @pytest.mark.parametrize("fraction", [0.0, 0.01, 0.1, 0.25, 0.5, 0.75, 0.9, 0.99])
-@pytest.mark.parametrize("backend", ["litert", "builtin"])
-def test_truncated_file(models, tmp_path, monkeypatch, fraction, backend):
-    if backend == "builtin":
-        monkeypatch.setattr(inspector, "_schema", None)
+def test_truncated_file(models, tmp_path, fraction):
     data = models["int8"].read_bytes()
     path = tmp_path / "cut.tflite"
     path.write_bytes(data[: int(len(data) * fraction)])
@@ -346,10 +327,7 @@ def test_truncated_file(models, tmp_path, monkeypatch, fraction, backend):
     assert_not_tflite(excinfo, str(path))
 
 
-@pytest.mark.parametrize("backend", ["litert", "builtin"])
-def test_every_truncation_and_random_damage_gives_input_file_error(models, monkeypatch, backend):
-    if backend == "builtin":
-        monkeypatch.setattr(inspector, "_schema", None)
+def test_every_truncation_and_random_damage_gives_input_file_error(models):
     data = models["leaky_relu"].read_bytes()
     for cut in range(0, len(data), 7):
         with pytest.raises(InputFileError):

@@ -18,12 +18,10 @@ from pathlib import Path
 import click
 
 from tfedge import __version__
+from tfedge.converters import IO_TYPES, MODES
 from tfedge.errors import TfedgeError
 
 __all__ = ["main", "run", "cli"]
-
-MODES = ("int8", "int16x8", "float16", "dynamic", "float32")
-IO_TYPES = ("int8", "uint8", "float32")
 
 
 def _split(values) -> list[str]:
@@ -77,11 +75,11 @@ def convert(
 ):
     """Convert a Keras model (.keras/.h5, Keras 2 or 3) or SavedModel to TFLite."""
     from tfedge.console import echo
-    from tfedge.converters import convert as convert_model
-    from tfedge.inspector import inspect_model
+    from tfedge.converters import convert_file
 
-    blob = convert_model(
+    result = convert_file(
         model,
+        output,
         mode=mode or "int8",
         calib=calib,
         io=io_type,
@@ -93,43 +91,27 @@ def convert(
         std=_floats(std, "--std"),
         target=target,
     )
-    out = _write_atomic(output, blob)
-    info = inspect_model(blob)
+    info = result.info
     echo(
-        f"wrote {out} ({len(blob) / 1024:.1f} KB, {mode or 'int8'}, "
+        f"wrote {result.path} ({len(result.blob) / 1024:.1f} KB, {result.mode}, "
         f"input {info['input'][0]['dtype']}, fully integer: {'yes' if info['fully_integer'] else 'no'})"
     )
-    mapping = info.get("edgetpu") or {}
-    if target:
-        from tfedge.converters.targets import load_target
-
-        profile = load_target(target)
-        if profile.edgetpu:
-            echo(
-                f"EdgeTPU (predicted): {mapping.get('mapped_ops')} ops mapped, {mapping.get('cpu_ops')} on the CPU"
-            )
-        if profile.compile:
-            _compile_edgetpu(out)
-
-
-def _compile_edgetpu(path: Path) -> None:
-    from tfedge.console import echo
-    from tfedge.edgetpu import CompilerNotFoundError, compile_model
-
-    try:
-        result = compile_model(path, path.parent)
-    except CompilerNotFoundError as exc:
-        echo(f"note: {exc.message}; kept the uncompiled model {path}")
-        if exc.hint:
-            echo(exc.hint)
-        return
-    echo(
-        f"compiled {result['compiled_path']}: {result['mapped_ops']} ops on the EdgeTPU, "
-        f"{result['cpu_ops']} on the CPU"
-    )
-    for op in result.get("ops", []):
-        if "Mapped" not in str(op.get("status", "")):
-            echo(f"  CPU: {op.get('op')} x{op.get('count')}: {op.get('status')}")
+    if result.target is not None and result.target.edgetpu:
+        mapping = info.get("edgetpu") or {}
+        echo(
+            f"EdgeTPU (predicted): {mapping.get('mapped_ops')} ops mapped, {mapping.get('cpu_ops')} on the CPU"
+        )
+    if result.compile_skipped:
+        echo(f"note: {result.compile_skipped}")
+    if result.compiled:
+        compiled = result.compiled
+        echo(
+            f"compiled {compiled['compiled_path']}: {compiled['mapped_ops']} ops on the EdgeTPU, "
+            f"{compiled['cpu_ops']} on the CPU"
+        )
+        for op in compiled.get("ops", []):
+            if not op.get("mapped"):
+                echo(f"  CPU: {op.get('op')} x{op.get('count')}: {op.get('status')}")
 
 
 def _floats(text, option):
@@ -141,15 +123,6 @@ def _floats(text, option):
         raise click.BadParameter(
             f"{text!r} is not a number list, e.g. 127.5 or 0,0,0", param_hint=option
         ) from None
-
-
-def _write_atomic(path, blob: bytes) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(blob)
-    os.replace(tmp, path)
-    return path
 
 
 @cli.command()

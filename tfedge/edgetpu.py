@@ -1,4 +1,4 @@
-"""What the Coral Edge TPU can run: operator table, mapping prediction, compiler and delegate.
+"""What the Coral Edge TPU can run: the operator table and the mapping prediction.
 
 Knowledge taken from Coral's page "TensorFlow models on the Edge TPU" (coral.ai/docs/edgetpu/
 models-intro, operations table of compiler 16) and from real ``edgetpu_compiler`` logs:
@@ -17,40 +17,18 @@ models-intro, operations table of compiler 16) and from real ``edgetpu_compiler`
 Operators seen on some Edge TPU lists but absent from Coral's table (EXP, FLOOR, HARD_SWISH,
 SQRT, GREATER/LESS comparisons...) are predicted to run on the CPU.
 
-``edgetpu_compiler`` and ``libedgetpu`` come from Coral's own apt repository, not from PyPI:
-:func:`find_compiler` and :func:`load_delegate` detect them at run time, and
-:func:`compile_model` raises :class:`CompilerNotFoundError` (a
-:class:`~tfedge.errors.ConversionError`) with the install commands when the compiler is absent.
-This module does not import TensorFlow.
+The compiler itself is driven by :mod:`tfedge.converters.edgetpu_compiler`; the runtime delegate
+is loaded by the device-side runner. This module does not import TensorFlow.
 
 Example:
-    >>> from tfedge import edgetpu
-    >>> edgetpu.predict_mapping("model_int8.tflite")["compatible"]  # doctest: +SKIP
+    >>> from tfedge.inspector import inspect_model
+    >>> inspect_model("model_int8.tflite")["edgetpu"]["compatible"]  # doctest: +SKIP
     True
 """
 
 from __future__ import annotations
 
-import ctypes
-import os
-import platform
-import re
-import shutil
-import subprocess
-
-from tfedge.errors import ConversionError, DeviceError, InputFileError
-
-__all__ = [
-    "SUPPORTED_OPS",
-    "COMPILER_INSTALL_HINT",
-    "RUNTIME_INSTALL_HINT",
-    "CompilerNotFoundError",
-    "predict_mapping",
-    "find_compiler",
-    "compile_model",
-    "parse_compiler_output",
-    "load_delegate",
-]
+__all__ = ["SUPPORTED_OPS", "EDGETPU_CUSTOM_OP", "MAPPED_STATUS", "predict_mapping"]
 
 #: Operators the Edge TPU compiler can map, with the limitations Coral documents for them.
 SUPPORTED_OPS = {
@@ -101,37 +79,12 @@ SUPPORTED_OPS = {
 #: The custom operator that holds the part of a compiled model the Edge TPU runs.
 EDGETPU_CUSTOM_OP = "edgetpu-custom-op"
 
-COMPILER_INSTALL_HINT = (
-    "edgetpu_compiler comes from Coral's apt repository and runs on x86_64 Debian/Ubuntu only:\n"
-    "  curl https://packages.cloud.google.com/apt/doc/apt-key.gpg | sudo apt-key add -\n"
-    '  echo "deb https://packages.cloud.google.com/apt coral-edgetpu-stable main" | '
-    "sudo tee /etc/apt/sources.list.d/coral-edgetpu.list\n"
-    "  sudo apt-get update && sudo apt-get install edgetpu-compiler\n"
-    "(on another OS or CPU, run it in an x86_64 Debian container)."
-)
-
-RUNTIME_INSTALL_HINT = (
-    "Install the Edge TPU runtime from Coral's apt repository "
-    "(deb https://packages.cloud.google.com/apt coral-edgetpu-stable main): "
-    "`sudo apt-get install libedgetpu1-std`, then plug in the Coral device "
-    "(for a USB Accelerator, unplug and replug it after installing)."
-)
-
 _INT8 = ("int8", "uint8")
 _CONST_OK = ("int8", "uint8", "int32")
-_MAPPED = "Mapped to Edge TPU"
+#: The status the compiler's operation log gives an operator that runs on the EdgeTPU.
+MAPPED_STATUS = "Mapped to Edge TPU"
 _AFTER = "Runs on the CPU: after the first operation that cannot be mapped"
 _EDGE = "Runs on the CPU: float input/output conversion"
-
-_DELEGATE_LIBS = {
-    "Linux": "libedgetpu.so.1",
-    "Darwin": "libedgetpu.1.dylib",
-    "Windows": "edgetpu.dll",
-}
-
-
-class CompilerNotFoundError(ConversionError):
-    """``edgetpu_compiler`` is not installed (the error's ``hint`` says how to install it)."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -288,11 +241,11 @@ def _predict(info: dict) -> dict:
             status = "Runs on the CPU: " + "; ".join(problems)
             first = {"index": op["index"], "op": op["op"], "reason": "; ".join(problems)}
         else:
-            status = _MAPPED
+            status = MAPPED_STATUS
         if problems and not edge and op["op"] not in unsupported_ops:
             unsupported_ops.append(op["op"])
             reasons.append(f"{op['op']} (operator {op['index']}): {'; '.join(problems)}")
-        if status == _MAPPED:
+        if status == MAPPED_STATUS:
             mapped += 1
         else:
             cpu += 1
@@ -329,13 +282,13 @@ def _predict(info: dict) -> dict:
     }
 
 
-def predict_mapping(info_or_model) -> dict:
+def predict_mapping(info_or_model: dict) -> dict:
     """Predict how ``edgetpu_compiler`` would split a model between the Edge TPU and the CPU.
 
     Args:
-        info_or_model: a ``.tflite`` path or its bytes, or a dict from
-            :func:`tfedge.inspector.inspect_model` made with ``detail=True`` (one without the
-            detail is answered from its own ``"edgetpu"`` entry).
+        info_or_model: a dict from :func:`tfedge.inspector.inspect_model` made with
+            ``detail=True`` (one without the detail is answered from its own ``"edgetpu"``
+            entry, which ``inspect_model`` fills with this function).
 
     Returns:
         ``{"compatible", "unsupported", "mapped_ops", "cpu_ops", "first_cpu_op", "reasons",
@@ -347,21 +300,18 @@ def predict_mapping(info_or_model) -> dict:
         ``{"index", "op", "reason"}`` of the operator where the graph leaves the Edge TPU (the
         first operator when the compiler would refuse the whole model; None if all map);
         ``reasons`` explains each item in a sentence; ``ops`` is the predicted
-        ``[{"op", "count", "status"}]`` table, in the format of :func:`compile_model`.
+        ``[{"op", "count", "status"}]`` table, in the format of the compiler's own log
+        (:func:`tfedge.converters.edgetpu_compiler.compile_model`).
 
     Example:
-        >>> m = predict_mapping("model_int8.tflite")  # doctest: +SKIP
+        >>> m = predict_mapping(inspect_model("model_int8.tflite", detail=True))  # doctest: +SKIP
         >>> m["compatible"], m["mapped_ops"], m["cpu_ops"]  # doctest: +SKIP
         (True, 4, 0)
     """
-    if isinstance(info_or_model, (str, os.PathLike, bytes, bytearray, memoryview)):
-        from tfedge.inspector import inspect_model
-
-        return inspect_model(info_or_model)["edgetpu"]
     if not isinstance(info_or_model, dict):
         raise TypeError(
-            "predict_mapping() takes a .tflite path, its bytes, or an inspect_model() dict, "
-            f"not {type(info_or_model).__name__}"
+            "predict_mapping() takes an inspect_model() dict (for a .tflite path, read "
+            f"inspect_model(path)['edgetpu']), not {type(info_or_model).__name__}"
         )
     if "operators" in info_or_model and "tensors" in info_or_model:
         return _predict(info_or_model)
@@ -371,258 +321,3 @@ def predict_mapping(info_or_model) -> dict:
         "predict_mapping() needs the tensors and operators of the model: pass the .tflite path "
         "or inspect_model(path, detail=True)"
     )
-
-
-# --------------------------------------------------------------------------------------------
-# The compiler
-# --------------------------------------------------------------------------------------------
-
-
-def find_compiler() -> str | None:
-    """Path of ``edgetpu_compiler`` on ``PATH``, or None when it is not installed.
-
-    Example:
-        >>> find_compiler() or "not installed"  # doctest: +SKIP
-        '/usr/bin/edgetpu_compiler'
-    """
-    return shutil.which("edgetpu_compiler")
-
-
-_ROW = re.compile(r"^\s*(\S+)\s+(\d+)\s+(\S.*?)\s*$")
-_HEADER = re.compile(r"^\s*Operator\s+Count\s+Status\s*$")
-
-
-def _int(pattern: str, text: str):
-    m = re.search(pattern, text, re.MULTILINE)
-    return int(m.group(1)) if m else None
-
-
-def _str(pattern: str, text: str):
-    m = re.search(pattern, text, re.MULTILINE)
-    return m.group(1).strip() if m else None
-
-
-def parse_compiler_output(text: str) -> dict:
-    """Parse what ``edgetpu_compiler -s`` prints, or the ``*_edgetpu.log`` file it writes.
-
-    Args:
-        text: the compiler's stdout (with or without the ``-s`` operator table) or its log.
-
-    Returns:
-        ``{"compiler_version", "mapped_ops", "cpu_ops", "total_ops", "subgraphs", "ops",
-        "output_model", "log_file", "on_chip_memory", "off_chip_memory"}``; ``ops`` is the
-        ``Operator / Count / Status`` table as ``[{"op", "count", "status", "mapped"}]`` (an
-        operator can appear in several rows, one per status); numbers the text does not give are
-        derived from the table where possible, else None.
-
-    Example:
-        >>> log = '''Edge TPU Compiler version 16.0.384591198
-        ... Input: m.tflite
-        ... Output: m_edgetpu.tflite
-        ...
-        ... Operator                       Count      Status
-        ...
-        ... CONV_2D                        2          Mapped to Edge TPU
-        ... LEAKY_RELU                     1          Operation not supported
-        ... '''
-        >>> r = parse_compiler_output(log)
-        >>> r["mapped_ops"], r["cpu_ops"], r["ops"][1]["op"]
-        (2, 1, 'LEAKY_RELU')
-    """
-    ops, partial = [], False
-    in_table = False
-    for line in text.splitlines():
-        if _HEADER.match(line):
-            in_table = True
-            continue
-        if not in_table:
-            continue
-        if not line.strip():
-            if ops:
-                in_table = False
-            continue
-        m = _ROW.match(line)
-        if m and not line.lstrip().startswith("..."):
-            status = m.group(3)
-            ops.append(
-                {
-                    "op": m.group(1),
-                    "count": int(m.group(2)),
-                    "status": status,
-                    "mapped": status.startswith(_MAPPED),
-                }
-            )
-        else:
-            partial = partial or "All other operators were mapped" in line
-            in_table = False
-    mapped = _int(r"Number of operations that will run on Edge TPU:\s*(\d+)", text)
-    cpu = _int(r"Number of operations that will run on CPU:\s*(\d+)", text)
-    total = _int(r"Total number of operations:\s*(\d+)", text)
-    if ops and cpu is None:
-        cpu = sum(o["count"] for o in ops if not o["mapped"])
-    if mapped is None:
-        if ops and not partial:
-            mapped = sum(o["count"] for o in ops if o["mapped"])
-        elif total is not None:
-            mapped = total - (cpu or 0)
-            cpu = cpu or 0
-    return {
-        "compiler_version": _str(r"Edge TPU Compiler version\s+(\S+)", text),
-        "mapped_ops": mapped,
-        "cpu_ops": cpu,
-        "total_ops": total
-        if total is not None
-        else (mapped + cpu if mapped is not None and cpu is not None else None),
-        "subgraphs": _int(r"Number of Edge TPU subgraphs:\s*(\d+)", text),
-        "ops": ops,
-        "output_model": _str(r"^Output(?: model)?:\s*(.+)$", text),
-        "log_file": _str(r"^Operation log:\s*(.+)$", text),
-        "on_chip_memory": _str(r"On-chip memory used for caching model parameters:\s*(.+)$", text),
-        "off_chip_memory": _str(
-            r"Off-chip memory used for streaming uncached model parameters:\s*(.+)$", text
-        ),
-    }
-
-
-def _last_error(text: str) -> str:
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    for ln in reversed(lines):
-        if "error" in ln.lower() or "not" in ln.lower():
-            return ln
-    return lines[-1] if lines else "no output"
-
-
-def compile_model(
-    tflite_path, out_dir, *, timeout: float = 600, compiler: str | None = None
-) -> dict:
-    """Compile a fully-int8 ``.tflite`` model for the Edge TPU with ``edgetpu_compiler``.
-
-    Runs ``edgetpu_compiler -s -o OUT_DIR MODEL`` and reads its output and operation log.
-
-    Args:
-        tflite_path: the int8 ``.tflite`` model.
-        out_dir: directory for ``<name>_edgetpu.tflite`` and ``<name>_edgetpu.log`` (created if
-            needed).
-        timeout: seconds to wait for the compiler.
-        compiler: path of the compiler; default: ``edgetpu_compiler`` on ``PATH``.
-
-    Returns:
-        :func:`parse_compiler_output`'s dict plus ``compiled_path`` and ``log_path`` (None when
-        the compiler wrote no log) and ``output`` (the compiler's full text). ``ops`` comes from
-        the log file when there is one (it always lists every operator).
-
-    Raises:
-        CompilerNotFoundError: the compiler is not installed (a ``ConversionError``; its
-            ``hint`` holds the install commands). Callers that treat compilation as optional catch
-            this one and go on without it.
-        ConversionError: the compiler failed on the model or timed out.
-        InputFileError: ``tflite_path`` does not exist.
-
-    Example:
-        >>> r = compile_model("model_int8.tflite", "out")  # doctest: +SKIP
-        >>> r["compiled_path"], r["mapped_ops"], r["cpu_ops"]  # doctest: +SKIP
-        ('out/model_int8_edgetpu.tflite', 4, 0)
-    """
-    exe = compiler or find_compiler()
-    if exe is None:
-        raise CompilerNotFoundError(
-            "edgetpu_compiler is not installed (not found on PATH)", hint=COMPILER_INSTALL_HINT
-        )
-    path = os.fspath(tflite_path)
-    if not os.path.isfile(path):
-        raise InputFileError(f"model file {path} does not exist", hint="Check the path.")
-    out_dir = os.fspath(out_dir)
-    os.makedirs(out_dir, exist_ok=True)
-    cmd = [exe, "-s", "-o", out_dir, path]
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
-    except subprocess.TimeoutExpired:
-        raise ConversionError(
-            f"edgetpu_compiler did not finish compiling {path} within {timeout:g} s",
-            hint="Pass a longer timeout, or check that the model is fully int8 (tfedge inspect).",
-        ) from None
-    except OSError as e:
-        raise CompilerNotFoundError(
-            f"cannot run {exe}: {e.strerror or e}", hint=COMPILER_INSTALL_HINT
-        ) from None
-    text = (proc.stdout or "") + (proc.stderr or "")
-    if proc.returncode != 0:
-        raise ConversionError(
-            f"edgetpu_compiler failed on {path} (exit status {proc.returncode}): "
-            f"{_last_error(text)}",
-            hint=f"Check that the model is fully int8 with static shapes: `tfedge inspect {path}`.",
-        )
-    result = parse_compiler_output(text)
-    stem = os.path.splitext(os.path.basename(path))[0]
-    compiled = os.path.join(out_dir, f"{stem}_edgetpu.tflite")
-    if not os.path.isfile(compiled) and result["output_model"]:
-        compiled = os.path.join(out_dir, os.path.basename(result["output_model"]))
-    if not os.path.isfile(compiled):
-        raise ConversionError(
-            f"edgetpu_compiler reported success but wrote no compiled model in {out_dir}",
-            hint=f"Its output ended with: {_last_error(text)}",
-        )
-    log_path = os.path.join(out_dir, f"{stem}_edgetpu.log")
-    if os.path.isfile(log_path):
-        with open(log_path, encoding="utf-8", errors="replace") as f:
-            log = parse_compiler_output(f.read())
-        if log["ops"]:
-            result["ops"] = log["ops"]
-            if result["mapped_ops"] is None:
-                result["mapped_ops"], result["cpu_ops"] = log["mapped_ops"], log["cpu_ops"]
-    else:
-        log_path = None
-    result.update(compiled_path=compiled, log_path=log_path, output=text)
-    return result
-
-
-# --------------------------------------------------------------------------------------------
-# The runtime delegate
-# --------------------------------------------------------------------------------------------
-
-
-def load_delegate(library: str | None = None, options: dict | None = None):
-    """Load the Edge TPU delegate for an interpreter (``experimental_delegates=[...]``).
-
-    Uses ``ai_edge_litert.interpreter.load_delegate`` (else ``tflite_runtime``'s).
-
-    Args:
-        library: the delegate library; default ``libedgetpu.so.1`` (``libedgetpu.1.dylib`` on
-            macOS, ``edgetpu.dll`` on Windows).
-        options: delegate options, e.g. ``{"device": "usb:0"}``.
-
-    Returns:
-        The delegate object.
-
-    Raises:
-        DeviceError: no interpreter package, or the library cannot be loaded (runtime not
-            installed, or no Edge TPU plugged in); the ``hint`` says how to fix it.
-
-    Example:
-        >>> from ai_edge_litert.interpreter import Interpreter  # doctest: +SKIP
-        >>> delegate = load_delegate(options={"device": "usb:0"})  # doctest: +SKIP
-        >>> interp = Interpreter("m.tflite", experimental_delegates=[delegate])  # doctest: +SKIP
-    """
-    lib = library or _DELEGATE_LIBS.get(platform.system(), "libedgetpu.so.1")
-    try:
-        from ai_edge_litert.interpreter import load_delegate as _load
-    except ImportError:
-        try:
-            from tflite_runtime.interpreter import load_delegate as _load
-        except ImportError:
-            raise DeviceError(
-                "no TFLite interpreter is installed to load the Edge TPU delegate",
-                hint="pip install ai-edge-litert",
-            ) from None
-    try:
-        ctypes.CDLL(lib)  # fail here, quietly, rather than inside the interpreter's Delegate
-    except OSError as e:
-        raise DeviceError(
-            f"cannot load the Edge TPU runtime {lib} ({e})", hint=RUNTIME_INSTALL_HINT
-        ) from None
-    try:
-        return _load(lib, options or {})
-    except (ValueError, OSError, RuntimeError) as e:
-        raise DeviceError(
-            f"cannot open the Edge TPU through {lib} ({e})", hint=RUNTIME_INSTALL_HINT
-        ) from None
