@@ -60,7 +60,7 @@ def split(train, seed):
 def careless(kind, model, fit):
     """What tfmot's quick-starts do: wrap the whole model, a short fine-tune on the labels."""
     from tfedge.backend import keras, tfmot
-    from tfedge.models.training import clone_model
+    from tfedge.models.cloning import clone_model
 
     mot = tfmot()
     model = clone_model(model)

@@ -23,8 +23,8 @@ def main() -> int:
     subprocess.run(["bash", "scripts/pi-device.sh", "up"], cwd=ROOT, check=True)
     from tfedge.converters import convert
     from tfedge.digits import load_digits
+    from tfedge.fleet import bench_fleet
     from tfedge.models.zoo import build, train
-    from tfedge.remote import bench_fleet
 
     train_data, test_data = load_digits()
     rows = []

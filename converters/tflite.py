@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tfedge.errors import ConversionError, TfedgeError
+from tfedge.errors import ConversionError, TfedgeError, first_line
 
 __all__ = [
     "MODES",
@@ -504,7 +504,7 @@ def _concrete_function(model, specs):
     except Exception as exc:
         raise ConversionError(
             f"the model cannot be traced with batch 1 and inputs {[s.shape.as_list() for s in specs]}: "
-            f"{_first_line(exc)}",
+            f"{first_line(exc, 400)}",
             "check the model runs on one sample: model(x[:1])",
         ) from exc
 
@@ -584,16 +584,9 @@ def _conversion_error(exc, log: str, mode: str) -> ConversionError:
             "LAYER, or replace them with TFLite builtin ops",
         )
     return ConversionError(
-        f"the TFLite converter failed ({mode}): {_first_line(exc)}",
+        f"the TFLite converter failed ({mode}): {first_line(exc, 400)}",
         "run with --debug to see the converter's log",
     )
-
-
-def _first_line(exc) -> str:
-    for line in str(exc).splitlines():
-        if line.strip():
-            return line.strip()[:400]
-    return type(exc).__name__
 
 
 def _check(info: dict, mode: str, io: str, keep_float) -> None:

@@ -15,8 +15,8 @@ Example:
 import numpy as np
 
 from tfedge.backend import keras, tfmot
-from tfedge.errors import OptimizationError
-from tfedge.models import training
+from tfedge.errors import OptimizationError, first_line
+from tfedge.models import cloning, layers, training
 from tfedge.serialization import tfmot_internal
 
 __all__ = ["cluster", "unique_weight_values", "INITS", "DEFAULT_STEPS"]
@@ -152,9 +152,9 @@ def cluster(
         epochs = training.epochs_for(train, DEFAULT_STEPS, batch_size, minimum=3)
 
     with training.strategy_scope(strategy):
-        work = training.clone_model(training.flatten_model(model))
+        work = cloning.clone_model(cloning.flatten_model(model))
         training.check_data(train, "training", work)
-        names = training.select_layers(work, skip, eligible=_clusterable(clusters))
+        names = layers.select_layers(work, skip, eligible=_clusterable(clusters))
         if not names:
             raise OptimizationError(
                 f"no layer of {work.name!r} can be clustered to {clusters} values "
@@ -176,11 +176,11 @@ def cluster(
             )
 
         try:
-            with training.trusted_cloning():
+            with cloning.trusted_cloning():
                 wrapped = keras.models.clone_model(work, clone_function=wrap)
         except (ValueError, TypeError) as exc:
             raise OptimizationError(
-                f"tfmot cannot cluster {work.name!r}: {training._first_line(exc)}",
+                f"tfmot cannot cluster {work.name!r}: {first_line(exc)}",
                 "skip the layer it names (skip=(..., 'NAME'))",
             ) from exc
         training.fit(
@@ -197,7 +197,7 @@ def cluster(
             desc=f"clustering to {clusters}",
             seed=seed,
         )
-        with training.trusted_cloning():
+        with cloning.trusted_cloning():
             stripped = mot.strip_clustering(wrapped)
     stripped._name = model.name
     return stripped

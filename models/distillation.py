@@ -14,8 +14,8 @@ Example:
 import copy
 
 from tfedge.backend import keras
-from tfedge.errors import OptimizationError
-from tfedge.models import training
+from tfedge.errors import OptimizationError, first_line
+from tfedge.models import cloning, training
 from tfedge.models.distiller import Distiller, ends_in_softmax
 from tfedge.models.rebuild import to_keras2
 
@@ -173,9 +173,9 @@ def make_student(
         >>> student.count_params() <= 0.5 * teacher.count_params()  # doctest: +SKIP
         True
     """
-    flat = training.flatten_model(model)
+    flat = cloning.flatten_model(model)
     if isinstance(flat, keras.Sequential):
-        flat = training.flatten_model(keras.Model(flat.inputs, flat.outputs, name=flat.name))
+        flat = cloning.flatten_model(keras.Model(flat.inputs, flat.outputs, name=flat.name))
     config = flat.get_config()
     keep = {name for name, _, _ in config["output_layers"]}
     if width is not None:
@@ -225,7 +225,7 @@ def _build(config, width, keep, original, strategy):
     except Exception as exc:
         raise OptimizationError(
             f"cannot rebuild {original.name!r} with {width:.2f}x the filters and units: "
-            f"{training._first_line(exc)}",
+            f"{first_line(exc)}",
             "layers with fixed shapes (Reshape, residual Adds with the input) may need the "
             "student built by hand",
         ) from exc

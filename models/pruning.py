@@ -22,8 +22,8 @@ import math
 import numpy as np
 
 from tfedge.backend import keras, tf, tfmot
-from tfedge.errors import OptimizationError
-from tfedge.models import training
+from tfedge.errors import OptimizationError, first_line
+from tfedge.models import cloning, layers, training
 from tfedge.serialization import tfmot_internal
 
 __all__ = ["prune", "weight_sparsity", "KeepZeros", "SCHEDULES", "DEFAULT_STEPS", "DEFAULT_SKIP"]
@@ -118,7 +118,7 @@ def _layer_sparsity(model, names, skip, sparsity, m_by_n) -> float:
     if m_by_n is not None:
         return m_by_n[0] / m_by_n[1]
     edges = [item for item in _as_tuple(skip) if item in ("first", "last")]
-    dense = [name for name in training.skipped_layers(model, edges) if name not in names]
+    dense = [name for name in layers.skipped_layers(model, edges) if name not in names]
     pruned = _size(model, names)
     # every kernel counts, as in weight_sparsity: a SeparableConv2D's depthwise kernel, which
     # tfmot leaves dense, is made up for like the first and last layers
@@ -152,7 +152,7 @@ def _size(model, names) -> int:
 
 def _needed(model, names, sparsity) -> float:
     """The sparsity ``names`` need for ``sparsity`` over them and the first and last layers."""
-    edges = [n for n in training.skipped_layers(model, DEFAULT_SKIP) if n not in names]
+    edges = [n for n in layers.skipped_layers(model, DEFAULT_SKIP) if n not in names]
     pruned = _size(model, names)
     return sparsity * _kernel_size(model, names + edges) / pruned if pruned else math.inf
 
@@ -168,10 +168,10 @@ def _kernel_size(model, names) -> int:
 
 
 def _choose_layers(model, skip, eligible, sparsity=None, m_by_n=None) -> list[str]:
-    names = training.select_layers(model, skip, eligible=eligible)
+    names = layers.select_layers(model, skip, eligible=eligible)
     if skip is not DEFAULT_SKIP:
         return names
-    every = training.select_layers(model, (), eligible=eligible)
+    every = layers.select_layers(model, (), eligible=eligible)
     if _size(model, names) < 0.5 * _size(model, every):
         return every
     if sparsity is None or m_by_n is not None:
@@ -180,7 +180,7 @@ def _choose_layers(model, skip, eligible, sparsity=None, m_by_n=None) -> list[st
         return names
     # Too much to make up: keep only the last layer dense, else only the first, else none.
     for fewer in (("last",), ("first",)):
-        candidate = training.select_layers(model, fewer, eligible=eligible)
+        candidate = layers.select_layers(model, fewer, eligible=eligible)
         if candidate and _needed(model, candidate, sparsity) <= MAX_MAKE_UP_SPARSITY:
             return candidate
     return every
@@ -316,7 +316,7 @@ def prune(
     total = epochs * per_epoch
 
     with training.strategy_scope(strategy):
-        work = training.clone_model(training.flatten_model(model))
+        work = cloning.clone_model(cloning.flatten_model(model))
         training.check_data(train, "training", work)
         names = _choose_layers(work, skip, _eligible(m_by_n, block), float(sparsity), m_by_n)
         if not names:
@@ -354,11 +354,11 @@ def prune(
             return layer
 
         try:
-            with training.trusted_cloning():
+            with cloning.trusted_cloning():
                 wrapped = keras.models.clone_model(work, clone_function=wrap)
         except ValueError as exc:
             raise OptimizationError(
-                f"tfmot cannot prune {work.name!r}: {training._first_line(exc)}",
+                f"tfmot cannot prune {work.name!r}: {first_line(exc)}",
                 "skip the layer it names (skip=(..., 'NAME'))",
             ) from exc
         # Epochs that end after the ramp run at full sparsity: only those compete for "best".
@@ -379,7 +379,7 @@ def prune(
             desc=f"pruning to {sparsity:.0%}" if m_by_n is None else f"pruning {structure}",
             seed=seed,
         )
-        with training.trusted_cloning():
+        with cloning.trusted_cloning():
             stripped = mot.strip_pruning(wrapped)
         if polish_epochs:
             training.fit(

@@ -20,8 +20,8 @@ Example:
 import numpy as np
 
 from tfedge.backend import keras, tfmot
-from tfedge.errors import OptimizationError
-from tfedge.models import training
+from tfedge.errors import OptimizationError, first_line
+from tfedge.models import cloning, layers, training
 from tfedge.models.graph import fold_batch_norms
 from tfedge.serialization import patch_tfmot_saving
 
@@ -65,7 +65,7 @@ def annotatable_layers(model, preserve=None, skip=()) -> list[str]:
         ['conv1', 'pool1', 'conv2', 'pool2', 'flatten', 'fc1', 'logits']
     """
     registry = _scheme(preserve).get_quantize_registry()
-    skipped = training.skipped_layers(model, skip)
+    skipped = layers.skipped_layers(model, skip)
     names = []
     for layer in model.layers:
         if isinstance(layer, keras.layers.InputLayer) or layer.name in skipped:
@@ -87,7 +87,7 @@ def _apply(model, names, scheme):
             return mot.quantize_annotate_layer(layer)
         return layer
 
-    with training.trusted_cloning(), mot.quantize_scope():
+    with cloning.trusted_cloning(), mot.quantize_scope():
         annotated = keras.models.clone_model(model, clone_function=annotate)
         return mot.quantize_apply(annotated, scheme)
 
@@ -112,8 +112,7 @@ def _quantize(model, names, scheme):
         except Exception as exc:
             error = exc
     raise OptimizationError(
-        f"tfmot cannot apply quantization-aware training to {model.name!r}: "
-        f"{training._first_line(error)}",
+        f"tfmot cannot apply quantization-aware training to {model.name!r}: {first_line(error)}",
         "convert the float model with post-training int8 instead (tfedge convert --mode int8), "
         "or skip the layers named above (skip=('NAME', ...))",
     ) from error
@@ -339,7 +338,7 @@ def quantize_aware(
     with training.strategy_scope(strategy):
         # tfmot keeps a BatchNorm it cannot fuse as its own int8 MUL/ADD; folded beforehand, the
         # QAT graph has the same operators as post-training int8.
-        work = fold_batch_norms(training.clone_model(training.flatten_model(model)))
+        work = fold_batch_norms(cloning.clone_model(cloning.flatten_model(model)))
         training.check_data(train, "training", work)
         names = annotatable_layers(work, preserve, skip)
         if not names:

@@ -18,15 +18,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tfedge.device import LocalDevice, RemoteError
 from tfedge.errors import DeviceError
-from tfedge.remote import (
-    LocalDevice,
-    RemoteError,
-    SshDevice,
-    bench_fleet,
-    bench_on_device,
-    parse_device,
-)
+from tfedge.fleet import bench_fleet, bench_on_device
+from tfedge.ssh import SshDevice, parse_device
 
 ROOT = Path(__file__).resolve().parents[1]
 PI_URL = "ssh://tfedge-pi"

@@ -1,7 +1,7 @@
 """Host side of ``tfedge bench``: check inputs, run the device runner locally or on devices, collect.
 
-Local runs go through :mod:`tfedge.runner` in this process; ``ssh://`` devices go through
-:mod:`tfedge.remote`, which copies the same runner to the device. Either way the rows have the
+Local runs start :mod:`tfedge.runner` in a subprocess of their own (:mod:`tfedge.device`);
+``ssh://`` devices (:mod:`tfedge.ssh`) copy the same runner to the device and run it there. Either way the rows have the
 same JSON schema, so accuracy and ``outputs_sha256`` compare across devices directly.
 
 Example:
@@ -17,6 +17,7 @@ from pathlib import Path
 
 from tfedge import __version__
 from tfedge.errors import InputFileError
+from tfedge.runner import DEFAULT_RUNS, DEFAULT_WARMUP
 
 __all__ = ["bench", "prepare_data", "write_results", "failed_rows", "format_results"]
 
@@ -79,8 +80,8 @@ def bench(
     ssh_config=None,
     delegate=None,
     threads: int = 1,
-    warmup: int = 20,
-    runs: int = 200,
+    warmup: int = DEFAULT_WARMUP,
+    runs: int = DEFAULT_RUNS,
     json_path=None,
     on_result=None,
 ) -> dict:
@@ -117,7 +118,7 @@ def bench(
             on_result(row)
 
     from tfedge.console import progress
-    from tfedge.remote import bench_fleet
+    from tfedge.fleet import bench_fleet
 
     devices = list(devices or ["local"])
     bar = progress(total=len(paths) * len(devices), desc="benchmarking", unit="model")

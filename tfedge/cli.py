@@ -20,6 +20,7 @@ import click
 from tfedge import __version__
 from tfedge.converters import IO_TYPES, MODES
 from tfedge.errors import TfedgeError
+from tfedge.runner import DEFAULT_RUNS, DEFAULT_WARMUP
 
 __all__ = ["main", "run", "cli"]
 
@@ -152,7 +153,7 @@ def _floats(text, option):
 @click.option("--target", help="Converter target profile for the int8 models (e.g. edgetpu).")
 @click.option("--device", "devices", multiple=True, help="Bench on local (default) or ssh://HOST.")
 @click.option("--ssh-config", type=click.Path(), help="ssh config file for ssh:// devices.")
-@click.option("--runs", default=200, show_default=True, type=click.IntRange(1, 100000))
+@click.option("--runs", default=DEFAULT_RUNS, show_default=True, type=click.IntRange(1, 100000))
 @click.option("--no-resume", is_flag=True, help="Retrain stages even when checkpoints exist.")
 @click.option("-o", "--output", "out_dir", required=True, type=click.Path(), help="Output folder.")
 def optimize(
@@ -248,8 +249,8 @@ def inspect_command(model, as_json):
 @click.option("--ssh-config", type=click.Path(), help="ssh config file (default: the user's).")
 @click.option("--delegate", type=click.Choice(["edgetpu"]), help="Run on a Coral EdgeTPU.")
 @click.option("--threads", default=1, show_default=True, type=click.IntRange(1, 256))
-@click.option("--warmup", default=20, show_default=True, type=click.IntRange(0, 100000))
-@click.option("--runs", default=200, show_default=True, type=click.IntRange(1, 1000000))
+@click.option("--warmup", default=DEFAULT_WARMUP, show_default=True, type=click.IntRange(0, 100000))
+@click.option("--runs", default=DEFAULT_RUNS, show_default=True, type=click.IntRange(1, 1000000))
 @click.option(
     "--json", "json_path", type=click.Path(), help="Write results JSON here (as they arrive)."
 )

@@ -12,12 +12,13 @@ Example:
 from pathlib import Path
 
 from tfedge.console import echo
+from tfedge.runner import DEFAULT_RUNS
 
 __all__ = ["run_demo"]
 
 
 def run_demo(
-    out_dir="tfedge-demo", epochs: int = 10, runs: int = 200, compress: bool = True
+    out_dir="tfedge-demo", epochs: int = 10, runs: int = DEFAULT_RUNS, compress: bool = True
 ) -> dict:
     """Run the demo pipeline and return the report (also written to ``out_dir``)."""
     from tfedge.bench import bench, format_results, write_results

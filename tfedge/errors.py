@@ -11,6 +11,7 @@ __all__ = [
     "ConversionError",
     "DeviceError",
     "OptimizationError",
+    "first_line",
 ]
 
 
@@ -49,3 +50,19 @@ class DeviceError(TfedgeError, RuntimeError):
 
 class OptimizationError(TfedgeError, RuntimeError):
     """A compression stage cannot be applied to the model as given."""
+
+
+def first_line(exc: BaseException, limit: int = 300) -> str:
+    """The first non-empty line of an exception's message (at most ``limit`` characters).
+
+    Library errors from TensorFlow or tfmot run over many lines; tfedge's one-line errors quote
+    only their first.
+
+    Example:
+        >>> first_line(ValueError("\\nshapes differ\\n  at layer dense"))
+        'shapes differ'
+    """
+    for line in str(exc).splitlines():
+        if line.strip():
+            return line.strip()[:limit]
+    return type(exc).__name__

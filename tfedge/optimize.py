@@ -23,6 +23,7 @@ from pathlib import Path
 
 from tfedge.console import echo
 from tfedge.errors import OptimizationError
+from tfedge.runner import DEFAULT_RUNS
 
 __all__ = ["STAGES", "stages_from_flags", "load_recipe", "optimize"]
 
@@ -221,7 +222,7 @@ def optimize(
     devices=("local",),
     ssh_config=None,
     calib_samples: int = 300,
-    runs: int = 200,
+    runs: int = DEFAULT_RUNS,
     resume: bool = True,
 ) -> dict:
     """Run the stages, convert each result to int8, bench everything in one run, write the report.
