@@ -40,8 +40,8 @@ INCLUDE="python3,python3-numpy,python3-venv,python3-pip,ca-certificates,openssh-
 
 log() { printf 'pi-device: %s\n' "$*" >&2; }
 die() {
-    printf 'pi-device: error: %s\n' "$1" >&2
-    [[ $# -gt 1 ]] && printf 'pi-device: hint: %s\n' "$2" >&2
+    printf 'Error: %s\n' "$1" >&2
+    [[ $# -gt 1 ]] && printf 'Hint: %s\n' "$2" >&2
     exit 1
 }
 
@@ -63,6 +63,7 @@ SSHD_LOG="$DEVDIR/sshd.log"
 # Inside the rootfs (paths as the device sees them).
 SSHD_CONFIG_IN="/etc/ssh/sshd_config_tfedge_$PORT"
 SSHD_PID_IN="/run/tfedge-sshd-$PORT.pid"
+SSHD_OWNER_IN="/run/tfedge-sshd-$PORT.owner" # the device folder of the checkout that started it
 
 need_root() {
     [[ $EUID -eq 0 ]] || die "'$1' needs root (chroot, mount, binfmt); running as uid $EUID" \
@@ -262,6 +263,23 @@ port_in_use() {
     (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null
 }
 
+other_owner() { # the device folder of another checkout whose sshd serves $PORT, or nothing
+    local pid owner
+    [[ -f "$ROOTFS$SSHD_PID_IN" && -f "$ROOTFS$SSHD_OWNER_IN" ]] || return 1
+    pid="$(cat "$ROOTFS$SSHD_PID_IN" 2>/dev/null)"
+    owner="$(cat "$ROOTFS$SSHD_OWNER_IN" 2>/dev/null)"
+    [[ "$pid" =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null || return 1
+    [[ -n "$owner" && "$owner" != "$DEVDIR" ]] || return 1
+    echo "$owner (sshd pid $pid)"
+}
+
+refuse_other_owner() {
+    local owner
+    owner="$(other_owner)" || return 0
+    die "port $PORT is held by the emulated Pi of another checkout: $owner" \
+        "use that device (ssh -F ${owner%% (*}/ssh_config $HOST_ALIAS), stop it from its checkout (make device-down), or start this one on another port: TFEDGE_PI_PORT=2223 make device-up"
+}
+
 write_client_files() {
     mkdir -p "$DEVDIR"
     chmod 700 "$DEVDIR"
@@ -335,6 +353,7 @@ start_sshd() {
     [[ -s "$ROOTFS$SSHD_PID_IN" ]] || die "sshd wrote no pid file" \
         "see $ROOTFS/var/log/tfedge-sshd-$PORT.log"
     cp "$ROOTFS$SSHD_PID_IN" "$PIDFILE"
+    echo "$DEVDIR" >"$ROOTFS$SSHD_OWNER_IN"
 }
 
 wait_ssh() {
@@ -355,6 +374,7 @@ cmd_up() {
         log "already up: ssh -F $SSH_CONFIG $HOST_ALIAS"
         return 0
     fi
+    refuse_other_owner
     local start=$SECONDS
     install_host_packages
     enable_binfmt
@@ -384,7 +404,11 @@ other_sshd_running() { # another port's tfedge sshd still serving from the same 
 
 cmd_down() {
     need_root down
-    local pid i child
+    local pid i child owner
+    if ! sshd_pid >/dev/null && [[ -d "$ROOTFS" ]] && owner="$(other_owner)"; then
+        log "the device on port $PORT belongs to another checkout ($owner): left running"
+        return 0
+    fi
     if pid="$(sshd_pid)"; then
         # the per-connection sshd processes first (they outlive a killed listener), then it
         for child in $(pgrep -P "$pid" 2>/dev/null || true); do
@@ -398,7 +422,7 @@ cmd_down() {
         if kill -0 "$pid" 2>/dev/null; then kill -9 "$pid" 2>/dev/null || true; fi
     fi
     rm -f "$PIDFILE"
-    [[ -d "$ROOTFS" ]] && rm -f "$ROOTFS$SSHD_PID_IN"
+    [[ -d "$ROOTFS" ]] && rm -f "$ROOTFS$SSHD_PID_IN" "$ROOTFS$SSHD_OWNER_IN"
     if [[ -d "$ROOTFS" ]]; then
         if other_sshd_running; then
             log "another tfedge sshd still serves from $ROOTFS: its mounts are left in place"

@@ -70,9 +70,19 @@ class Pi:
 
 @pytest.fixture(scope="session")
 def pi():
-    """Bring the emulated Pi up (``bash scripts/pi-device.sh up``); failing to is a failure."""
+    """The emulated Pi (``bash scripts/pi-device.sh up``); failing to bring it up is a failure.
+
+    A device this session brought up is taken down when the session ends; one that was already
+    up (``make device-up``, or CI's early start) is left as it was.
+    """
     if os.environ.get("TFEDGE_SKIP_DEVICE") == "1":
         pytest.skip("TFEDGE_SKIP_DEVICE=1: the emulated Raspberry Pi is not brought up")
+    was_up = (
+        subprocess.run(
+            ["bash", "scripts/pi-device.sh", "status"], cwd=ROOT, capture_output=True
+        ).returncode
+        == 0
+    )
     proc = subprocess.run(
         ["bash", "scripts/pi-device.sh", "up"],
         cwd=ROOT,
@@ -86,7 +96,11 @@ def pi():
         device_dir = ROOT / device_dir
     config = device_dir / "ssh_config"
     port = next(int(line.split()[1]) for line in config.read_text().splitlines() if "Port " in line)
-    return Pi(config, port, device_dir / "id_ed25519", int((device_dir / "sshd.pid").read_text()))
+    yield Pi(config, port, device_dir / "id_ed25519", int((device_dir / "sshd.pid").read_text()))
+    if not was_up:
+        subprocess.run(
+            ["bash", "scripts/pi-device.sh", "down"], cwd=ROOT, capture_output=True, timeout=120
+        )
 
 
 @pytest.fixture(scope="module")
@@ -520,3 +534,24 @@ def test_fleet_of_pi_and_dead_host_keeps_the_pi_rows(pi, tiny_model, small_npz):
     assert by_device[PI_URL]["device"]["machine"] == "aarch64"
     assert by_device[PI_URL]["accuracy"] is not None
     assert by_device[dead]["error_kind"] == "unreachable"
+
+
+@pytest.mark.device
+def test_a_second_checkout_is_told_whose_device_holds_the_port(pi, tmp_path):
+    env = {
+        **os.environ,
+        "TFEDGE_DEVICE_DIR": str(tmp_path / "device"),
+        "TFEDGE_PI_PORT": str(pi.port),
+    }
+    script = ["bash", "scripts/pi-device.sh"]
+    up = subprocess.run([*script, "up"], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert up.returncode == 1
+    errors = [line for line in up.stderr.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and "another checkout" in errors[0], up.stderr
+    assert str(pi.config.parent) in errors[0]
+    assert "TFEDGE_PI_PORT=" in up.stderr
+    down = subprocess.run([*script, "down"], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert down.returncode == 0 and "left running" in down.stderr
+    os.kill(pi.sshd_pid, 0)  # the first checkout's sshd still runs
+    status = subprocess.run([*script, "status"], cwd=ROOT, capture_output=True, text=True)
+    assert status.returncode == 0, status.stdout
