@@ -20,7 +20,7 @@ import shutil
 import subprocess
 
 from tfedge.edgetpu import MAPPED_STATUS
-from tfedge.errors import ConversionError, InputFileError
+from tfedge.errors import ConversionError, missing_file
 
 __all__ = [
     "COMPILER_INSTALL_HINT",
@@ -161,7 +161,7 @@ def _last_error(text: str) -> str:
 def compile_model(
     tflite_path, out_dir, *, timeout: float = 600, compiler: str | None = None
 ) -> dict:
-    """Compile a fully-int8 ``.tflite`` model for the Edge TPU with ``edgetpu_compiler``.
+    """Compile a fully-int8 ``.tflite`` model for the EdgeTPU with ``edgetpu_compiler``.
 
     Runs ``edgetpu_compiler -s -o OUT_DIR MODEL`` and reads its output and operation log.
 
@@ -196,7 +196,7 @@ def compile_model(
         )
     path = os.fspath(tflite_path)
     if not os.path.isfile(path):
-        raise InputFileError(f"model file {path} does not exist", hint="Check the path.")
+        raise missing_file("model", path, "check the path to the .tflite file")
     out_dir = os.fspath(out_dir)
     os.makedirs(out_dir, exist_ok=True)
     cmd = [exe, "-s", "-o", out_dir, path]

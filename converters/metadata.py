@@ -31,7 +31,7 @@ from ai_edge_litert import schema_py_generated as _tfl
 
 import tfedge.converters.metadata_schema_py_generated as _md
 from tfedge.converters.flatbuffer import pack_model
-from tfedge.errors import ConversionError, InputFileError
+from tfedge.errors import ConversionError, InputFileError, missing_file
 
 __all__ = [
     "METADATA_NAME",
@@ -89,7 +89,7 @@ def read_labels_file(path: str | os.PathLike) -> list[str]:
         with open(path, "rb") as f:
             raw = f.read()
     except FileNotFoundError:
-        raise InputFileError(f"label file {str(path)!r} does not exist.", hint) from None
+        raise missing_file("label file", path, hint) from None
     except IsADirectoryError:
         raise InputFileError(
             f"label file {str(path)!r} is a directory, not a file.", hint

@@ -44,14 +44,17 @@ class Target:
         """The mode and I/O type to convert with: the profile's, unless compatible ones are given."""
         if mode not in (None, self.mode):
             raise ConversionError(
-                f"--mode {mode} does not fit --target {self.name}, which needs --mode {self.mode}",
-                f"leave --mode out with --target {self.name}",
+                f"mode {mode} does not fit target {self.name}, which needs mode {self.mode}",
+                f"leave the mode out with target {self.name}",
+                option="mode",
             )
         io = io or self.io
         if self.allowed_io and io not in self.allowed_io:
             raise ConversionError(
-                f"--io {io} does not fit --target {self.name}; expected one of {', '.join(self.allowed_io)}",
-                f"leave --io out (default {self.io})",
+                f"input/output type {io} does not fit target {self.name}; expected one of "
+                f"{', '.join(self.allowed_io)}",
+                f"leave the input/output type out (default {self.io})",
+                option="io",
             )
         return self.mode, io
 
@@ -76,8 +79,9 @@ class Target:
                 )
         if problems:
             raise ConversionError(
-                f"the model does not fit --target {self.name}: {'; '.join(problems)}",
-                "replace those layers, or convert without --target to run them on the CPU",
+                f"the model does not fit target {self.name}: {'; '.join(problems)}",
+                "replace those layers, or convert without the target to run them on the CPU",
+                option="target",
             )
         return info
 

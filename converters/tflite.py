@@ -251,25 +251,33 @@ def _convert(
             "int8 is fully integer (the default); dynamic and float16 keep float activations",
         )
     if io is not None and io not in IO_TYPES:
-        raise ConversionError(f"unknown --io {io!r}; expected one of {', '.join(IO_TYPES)}")
+        raise ConversionError(
+            f"unknown input/output type {io!r}; expected one of {', '.join(IO_TYPES)}", option="io"
+        )
     if mode == "int8":
         io = io or "int8"
     elif mode == "int16x8":
         if io not in (None, "float32"):
             raise ConversionError(
-                f"--io {io} does not fit --mode int16x8, whose input and output are int16 or float32",
-                "leave --io out (float32 I/O) or use --mode int8",
+                f"input/output type {io} does not fit mode int16x8, whose input and output are "
+                "int16 or float32",
+                "leave the input/output type out (float32 I/O) or use mode int8",
+                option="io",
             )
         io = "float32"
     elif io not in (None, "float32"):
         raise ConversionError(
-            f"--io {io} needs an integer model, but --mode {mode} keeps float activations",
-            "use --mode int8 for int8/uint8 I/O",
+            f"input/output type {io} needs an integer model, but mode {mode} keeps float "
+            "activations",
+            "use mode int8 for int8/uint8 I/O",
+            option="io",
         )
     if mode in INTEGER_MODES and calib is None:
         raise ConversionError(
-            f"--mode {mode} needs calibration data to choose activation ranges",
-            "pass --calib DATA (a few hundred representative inputs: .npz or an image folder)",
+            f"mode {mode} needs calibration data to choose activation ranges",
+            "give a few hundred representative inputs (.npz or an image folder) as the "
+            "calibration data",
+            option="calib",
         )
 
     from tfedge.backend import tf

@@ -120,6 +120,10 @@ BAD_CASES = {
     ),
     "unknown mode": (["convert", "{model}", "--mode", "int4", "-o", "{root}/o.tflite"], "int4"),
     "int8 without calibration": (["convert", "{model}", "-o", "{root}/o.tflite"], "--calib"),
+    "integer io with float activations": (
+        ["convert", "{model}", "--mode", "dynamic", "--io", "int8", "-o", "{root}/o.tflite"],
+        "Error: --io: input/output type int8 needs an integer model",
+    ),
     "tflite passed to convert": (["convert", "{text_tflite}", "-o", "{root}/o.tflite"], "tflite"),
     "text file named .tflite": (["inspect", "{text_tflite}"], "tflite"),
     "bench of a keras file": (["bench", "{model}"], "not a tflite"),

@@ -373,7 +373,7 @@ def test_compile_model_without_output_file(fake_compiler, models, tmp_path, monk
 
 
 def test_compile_model_missing_input(fake_compiler, tmp_path):
-    with pytest.raises(InputFileError, match="does not exist"):
+    with pytest.raises(InputFileError, match="model not found: "):
         compile_model(tmp_path / "missing.tflite", tmp_path / "out")
 
 

@@ -364,7 +364,7 @@ def test_not_a_tflite_file(tmp_path, content, words):
 
 
 def test_missing_file_and_directory(tmp_path):
-    with pytest.raises(InputFileError, match="does not exist"):
+    with pytest.raises(InputFileError, match="model not found: "):
         inspect_model(tmp_path / "nope.tflite")
     (tmp_path / "saved").mkdir()
     (tmp_path / "saved" / "saved_model.pb").write_bytes(b"")

@@ -300,7 +300,7 @@ def test_label_count_mismatch(tiny_models):
 def test_missing_and_empty_label_file(tmp_path):
     with pytest.raises(InputFileError) as e:
         read_labels_file(tmp_path / "nope.txt")
-    assert "nope.txt" in e.value.message and "does not exist" in e.value.message
+    assert "nope.txt" in e.value.message and "label file not found: " in e.value.message
     assert "one class label per line" in e.value.hint
     empty = tmp_path / "empty.txt"
     empty.write_text("\n  \n\t\n")

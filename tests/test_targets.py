@@ -24,12 +24,16 @@ def test_edgetpu_target_gives_a_compatible_int8_model(io, trained_digits_cnn, di
 
 
 @pytest.mark.parametrize(
-    ("mode", "io", "needle"),
-    [("float16", None, "--mode int8"), ("int8", "float32", "--io float32")],
+    ("mode", "io", "needle", "option"),
+    [
+        ("float16", None, "needs mode int8", "mode"),
+        ("int8", "float32", "input/output type float32", "io"),
+    ],
 )
-def test_edgetpu_target_refuses_other_modes(mode, io, needle, trained_digits_cnn, digits):
-    with pytest.raises(ConversionError, match=needle):
+def test_edgetpu_target_refuses_other_modes(mode, io, needle, option, trained_digits_cnn, digits):
+    with pytest.raises(ConversionError, match=needle) as excinfo:
         convert(trained_digits_cnn, mode=mode, io=io, calib=digits[0], target="edgetpu")
+    assert excinfo.value.option == option  # the command line names the flag: --mode, --io
 
 
 def test_edgetpu_target_names_the_operator_it_cannot_run(digits):

@@ -16,7 +16,7 @@ import threading
 from pathlib import Path
 
 from tfedge import __version__
-from tfedge.errors import InputFileError
+from tfedge.errors import InputFileError, missing_file
 from tfedge.runner import DEFAULT_RUNS, DEFAULT_WARMUP
 
 __all__ = ["bench", "prepare_data", "write_results", "failed_rows", "format_results"]
@@ -27,7 +27,7 @@ TFLITE_HINT = "pass .tflite files written by `tfedge convert` (or any TFLite con
 def _check_model(path) -> Path:
     path = Path(path)
     if not path.is_file():
-        raise InputFileError(f"model not found: {path}", TFLITE_HINT)
+        raise missing_file("model", path, TFLITE_HINT)
     with open(path, "rb") as handle:
         head = handle.read(8)
     if len(head) < 8 or head[4:8] != b"TFL3":

@@ -344,7 +344,8 @@ def main(argv=None) -> int:
     except TfedgeError as exc:
         if debug:
             raise
-        _print_error(exc.message, exc.hint)
+        flag = f"--{exc.option.replace('_', '-')}: " if getattr(exc, "option", None) else ""
+        _print_error(flag + exc.message, exc.hint)
         return 1
     except KeyboardInterrupt:
         _print_error("interrupted")

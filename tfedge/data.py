@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tfedge.errors import DataError, InputFileError
+from tfedge.errors import DataError, InputFileError, missing_file
 
 __all__ = ["Dataset", "load_data", "DATA_HINT"]
 
@@ -104,7 +104,7 @@ def load_data(
     elif isinstance(source, (str, Path)):
         path = Path(source)
         if not path.exists():
-            raise InputFileError(f"{name} not found: {path}", DATA_HINT)
+            raise missing_file(name, path, DATA_HINT)
         data = _load_folder(path, input_shape, name) if path.is_dir() else _load_npz(path, name)
     elif isinstance(source, dict):
         if "x" not in source:

@@ -79,7 +79,7 @@ class Device:
     ) -> Iterator[Row]:
         """Run the runner on ``models`` and yield one row per model as each finishes.
 
-        Rows are result dicts (design.md schema) or error rows
+        Rows are result dicts (the bench JSON schema) or error rows
         ``{"model", "device": {"name"}, "error", "hint", "error_kind"}``. Results already
         received are always yielded, also when the device fails afterwards.
 

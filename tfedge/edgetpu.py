@@ -1,4 +1,4 @@
-"""What the Coral Edge TPU can run: the operator table and the mapping prediction.
+"""What the Coral EdgeTPU can run: the operator table and the mapping prediction.
 
 Knowledge taken from Coral's page "TensorFlow models on the Edge TPU" (coral.ai/docs/edgetpu/
 models-intro, operations table of compiler 16) and from real ``edgetpu_compiler`` logs:
@@ -6,7 +6,7 @@ models-intro, operations table of compiler 16) and from real ``edgetpu_compiler`
 - the model must be fully 8-bit quantized (int8/uint8 tensors; int32 only for constant biases,
   shapes and axes), with static shapes, and no tensor may have more than 3 dimensions larger
   than 1;
-- only the operators of :data:`SUPPORTED_OPS` map to the Edge TPU, each with its documented
+- only the operators of :data:`SUPPORTED_OPS` map to the EdgeTPU, each with its documented
   limitations; everything else runs on the CPU;
 - the compiler maps the graph in execution order up to the first operator it cannot map: that
   operator and every one after it run on the CPU, even those it supports;
@@ -14,7 +14,7 @@ models-intro, operations table of compiler 16) and from real ``edgetpu_compiler`
   splitting the graph (float I/O costs two CPU conversions, nothing more);
 - dynamic shapes, or a model with no quantized tensor, make the compiler refuse the model.
 
-Operators seen on some Edge TPU lists but absent from Coral's table (EXP, FLOOR, HARD_SWISH,
+Operators seen on some EdgeTPU lists but absent from Coral's table (EXP, FLOOR, HARD_SWISH,
 SQRT, GREATER/LESS comparisons...) are predicted to run on the CPU.
 
 The compiler itself is driven by :mod:`tfedge.converters.edgetpu_compiler`; the runtime delegate
@@ -30,7 +30,7 @@ from __future__ import annotations
 
 __all__ = ["SUPPORTED_OPS", "EDGETPU_CUSTOM_OP", "MAPPED_STATUS", "predict_mapping"]
 
-#: Operators the Edge TPU compiler can map, with the limitations Coral documents for them.
+#: Operators the EdgeTPU compiler can map, with the limitations Coral documents for them.
 SUPPORTED_OPS = {
     "ADD": "",
     "AVERAGE_POOL_2D": "no fused activation function",
@@ -76,7 +76,7 @@ SUPPORTED_OPS = {
     "TRANSPOSE_CONV": "",
 }
 
-#: The custom operator that holds the part of a compiled model the Edge TPU runs.
+#: The custom operator that holds the part of a compiled model the EdgeTPU runs.
 EDGETPU_CUSTOM_OP = "edgetpu-custom-op"
 
 _INT8 = ("int8", "uint8")
@@ -103,7 +103,7 @@ def _op_problems(op: dict, tensors: dict) -> list:
         return []
     problems = []
     if name not in SUPPORTED_OPS:
-        problems.append(f"{name} is not supported by the Edge TPU")
+        problems.append(f"{name} is not supported by the EdgeTPU")
     ins = [tensors[i] for i in op.get("inputs", []) if i >= 0 and i in tensors]
     outs = [tensors[i] for i in op.get("outputs", []) if i >= 0 and i in tensors]
     for t in ins + outs:
@@ -111,7 +111,7 @@ def _op_problems(op: dict, tensors: dict) -> list:
         if t["dtype"] not in allowed:
             kind = "constant" if t.get("constant") else "tensor"
             problems.append(
-                f"{name} works on {t['dtype']} {kind} '{t['name']}' (the Edge TPU computes "
+                f"{name} works on {t['dtype']} {kind} '{t['name']}' (the EdgeTPU computes "
                 f"in int8/uint8 only)"
             )
             break
@@ -283,7 +283,7 @@ def _predict(info: dict) -> dict:
 
 
 def predict_mapping(info_or_model: dict) -> dict:
-    """Predict how ``edgetpu_compiler`` would split a model between the Edge TPU and the CPU.
+    """Predict how ``edgetpu_compiler`` would split a model between the EdgeTPU and the CPU.
 
     Args:
         info_or_model: a dict from :func:`tfedge.inspector.inspect_model` made with
@@ -297,7 +297,7 @@ def predict_mapping(info_or_model: dict) -> dict:
         (``"dynamic shapes"``, ``"not quantized"``, ``"float input/output"``,
         ``"not fully int8"``, ``"tensor with more than 3 dimensions larger than 1"``) and then
         the names of the operators that cannot be mapped; ``first_cpu_op`` is
-        ``{"index", "op", "reason"}`` of the operator where the graph leaves the Edge TPU (the
+        ``{"index", "op", "reason"}`` of the operator where the graph leaves the EdgeTPU (the
         first operator when the compiler would refuse the whole model; None if all map);
         ``reasons`` explains each item in a sentence; ``ops`` is the predicted
         ``[{"op", "count", "status"}]`` table, in the format of the compiler's own log

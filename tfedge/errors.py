@@ -12,21 +12,28 @@ __all__ = [
     "DeviceError",
     "OptimizationError",
     "first_line",
+    "missing_file",
 ]
 
 
 class TfedgeError(Exception):
     """Base class of tfedge's expected failures.
 
+    Messages are worded for Python callers and the command line alike; ``option`` names the
+    argument at fault (its Python name, e.g. ``"io"``), and the command line puts the flag
+    (``--io``) in front of the message.
+
     Args:
         message: what went wrong, naming the value received and what was expected.
         hint: how to fix it (optional).
+        option: the keyword argument (and command-line option) the error is about (optional).
     """
 
-    def __init__(self, message: str, hint: str | None = None):
+    def __init__(self, message: str, hint: str | None = None, option: str | None = None):
         super().__init__(message)
         self.message = message
         self.hint = hint
+        self.option = option
 
     def __str__(self) -> str:
         return self.message
@@ -66,3 +73,13 @@ def first_line(exc: BaseException, limit: int = 300) -> str:
         if line.strip():
             return line.strip()[:limit]
     return type(exc).__name__
+
+
+def missing_file(what: str, path, hint: str | None = None) -> InputFileError:
+    """The one wording of "a file the caller named is not there": ``{what} not found: {path}``.
+
+    Example:
+        >>> str(missing_file("model", "m.tflite"))
+        'model not found: m.tflite'
+    """
+    return InputFileError(f"{what} not found: {path}", hint)

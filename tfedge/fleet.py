@@ -53,7 +53,7 @@ def bench_on_device(
         **options: for :func:`parse_device` (``connect_timeout``, ``timeout``, ``python``...).
 
     Returns:
-        One row per model: a result dict (design.md schema, ``device.name`` = the URL) or an
+        One row per model: a result dict (the bench JSON schema, ``device.name`` = the URL) or an
         error row ``{"model", "device": {"name"}, "error", "hint", "error_kind"}``. Results
         that arrived before a failure are kept.
 

@@ -239,7 +239,7 @@ def _analyze(model: Model, label: str, detail: bool) -> dict:
 
 
 def _op_params(model: Model, g: Graph, op: Operator, name: str) -> dict:
-    """Operator attributes the Edge TPU rules need: fused activation, dilation, axes, paddings."""
+    """Operator attributes the EdgeTPU rules need: fused activation, dilation, axes, paddings."""
     params = dict(op.options)
     if "fused_activation" in params:
         a = params["fused_activation"]
@@ -291,7 +291,7 @@ def _metadata_text(model: Model, key: str):
 
 
 def inspect_model(path_or_bytes, detail: bool = False) -> dict:
-    """Describe a ``.tflite`` model: operators, I/O, integer-ness, shapes, weights, Edge TPU fit.
+    """Describe a ``.tflite`` model: operators, I/O, integer-ness, shapes, weights, EdgeTPU fit.
 
     Reads the flatbuffer only; nothing is run and TensorFlow is not imported.
 
@@ -361,7 +361,7 @@ def format_table(info: dict) -> str:
 
     Returns:
         Plain text (no colour codes): size, inputs and outputs, an operator table, and the
-        verdicts (fully integer, static shapes, weights, Edge TPU) with their reasons.
+        verdicts (fully integer, static shapes, weights, EdgeTPU) with their reasons.
 
     Example:
         >>> print(format_table(inspect_model("model.tflite")))  # doctest: +SKIP
@@ -408,8 +408,8 @@ def format_table(info: dict) -> str:
         mapped, cpu = tpu.get("mapped_ops"), tpu.get("cpu_ops")
         verdict = "compatible" if tpu.get("compatible") else "not compatible"
         if mapped is not None:
-            verdict += f" ({mapped} ops predicted on the Edge TPU, {cpu} on the CPU)"
-        lines.append(f"{'Edge TPU':<18}{verdict}")
+            verdict += f" ({mapped} ops predicted on the EdgeTPU, {cpu} on the CPU)"
+        lines.append(f"{'EdgeTPU':<18}{verdict}")
         reasons = tpu.get("reasons") or tpu.get("unsupported") or []
         for reason in reasons[:_MAX_REASONS]:
             lines.append(f"{'':<18}- {reason}")

@@ -14,7 +14,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from tfedge.errors import InputFileError
+from tfedge.errors import InputFileError, missing_file
 
 __all__ = ["LoadedModel", "load_model", "detect_format", "MODEL_HINT"]
 
@@ -65,7 +65,7 @@ def detect_format(path) -> tuple[str, int | None]:
     """
     path = Path(path)
     if not path.exists():
-        raise InputFileError(f"model not found: {path}", MODEL_HINT)
+        raise missing_file("model", path, MODEL_HINT)
     if path.is_dir():
         if (path / "saved_model.pb").is_file() or (path / "saved_model.pbtxt").is_file():
             keras_version = 2 if (path / "keras_metadata.pb").is_file() else None

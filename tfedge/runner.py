@@ -8,7 +8,7 @@ library, numpy and one TFLite interpreter (``ai_edge_litert``, else ``tflite_run
 Protocol (``python3 runner.py --model A.tflite [--model B.tflite] [--data D.npz] ...``): one JSON
 object per line on stdout, as work finishes::
 
-    {"type": "result", "result": {...}}               # one per model, schema of design.md
+    {"type": "result", "result": {...}}               # one per model, the bench JSON schema
     {"type": "error", "model": "A.tflite", "message": "...", "hint": "..."}
 
 A fatal error (no interpreter, unreadable data) is an error line with ``"model": null`` and exit 1.
@@ -430,7 +430,7 @@ def bench_one(
         device: the device dict to report (defaults to :func:`device_info`).
 
     Returns:
-        The result dict of design.md's JSON schema.
+        The result dict of the bench JSON schema (see ``tfedge bench --json``).
     """
     import numpy as np
 

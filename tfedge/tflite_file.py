@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from ai_edge_litert import schema_py_generated as _schema
 
-from tfedge.errors import InputFileError
+from tfedge.errors import InputFileError, missing_file
 
 __all__ = [
     "Model",
@@ -68,7 +68,7 @@ NUMPY_DTYPES = {
 # BuiltinOperator enum of schema.fbs (values 0..209), used when ai_edge_litert is not installed.
 _CUSTOM = 32  # BuiltinOperator.CUSTOM
 
-# BuiltinOptions members whose fields the Edge TPU rules read: {type: {key: (field, fmt, default)}}.
+# BuiltinOptions members whose fields the EdgeTPU rules read: {type: {key: (field, fmt, default)}}.
 _OPTION_FIELDS = {
     1: {"fused_activation": (3, "<b", 0), "dilation_w": (4, "<i", 1), "dilation_h": (5, "<i", 1)},
     2: {"fused_activation": (4, "<b", 0), "dilation_w": (5, "<i", 1), "dilation_h": (6, "<i", 1)},
@@ -287,9 +287,7 @@ def _read_bytes(path_or_bytes) -> tuple[str, bytes]:
         with open(path, "rb") as f:
             data = f.read()
     except FileNotFoundError:
-        raise InputFileError(
-            f"model file {path} does not exist", hint="Check the path to the .tflite file."
-        ) from None
+        raise missing_file("model", path, "check the path to the .tflite file") from None
     except OSError as e:
         raise InputFileError(
             f"cannot read model file {path}: {e.strerror or e}",
