@@ -64,6 +64,35 @@ def digits_tflite(trained_digits_cnn, digits, artifacts):
     return paths
 
 
+@pytest.fixture(scope="session")
+def binary_digits(digits, artifacts):
+    """A one-output binary classifier (is the digit >= 5?) as int8 ``.tflite``, and its test data.
+
+    Returns ``{"tflite": path, "test_npz": path}``; the labels are 0 and 1.
+    """
+    from tfedge.backend import keras
+    from tfedge.converters import convert
+    from tfedge.data import Dataset
+
+    train, test = digits
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [
+            keras.layers.Input(train.x.shape[1:]),
+            keras.layers.Conv2D(8, 3, activation="relu"),
+            keras.layers.Flatten(),
+            keras.layers.Dense(1, activation="sigmoid"),
+        ],
+        name="binary_digits",
+    )
+    model.compile(optimizer=keras.optimizers.Adam(3e-3), loss="binary_crossentropy")
+    model.fit(train.x, (train.y >= 5).astype("float32"), epochs=4, verbose=0)
+    path = artifacts / "binary_digits_int8.tflite"
+    path.write_bytes(convert(model, mode="int8", calib=train))
+    test_npz = Dataset(test.x, (test.y >= 5).astype("int64")).save(artifacts / "binary_test.npz")
+    return {"tflite": path, "test_npz": test_npz}
+
+
 def keras_accuracy(model, data) -> float:
     """Top-1 accuracy of a Keras model on a Dataset."""
     predictions = np.asarray(model.predict(data.x, verbose=0))
@@ -118,6 +147,140 @@ def raw_outputs():
 def tflite_accuracy():
     """The ``litert_accuracy(blob, data, tmp_path)`` helper as a fixture."""
     return litert_accuracy
+
+
+class Browser:
+    """Debian's headless ``chromium``, with every request it makes sent to a local counting proxy.
+
+    Attributes:
+        binary: the chromium executable.
+    """
+
+    def __init__(self, binary: str, workdir):
+        self.binary = binary
+        self.workdir = workdir
+
+    def open(self, page, *, width: int = 1400, height: int = 2400) -> dict:
+        """Load ``page`` twice (DOM dump, then a screenshot) with all traffic routed to a proxy.
+
+        Returns:
+            ``{"dom": str, "screenshot": Path, "requests": [first bytes of each connection]}``.
+        """
+        import socket
+        import subprocess
+        import threading
+        from pathlib import Path
+
+        page = Path(page).resolve()
+        listener = socket.socket()
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(16)
+        listener.settimeout(0.2)
+        port = listener.getsockname()[1]
+        requests: list[bytes] = []
+        stop = threading.Event()
+
+        def serve():
+            while not stop.is_set():
+                try:
+                    conn, _ = listener.accept()
+                except OSError:
+                    continue
+                with conn:
+                    conn.settimeout(2)
+                    try:
+                        requests.append(conn.recv(512))
+                        conn.sendall(b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n")
+                    except OSError:
+                        requests.append(b"")
+
+        thread = threading.Thread(target=serve, daemon=True)
+        thread.start()
+        profile = Path(self.workdir) / f"profile-{page.stem}-{port}"
+        shot = Path(self.workdir) / f"{page.stem}-{port}.png"
+        common = [
+            self.binary,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--hide-scrollbars",
+            f"--user-data-dir={profile}",
+            "--no-first-run",
+            "--no-default-browser-check",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--disable-extensions",
+            "--disable-default-apps",
+            "--disable-domain-reliability",
+            "--disable-features=NetworkTimeServiceQuerying,Translate,OptimizationHints,"
+            "MediaRouter,AutofillServerCommunication",
+            # The browser's own services (component updates, Google sign-in) still call home in
+            # headless mode: point them at a closed local port so that every connection the
+            # proxy sees comes from the page.
+            "--component-updater=url-source=http://127.0.0.1:9/",
+            "--gaia-url=http://127.0.0.1:9/",
+            f"--proxy-server=http://127.0.0.1:{port}",
+            "--proxy-bypass-list=<-loopback>",
+            "--virtual-time-budget=3000",
+            f"--window-size={width},{height}",
+        ]
+        try:
+            dom = subprocess.run(
+                [*common, "--dump-dom", page.as_uri()],
+                capture_output=True,
+                text=True,
+                timeout=120,
+                check=True,
+            ).stdout
+            subprocess.run(
+                [*common, f"--screenshot={shot}", page.as_uri()],
+                capture_output=True,
+                timeout=120,
+                check=True,
+            )
+        finally:
+            stop.set()
+            thread.join(timeout=5)
+            listener.close()
+        return {"dom": dom, "screenshot": shot, "requests": requests}
+
+
+@pytest.fixture(scope="session")
+def browser(tmp_path_factory):
+    """A real headless browser (Debian's ``chromium``), installed with apt-get when missing.
+
+    Skips (with the reason) only when chromium is absent and cannot be installed.
+    """
+    import shutil
+    import subprocess
+
+    binary = shutil.which("chromium")
+    if binary is None:
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        lock = ["-o", "DPkg::Lock::Timeout=600"]
+        log = []
+        for command in (
+            ["apt-get", *lock, "update"],
+            ["apt-get", *lock, "install", "-y", "--no-install-recommends", "chromium"],
+        ):
+            try:
+                done = subprocess.run(
+                    command, capture_output=True, text=True, env=env, timeout=1200
+                )
+            except (OSError, subprocess.TimeoutExpired) as exc:
+                pytest.skip(f"chromium is not installed and `{' '.join(command)}` failed: {exc}")
+            log.append(done.stdout[-400:] + done.stderr[-400:])
+            if done.returncode != 0:
+                pytest.skip(
+                    f"chromium is not installed and `{' '.join(command)}` failed "
+                    f"(exit {done.returncode}): {log[-1].strip()[-300:]}"
+                )
+        binary = shutil.which("chromium")
+        if binary is None:
+            pytest.skip("apt-get installed chromium but no `chromium` is on PATH")
+    return Browser(binary, tmp_path_factory.mktemp("browser"))
 
 
 def pytest_collection_modifyitems(session, config, items):

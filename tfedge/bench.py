@@ -56,6 +56,44 @@ def prepare_data(data, model_path):
     return dataset.x, dataset.y
 
 
+def check_labels(y, model_paths) -> None:
+    """Refuse labels the models cannot predict (accuracy would silently read 0 %).
+
+    A one-output model is a binary classifier (labels 0 and 1); otherwise the classes are the
+    elements of the first output.
+
+    Raises:
+        DataError: a label is below 0 or beyond the last class of a model.
+
+    Example:
+        >>> check_labels(np.array([0, 99]), ["digits_int8.tflite"])  # doctest: +SKIP
+        Traceback (most recent call last):
+        DataError: the data's labels range 0..99 but digits_int8.tflite has 10 classes (0..9)
+    """
+    if y is None or not len(y):
+        return
+    from tfedge.errors import DataError
+    from tfedge.inspector import inspect_model
+
+    low, high = int(y.min()), int(y.max())
+    for path in model_paths:
+        outputs = inspect_model(path)["output"]
+        if not outputs:
+            continue
+        classes = 1
+        for dim in outputs[0]["shape"][1:]:
+            classes *= int(dim)
+        kind = "a one-output binary classifier: " if classes == 1 else ""
+        classes = max(classes, 2)
+        if low < 0 or high >= classes:
+            raise DataError(
+                f"the data's labels range {low}..{high} but {Path(path).name} has {classes} "
+                f"classes ({kind}0..{classes - 1})",
+                f"give labels 0..{classes - 1} (the index of the model's output), or bench the "
+                "model the data is labelled for",
+            )
+
+
 def write_results(path, rows) -> None:
     """Write the design's results JSON atomically (readers never see half a file)."""
     path = Path(path)
@@ -106,6 +144,8 @@ def bench(
     if not paths:
         raise InputFileError("no model given", TFLITE_HINT)
     arrays = prepare_data(data, paths[0])
+    if arrays is not None:
+        check_labels(arrays[1], paths)
     rows = []
     lock = threading.Lock()
 

@@ -254,8 +254,19 @@ def inspect_command(model, as_json):
 @click.option(
     "--json", "json_path", type=click.Path(), help="Write results JSON here (as they arrive)."
 )
+@click.option("--html", "html_path", type=click.Path(), help="Write the HTML report here.")
 def bench(
-    models, data, devices, devices_file, ssh_config, delegate, threads, warmup, runs, json_path
+    models,
+    data,
+    devices,
+    devices_file,
+    ssh_config,
+    delegate,
+    threads,
+    warmup,
+    runs,
+    json_path,
+    html_path,
 ):
     """Measure accuracy, size and latency of .tflite models, locally or on devices."""
     from tfedge.bench import bench as run_bench
@@ -291,7 +302,45 @@ def bench(
             click.echo(f"Hint: {row['hint']}", err=True)
     if json_path:
         echo(f"results: {json_path}")
+    if html_path:
+        from tfedge.report import write_html
+
+        write_html(
+            html_path, rows, title="tfedge bench: " + ", ".join(Path(m).name for m in models)
+        )
+        echo(f"report: {html_path}")
     return 1 if failures else 0
+
+
+@cli.command()
+@click.argument("inputs", nargs=-1, required=True, type=click.Path())
+@click.option("-o", "--output", required=True, type=click.Path(), help="The .html file to write.")
+@click.option("--title", help="Page title (default: the input file names).")
+def report(inputs, output, title):
+    """One self-contained HTML page (table and plots) from bench, optimize or analyze JSON files."""
+    from tfedge.console import echo
+    from tfedge.report import build_report
+
+    echo(f"report: {build_report(inputs, output, title=title)}")
+
+
+@cli.command()
+@click.argument("model_a", type=click.Path())
+@click.argument("model_b", type=click.Path())
+@click.option("--data", help="Inputs (.npz or image folder); default: seeded random inputs.")
+@click.option("--samples", type=click.IntRange(1, 1000000), help="Use at most N samples.")
+@click.option("--json", "json_path", type=click.Path(), help="Write the comparison JSON here.")
+def compare(model_a, model_b, data, samples, json_path):
+    """Run two .tflite models on the same inputs: output differences and the first divergent op."""
+    from tfedge.compare import compare as run_compare
+    from tfedge.compare import format_comparison
+    from tfedge.console import echo
+
+    result = run_compare(model_a, model_b, data=data, samples=samples)
+    echo(format_comparison(result))
+    if json_path:
+        _write_atomic(json_path, (json.dumps(result, indent=2) + "\n").encode())
+        echo(f"comparison: {json_path}")
 
 
 def _read_devices_file(path) -> list[str]:

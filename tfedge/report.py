@@ -1,15 +1,37 @@
-"""Reports: the results JSON and a self-contained HTML page comparing the results side by side.
+"""Reports: one self-contained HTML page with the results table and its plots.
+
+The page shows the results table, accuracy against gzip size and against p50 latency with the
+Pareto front marked, each model's per-run latency distribution, the per-layer error and fixes of
+any ``tfedge analyze`` JSON among the inputs, and the device, runtime and emulated-device marker.
+Plots are inline SVG drawn by matplotlib (:mod:`tfedge.plots`); the page has no script and loads
+nothing: it opens the same offline, from an e-mail or from a CI artifact.
+
+Inputs are the JSON files tfedge writes: ``tfedge bench --json`` (``{"results": [...]}``),
+``tfedge optimize``'s ``report.json`` (results with ``stage`` and ``keras_accuracy``) and
+``tfedge analyze --json`` (``{"model", "layers", "worst", "fixes", "chosen"}``).
 
 Example:
-    >>> write_html("report.html", rows, title="digits")  # doctest: +SKIP
+    >>> build_report(["bench.json", "analysis.json"], "report.html")  # doctest: +SKIP
+    PosixPath('report.html')
+    >>> write_html("report.html", bench_report["results"], title="digits")  # doctest: +SKIP
 """
 
 import html
+import json
+import os
+import re
+import tempfile
 from pathlib import Path
 
 from tfedge import __version__
+from tfedge.errors import InputFileError
 
-__all__ = ["write_html", "render_html"]
+__all__ = ["load_inputs", "build_report", "render_html", "write_html"]
+
+REPORT_HINT = (
+    "pass JSON written by `tfedge bench --json`, `tfedge optimize` (report.json) "
+    "or `tfedge analyze --json`"
+)
 
 _COLUMNS = (
     ("stage", "stage"),
@@ -21,66 +43,503 @@ _COLUMNS = (
     ("size_gzip_bytes", "gzip (bytes)"),
     ("p50", "p50 ms"),
     ("p90", "p90 ms"),
+    ("p99", "p99 ms"),
+    ("runs", "runs"),
     ("init_ms", "init ms"),
     ("peak_rss_mb", "peak RSS MB"),
     ("error", "error"),
 )
+_LATENCY_KEYS = ("p50", "p90", "p99", "init_ms")
 
-
-def _cell(row: dict, key: str) -> str:
-    if key in ("p50", "p90"):
-        value = (row.get("latency_ms") or {}).get(key)
-    elif key == "device":
-        value = (row.get("device") or {}).get("name")
-    else:
-        value = row.get(key)
-    if value is None:
-        return ""
-    if key.endswith("accuracy"):
-        return f"{value * 100:.2f}%"
-    if isinstance(value, float):
-        return f"{value:.3f}"
-    return str(value)
-
-
-def render_html(rows, title: str = "tfedge report") -> str:
-    """Render result rows as an HTML page (no external assets)."""
-    keys = [(k, label) for k, label in _COLUMNS if any(_cell(r, k) for r in rows)]
-    head = "".join(f"<th>{html.escape(label)}</th>" for _, label in keys)
-    body = "\n".join(
-        "<tr>" + "".join(f"<td>{html.escape(_cell(r, k))}</td>" for k, _ in keys) + "</tr>"
-        for r in rows
-    )
-    device = next((r.get("device") for r in rows if r.get("device")), {}) or {}
-    runtime = next((r.get("runtime") for r in rows if r.get("runtime")), {}) or {}
-    emulated = ""
-    if any((r.get("device") or {}).get("emulated") for r in rows):
-        emulated = "<p><b>Emulated device (qemu):</b> its latency is not a real device figure.</p>"
-    return f"""<!doctype html>
-<html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
-<style>
-body {{ font-family: system-ui, sans-serif; margin: 2em; }}
-table {{ border-collapse: collapse; }}
-th, td {{ border: 1px solid #ccc; padding: 4px 8px; text-align: right; }}
-th {{ background: #f0f0f0; }}
-td:first-child, td:nth-child(2) {{ text-align: left; }}
-</style></head><body>
-<h1>{html.escape(title)}</h1>
-<p>tfedge {__version__} &middot; device {html.escape(str(device.get("name", "")))}
-({html.escape(str(device.get("machine", "")))}, {html.escape(str(device.get("cpu", "")))})
-&middot; runtime {html.escape(str(runtime.get("name", "")))} {html.escape(str(runtime.get("version", "")))}</p>
-<table><thead><tr>{head}</tr></thead><tbody>
-{body}
-</tbody></table>
-<p>Latency is the median (p50) and 90th percentile of timed invocations in one run.</p>
-{emulated}
-</body></html>
+_CSS = """
+body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2em auto;
+       max-width: 1280px; padding: 0 1.5em; color: #222; }
+h1 { margin-bottom: 0.2em; } h2 { margin-top: 1.6em; border-bottom: 1px solid #ddd; }
+.meta { color: #555; margin-top: 0; }
+table { border-collapse: collapse; margin: 0.6em 0; font-size: 0.92em; }
+th, td { border: 1px solid #ccc; padding: 4px 8px; text-align: right; }
+th { background: #f0f0f0; } td.text, th.text { text-align: left; }
+tr.error td { background: #fff0f0; } tr.chosen td { background: #eef8ee; font-weight: 600; }
+.badge { display: inline-block; padding: 2px 8px; border-radius: 4px; background: #fde0c5;
+         color: #7a3d00; font-weight: 600; }
+.plots { display: flex; flex-wrap: wrap; gap: 1.5em; }
+figure { margin: 0.5em 0; } figcaption { color: #555; font-size: 0.9em; max-width: 60em; }
+svg { max-width: 100%; height: auto; }
+.note { color: #555; font-size: 0.9em; }
 """
 
 
-def write_html(path, rows, title: str = "tfedge report") -> Path:
-    """Write :func:`render_html` to ``path``."""
+def _read_json(path: Path):
+    if not path.is_file():
+        raise InputFileError(
+            f"report input not found: {path}" + (" (it is a folder)" if path.is_dir() else ""),
+            REPORT_HINT,
+        )
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise InputFileError(f"{path} is not a JSON file (not UTF-8 text)", REPORT_HINT) from None
+    except json.JSONDecodeError as exc:
+        raise InputFileError(
+            f"{path} is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})",
+            REPORT_HINT,
+        ) from None
+
+
+def _kind(payload, path: Path) -> str:
+    if isinstance(payload, dict) and isinstance(payload.get("results"), list):
+        for number, row in enumerate(payload["results"]):
+            if not isinstance(row, dict) or "model" not in row:
+                raise InputFileError(
+                    f"{path}: results[{number}] is not a result (no 'model' key)", REPORT_HINT
+                )
+        return "results"
+    if isinstance(payload, dict) and isinstance(payload.get("layers"), list):
+        return "analysis"
+    found = sorted(payload)[:8] if isinstance(payload, dict) else type(payload).__name__
+    raise InputFileError(
+        f"{path} is JSON but not a tfedge result: found {found}; expected 'results' "
+        "(bench, optimize) or 'model' and 'layers' (analyze)",
+        REPORT_HINT,
+    )
+
+
+def load_inputs(paths) -> dict:
+    """Read report inputs and sort them into result rows and analyses.
+
+    Args:
+        paths: JSON files from ``tfedge bench --json``, ``tfedge optimize`` or ``tfedge analyze --json``.
+
+    Returns:
+        ``{"rows": [...], "analyses": [...], "sources": [str, ...]}``; each row gets ``"source"``
+        (the file it came from).
+
+    Raises:
+        InputFileError: a file is missing, is not JSON, or is JSON of another shape.
+
+    Example:
+        >>> inputs = load_inputs(["results.json"])  # doctest: +SKIP
+        >>> len(inputs["rows"]), inputs["analyses"]  # doctest: +SKIP
+        (2, [])
+    """
+    paths = [Path(p) for p in paths]
+    if not paths:
+        raise InputFileError("no report input given", REPORT_HINT)
+    rows, analyses = [], []
+    for path in paths:
+        payload = _read_json(path)
+        if _kind(payload, path) == "results":
+            rows += [{**row, "source": str(path)} for row in payload["results"]]
+        else:
+            analyses.append({**payload, "source": str(path)})
+    return {"rows": rows, "analyses": analyses, "sources": [str(p) for p in paths]}
+
+
+def build_report(inputs, output, title: str | None = None) -> Path:
+    """Write the HTML report of one or more JSON result files.
+
+    Args:
+        inputs: JSON paths (see :func:`load_inputs`).
+        output: the ``.html`` file to write.
+        title: the page title (default: the input file names).
+
+    Returns:
+        The path written.
+
+    Example:
+        >>> build_report(["bench.json"], "report.html")  # doctest: +SKIP
+        PosixPath('report.html')
+    """
+    loaded = load_inputs(inputs)
+    title = title or "tfedge report: " + ", ".join(Path(s).name for s in loaded["sources"])
+    return write_html(output, loaded["rows"], title=title, analyses=loaded["analyses"])
+
+
+# -- table ---------------------------------------------------------------------------------------
+
+
+def _value(row: dict, key: str):
+    if key in ("p50", "p90", "p99"):
+        return (row.get("latency_ms") or {}).get(key)
+    if key == "device":
+        return (row.get("device") or {}).get("name")
+    if key == "model":
+        return Path(str(row.get("model", ""))).name
+    return row.get(key)
+
+
+def _cell(row: dict, key: str) -> str:
+    value = _value(row, key)
+    if value is None or value == "":
+        return ""
+    if key.endswith("accuracy"):
+        return f"{value * 100:.2f} %"
+    if key in ("size_bytes", "size_gzip_bytes") and isinstance(value, int):
+        text = f"{value:,}"
+    elif isinstance(value, float):
+        text = f"{value:.3f}" if key in _LATENCY_KEYS else f"{value:.2f}"
+    else:
+        text = str(value)
+    if key in _LATENCY_KEYS and _emulated(row):
+        text += " *"
+    return text
+
+
+def _emulated(row: dict) -> bool:
+    return bool((row.get("device") or {}).get("emulated"))
+
+
+def _table(rows) -> str:
+    keys = [(k, label) for k, label in _COLUMNS if any(_cell(r, k) for r in rows)]
+    text_keys = {"stage", "model", "device", "error"}
+
+    def cls(key):
+        return ' class="text"' if key in text_keys else ""
+
+    head = "".join(f"<th{cls(k)}>{html.escape(label)}</th>" for k, label in keys)
+    body = "\n".join(
+        ('<tr class="error">' if r.get("error") else "<tr>")
+        + "".join(f"<td{cls(k)}>{html.escape(_cell(r, k))}</td>" for k, _ in keys)
+        + "</tr>"
+        for r in rows
+    )
+    return f'<table id="results"><thead><tr>{head}</tr></thead><tbody>\n{body}\n</tbody></table>'
+
+
+# -- environment ---------------------------------------------------------------------------------
+
+
+def _environment(rows) -> str:
+    seen, lines = set(), []
+    for row in rows:
+        device = row.get("device") or {}
+        runtime = row.get("runtime") or {}
+        key = (device.get("name"), device.get("cpu"), runtime.get("name"), runtime.get("version"))
+        if key in seen or row.get("error"):
+            continue
+        seen.add(key)
+        cells = [
+            device.get("name", ""),
+            device.get("machine", ""),
+            device.get("cpu", ""),
+            device.get("model") or "",
+            device.get("python", ""),
+            f"{runtime.get('name', '')} {runtime.get('version', '')}".strip(),
+            row.get("threads", ""),
+            '<span class="badge">emulated (qemu)</span>' if _emulated(row) else "real",
+        ]
+        lines.append(
+            "<tr>"
+            + "".join(
+                f'<td class="text">{c if i == 7 else html.escape(str(c))}</td>'
+                for i, c in enumerate(cells)
+            )
+            + "</tr>"
+        )
+    if not lines:
+        return ""
+    head = "".join(
+        f'<th class="text">{h}</th>'
+        for h in ("device", "machine", "CPU", "board", "Python", "runtime", "threads", "kind")
+    )
+    note = ""
+    if any(_emulated(r) for r in rows):
+        note = (
+            '<p><span class="badge">Emulated device</span> Latency marked * was measured under '
+            "qemu: it is 150-500x a real board's and is not a device figure; use those rows "
+            "for accuracy and output agreement only.</p>"
+        )
+    return (
+        f'<table id="environment"><thead><tr>{head}</tr></thead><tbody>{"".join(lines)}'
+        f"</tbody></table>{note}"
+    )
+
+
+# -- plots ---------------------------------------------------------------------------------------
+
+
+def _labels(rows) -> list[str]:
+    """A short unique name per row: the stage or file name, with the device when several."""
+    devices = {(r.get("device") or {}).get("name") for r in rows}
+    labels = []
+    for row in rows:
+        label = str(row.get("stage") or Path(str(row.get("model", "?"))).name)
+        if len(devices) > 1:
+            label += f" @ {(row.get('device') or {}).get('name', '?')}"
+        labels.append(label)
+    counts: dict = {}
+    for label in labels:
+        counts[label] = counts.get(label, 0) + 1
+    out, seen = [], {}
+    for label, row in zip(labels, rows, strict=True):
+        if counts[label] > 1:
+            seen[label] = seen.get(label, 0) + 1
+            label = f"{label} [{Path(row.get('source', '')).stem or seen[label]}]"
+            if label in out:
+                label = f"{label} #{seen[label.split(' [')[0]]}"
+        out.append(label)
+    return out
+
+
+def _figure_html(anchor: str, svg: str, caption: str) -> str:
+    # As wide as the drawing (pt -> CSS px), so the caption wraps under it and plots sit side by side.
+    match = re.search(r'<svg[^>]*\bwidth="([0-9.]+)pt"', svg)
+    style = f' style="max-width: {float(match.group(1)) * 4 / 3:.0f}px"' if match else ""
+    return (
+        f'<figure id="{anchor}" class="plot"{style}>{svg}'
+        f"<figcaption>{html.escape(caption)}</figcaption></figure>"
+    )
+
+
+def _plots(rows) -> tuple[str, list[str]]:
+    from tfedge.plots import Point, latency_svg, pareto_svg
+
+    ok = [r for r in rows if not r.get("error")]
+    labels = dict(zip(map(id, ok), _labels(ok), strict=True))
+    notes, figures = [], []
+    scored = [r for r in ok if isinstance(r.get("accuracy"), (int, float))]
+    if scored:
+        size_points = [
+            Point(labels[id(r)], r["size_gzip_bytes"], r["accuracy"])
+            for r in scored
+            if r.get("size_gzip_bytes")
+        ]
+        if size_points:
+            figures.append(
+                _figure_html(
+                    "plot-accuracy-size",
+                    pareto_svg(
+                        size_points,
+                        xlabel="gzip size (KB)",
+                        scale=1 / 1024,
+                        title="Accuracy vs gzip size",
+                    ),
+                    "Top-1 accuracy against the gzipped .tflite size. Red: the Pareto front, "
+                    "the models no other model beats on both size and accuracy.",
+                )
+            )
+        latency_points = [
+            Point(
+                labels[id(r)],
+                r["latency_ms"]["p50"],
+                r["accuracy"],
+                group=str((r.get("device") or {}).get("name", "")),
+                hollow=_emulated(r),
+            )
+            for r in scored
+            if (r.get("latency_ms") or {}).get("p50") is not None
+        ]
+        if latency_points:
+            figures.append(
+                _figure_html(
+                    "plot-accuracy-latency",
+                    pareto_svg(
+                        latency_points,
+                        xlabel="p50 latency (ms)",
+                        title="Accuracy vs p50 latency",
+                    ),
+                    "Top-1 accuracy against the median latency of one inference; a front per "
+                    "device. Hollow markers: an emulated device (not a device latency).",
+                )
+            )
+    else:
+        notes.append(
+            "No accuracy in these results (benched without --data): the accuracy plots need "
+            "labelled data."
+        )
+    series = [
+        (labels[id(r)] + (" *" if _emulated(r) else ""), [float(v) for v in r["latencies_ms"]])
+        for r in ok
+        if r.get("latencies_ms")
+    ]
+    if series:
+        figures.append(
+            _figure_html(
+                "plot-latency",
+                latency_svg(series, title="Latency per run"),
+                "Each timed run of each model: box from the 25th to the 75th percentile, "
+                "median line, whiskers at the 1st and 99th percentiles, dots beyond."
+                + (" * emulated device." if any(_emulated(r) for r in ok) else ""),
+            )
+        )
+    missing = [labels[id(r)] for r in ok if not r.get("latencies_ms")]
+    if missing:
+        notes.append(
+            "No per-run latencies for "
+            + ", ".join(missing)
+            + " (results written before tfedge kept them): no distribution drawn."
+        )
+    return "\n".join(figures), notes
+
+
+# -- analyses ------------------------------------------------------------------------------------
+
+
+def _fmt(value, spec: str = ".4g") -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, (int, float)):
+        return format(value, spec)
+    return str(value)
+
+
+def _analysis(analysis: dict, number: int) -> str:
+    from tfedge.plots import layer_error_svg
+
+    model = str(analysis.get("model", "?"))
+    worst = analysis.get("worst") or sorted(
+        analysis.get("layers") or [],
+        key=lambda r: -(r.get("rmse_over_scale") or 0) if isinstance(r, dict) else 0,
+    )
+    worst = [r for r in worst if isinstance(r, dict)]
+    parts = [f'<section id="analysis-{number}"><h2>Per-layer error: {html.escape(model)}</h2>']
+    if worst:
+        parts.append(
+            _figure_html(
+                f"plot-layers-{number}",
+                layer_error_svg(worst, title=f"Worst layers of {Path(model).name}"),
+                "RMSE of each layer's int8 output against the float model, in quantization "
+                "steps (1 is the rounding floor); worst first.",
+            )
+        )
+        head = "".join(
+            f'<th class="{"text" if i < 2 else ""}">{h}</th>'
+            for i, h in enumerate(("layer", "op", "RMSE / scale", "max |error|", "cosine"))
+        )
+        body = "".join(
+            "<tr>"
+            + f'<td class="text">{html.escape(str(r.get("name", "")))}</td>'
+            + f'<td class="text">{html.escape(str(r.get("op", "")))}</td>'
+            + "".join(
+                f"<td>{_fmt(r.get(k), spec)}</td>"
+                for k, spec in (
+                    ("rmse_over_scale", ".4g"),
+                    ("max_abs_error", ".4g"),
+                    ("cosine", ".5f"),
+                )
+            )
+            + "</tr>"
+            for r in worst[:12]
+        )
+        parts.append(
+            f'<table class="layers"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+        )
+    else:
+        parts.append('<p class="note">The analysis lists no layer.</p>')
+    fixes = [f for f in analysis.get("fixes") or [] if isinstance(f, dict)]
+    if fixes:
+        chosen = analysis.get("chosen")
+        chosen_name = chosen.get("fix") if isinstance(chosen, dict) else chosen
+        head = "".join(
+            f'<th class="{"text" if i == 0 else ""}">{h}</th>'
+            for i, h in enumerate(
+                ("fix", "accuracy", "size (bytes)", "p50 ms", "fully integer", "EdgeTPU")
+            )
+        )
+        rows = []
+        for fix in fixes:
+            accuracy = fix.get("accuracy")
+            cells = [
+                f"{accuracy * 100:.2f} %" if isinstance(accuracy, (int, float)) else "",
+                f"{fix['size_bytes']:,}" if isinstance(fix.get("size_bytes"), int) else "",
+                _fmt(fix.get("p50_ms"), ".3f"),
+                _fmt(fix.get("fully_integer")),
+                _fmt(fix.get("edgetpu_compatible")),
+            ]
+            is_chosen = chosen_name is not None and fix.get("fix") == chosen_name
+            mark = " (chosen)" if is_chosen else ""
+            rows.append(
+                ('<tr class="chosen">' if is_chosen else "<tr>")
+                + f'<td class="text">{html.escape(str(fix.get("fix", "")) + mark)}</td>'
+                + "".join(f"<td>{html.escape(c)}</td>" for c in cells)
+                + "</tr>"
+            )
+        parts.append("<h3>Fixes tried</h3>")
+        parts.append(
+            f'<table class="fixes"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}'
+            "</tbody></table>"
+        )
+        if chosen_name is None:
+            parts.append('<p class="note">No fix was chosen.</p>')
+    parts.append("</section>")
+    return "\n".join(parts)
+
+
+# -- page ----------------------------------------------------------------------------------------
+
+
+def render_html(rows, title: str = "tfedge report", analyses=()) -> str:
+    """Render result rows (and analyses) as one self-contained HTML page.
+
+    Args:
+        rows: result dicts of the bench JSON schema (``optimize`` rows add ``stage`` and
+            ``keras_accuracy``; ``latencies_ms`` gives the latency distribution).
+        title: the page title.
+        analyses: ``tfedge analyze --json`` dicts.
+
+    Returns:
+        The HTML text: no script, no stylesheet or font link, no URL.
+
+    Example:
+        >>> page = render_html([], "empty")
+        >>> "<table" in page or "No result" in page
+        True
+    """
+    rows = list(rows)
+    sections = []
+    if rows:
+        figures, notes = _plots(rows)
+        emulated_note = (
+            '<p class="note">* latency measured on an emulated device (qemu).</p>'
+            if any(_emulated(r) for r in rows)
+            else ""
+        )
+        sections.append(
+            '<section id="results-section"><h2>Results</h2>'
+            + _table(rows)
+            + '<p class="note">Latency: p50/p90/p99 of timed invocations in one run (ms); '
+            "accuracy is top-1 over the labelled data.</p>" + emulated_note + "</section>"
+        )
+        if figures:
+            sections.append(
+                f'<section id="plots"><h2>Plots</h2><div class="plots">{figures}</div></section>'
+            )
+        sections += [f'<p class="note">{html.escape(n)}</p>' for n in notes]
+        environment = _environment(rows)
+        if environment:
+            sections.append(
+                f'<section id="environment-section"><h2>Device and runtime</h2>{environment}</section>'
+            )
+    else:
+        sections.append('<p class="note">No result rows in the inputs.</p>')
+    sections += [_analysis(a, n) for n, a in enumerate(analyses, start=1)]
+    return (
+        "<!doctype html>\n"
+        f'<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>\n'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
+        f"<style>{_CSS}</style></head><body>\n"
+        f"<h1>{html.escape(title)}</h1>\n"
+        f'<p class="meta">tfedge {html.escape(__version__)}</p>\n'
+        + "\n".join(sections)
+        + "\n</body></html>\n"
+    )
+
+
+def write_html(path, rows, title: str = "tfedge report", analyses=()) -> Path:
+    """Write :func:`render_html` to ``path`` atomically; returns the path.
+
+    Example:
+        >>> write_html("out/report.html", report["results"], title="digits")  # doctest: +SKIP
+        PosixPath('out/report.html')
+    """
     path = Path(path)
+    page = render_html(rows, title, analyses)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(render_html(rows, title), encoding="utf-8")
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".html", dir=path.parent)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(page)
+    os.chmod(tmp, 0o644)  # mkstemp makes it owner-only; a report is meant to be shared
+    os.replace(tmp, path)
     return path

@@ -563,6 +563,7 @@ def bench_one(
             # SOFTMAX lookup table) rounds one output step differently on x86 and ARM.
             "predictions_sha256": top1.hexdigest() if samples else None,
             "latency_ms": _stats(times),
+            "latencies_ms": [round(t, 4) for t in times],  # every timed run, in order
             "first_inference_ms": round(first_ms, 4),
             "init_ms": round(init_ms, 4),
             "peak_rss_mb": _peak_rss_mb(),

@@ -1,0 +1,239 @@
+"""`tfedge report`: one self-contained HTML page, checked in a real headless browser."""
+
+import json
+import re
+
+import numpy as np
+import pytest
+
+from tfedge.cli import main
+from tfedge.plots import BAR_COLOR, BOX_COLOR, FRONT_COLOR, Point, pareto_front
+
+pytestmark = pytest.mark.slow
+
+PLOTS = ("plot-accuracy-size", "plot-accuracy-latency", "plot-latency")
+
+
+def run_cli(capsys, *args):
+    status = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def assert_clean_error(status, err, *needles):
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert status == 1, err
+    assert lines and lines[0].startswith("Error: ") and "Traceback" not in err, err
+    assert sum(line.startswith("Error: ") for line in lines) == 1, err
+    for needle in needles:
+        assert needle.lower() in err.lower(), err
+
+
+def _hex(color: str) -> tuple:
+    return tuple(int(color[i : i + 2], 16) for i in (1, 3, 5))
+
+
+def _pixels_of(image: np.ndarray, color: str, tolerance: int = 6) -> int:
+    return int((np.abs(image.astype(int) - _hex(color)).max(axis=-1) <= tolerance).sum())
+
+
+def assert_page_shows(page: dict, html_text: str, figures, table_rows: int) -> None:
+    """The page is self-contained, loaded nothing, and shows the table and every plot."""
+    from PIL import Image
+
+    assert not re.search(r"https?://", html_text), "a URL in the page"
+    for tag in ("<script", "<link", "<img", "<iframe", "@import", "@font-face", "url(http"):
+        assert tag not in html_text.lower(), tag
+    assert page["requests"] == [], page["requests"]
+    dom = page["dom"]
+    results = re.search(r'<table id="results">.*?</table>', dom, re.S)
+    assert results, "no results table in the rendered DOM"
+    assert results.group(0).count("<tr") == table_rows + 1  # the header row too
+    for figure in figures:
+        match = re.search(rf'<figure id="{figure}" class="plot"[^>]*>\s*<svg(.*?)</svg>', dom, re.S)
+        assert match, f"{figure} is not in the rendered page"
+        assert match.group(1).count("<path") > 5 and "<text" in match.group(1), figure
+    image = np.asarray(Image.open(page["screenshot"]).convert("RGB"))
+    assert image.shape[0] > 1000 and image.shape[1] > 1000
+    ink = (image.min(axis=-1) < 200).mean()
+    assert ink > 0.02, f"the screenshot is nearly blank ({ink:.3%} drawn)"
+    colours = {"plot-accuracy-size": FRONT_COLOR, "plot-latency": BOX_COLOR}
+    for figure, colour in colours.items():
+        if figure in figures:
+            assert _pixels_of(image, colour) > 30, f"no {colour} pixels: {figure} is not drawn"
+    if any(f.startswith("plot-layers") for f in figures):
+        assert _pixels_of(image, BAR_COLOR) > 30, "the layer-error bars are not drawn"
+
+
+@pytest.fixture(scope="module")
+def benched(tmp_path_factory, trained_digits_cnn, digits, digits_tflite, test_npz):
+    """Real bench results of the digits CNN as float32, int8 and int16x8, with an analysis JSON.
+
+    The analysis uses the design's ``tfedge analyze --json`` format, filled from real
+    measurements: the per-layer error of the int8 model against float32 (``tfedge.compare``)
+    and, as fixes, the whole-model int16x8 and float32 conversions benched here.
+    """
+    from tfedge.bench import bench
+    from tfedge.compare import compare
+    from tfedge.converters import convert
+    from tfedge.inspector import inspect_model
+
+    root = tmp_path_factory.mktemp("report")
+    int16 = root / "digits_int16x8.tflite"
+    int16.write_bytes(convert(trained_digits_cnn, mode="int16x8", calib=digits[0]))
+    models = [digits_tflite["float32"], digits_tflite["int8"], int16]
+    results = root / "bench.json"
+    report = bench(models, data=test_npz, runs=60, warmup=5, json_path=results)
+    diff = compare(digits_tflite["float32"], digits_tflite["int8"], data=test_npz)
+    layers = [
+        {
+            "name": t["name"],
+            "op": t["op"],
+            "rmse_over_scale": t["rmse"] / t["step"],
+            "max_abs_error": t["max_abs_diff"],
+            "cosine": t["cosine"],
+        }
+        for t in diff["tensors"]
+        if t["step"]
+    ]
+    fixes = []
+    for row, name in zip(report["results"], ("keep float", "none (int8)", "int16x8"), strict=True):
+        info = inspect_model(row["model"])
+        fixes.append(
+            {
+                "fix": name,
+                "accuracy": row["accuracy"],
+                "size_bytes": row["size_bytes"],
+                "p50_ms": row["latency_ms"]["p50"],
+                "fully_integer": info["fully_integer"],
+                "edgetpu_compatible": info["edgetpu"]["compatible"],
+            }
+        )
+    analysis = root / "analysis.json"
+    analysis.write_text(
+        json.dumps(
+            {
+                "model": "digits_cnn.keras",
+                "layers": layers,
+                "worst": sorted(layers, key=lambda r: -r["rmse_over_scale"]),
+                "fixes": fixes,
+                "chosen": "int16x8",
+            }
+        )
+    )
+    return {"results": results, "analysis": analysis, "rows": report["results"], "root": root}
+
+
+def test_bench_keeps_every_run_latency(benched):
+    rows = json.loads(benched["results"].read_text())["results"]
+    for row in rows:
+        runs = row["latencies_ms"]
+        assert len(runs) == row["runs"] == 60 and all(t > 0 for t in runs)
+        assert row["latency_ms"]["p50"] == pytest.approx(np.percentile(runs, 50), abs=1e-3)
+        assert row["latency_ms"]["max"] == pytest.approx(max(runs), abs=1e-3)
+
+
+def test_report_of_bench_and_analysis_in_a_browser(benched, browser, capsys, tmp_path):
+    out = tmp_path / "report.html"
+    status, printed, err = run_cli(
+        capsys, "report", benched["results"], benched["analysis"], "-o", out
+    )
+    assert status == 0, err
+    assert str(out) in printed
+    text = out.read_text()
+    page = browser.open(out)
+    assert_page_shows(page, text, (*PLOTS, "plot-layers-1"), table_rows=3)
+    dom = page["dom"]
+    for name in ("digits_float32.tflite", "digits_int8.tflite", "digits_int16x8.tflite"):
+        assert name in dom
+    assert 'class="fixes"' in dom and "int16x8 (chosen)" in dom
+    assert "ai-edge-litert" in dom and 'id="environment"' in dom
+    assert "Pareto front" in dom
+
+
+def test_browser_check_sees_a_request_leave_the_page(browser, tmp_path):
+    """The control for the no-request check: a page with a remote image is caught."""
+    page = tmp_path / "leaky.html"
+    page.write_text('<!doctype html><p>x</p><img src="http://tfedge-probe.invalid/pixel.png">')
+    assert browser.open(page, width=400, height=300)["requests"]
+
+
+def test_emulated_device_is_marked(benched, tmp_path):
+    from tfedge.report import render_html
+
+    local = benched["rows"][1]
+    pi = {**local, "device": {**local["device"], "name": "ssh://pi", "emulated": True}}
+    text = render_html([local, pi], "two devices")
+    assert "emulated (qemu)" in text and "Emulated device" in text
+    assert re.search(r"<td>[0-9.]+ \*</td>", text), "the emulated latency has no * mark"
+    assert "digits_int8.tflite @ ssh://pi" in text and "digits_int8.tflite @ local" in text
+
+
+def test_old_results_without_latencies_or_accuracy(benched, capsys, tmp_path):
+    rows = [
+        {k: v for k, v in row.items() if k != "latencies_ms"} | {"accuracy": None}
+        for row in benched["rows"]
+    ]
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps({"results": rows}))
+    out = tmp_path / "old.html"
+    status, _, err = run_cli(capsys, "report", old, "-o", out)
+    assert status == 0, err
+    text = out.read_text()
+    assert '<table id="results">' in text and "<svg" not in text
+    assert "No per-run latencies" in text and "No accuracy" in text
+
+
+def test_optimize_report_json_gets_keras_accuracy_and_stages(benched, capsys, tmp_path):
+    rows = [
+        {**row, "stage": stage, "keras_accuracy": row["accuracy"]}
+        for row, stage in zip(benched["rows"], ("float32", "int8", "int16x8"), strict=True)
+    ]
+    path = tmp_path / "report.json"
+    path.write_text(json.dumps({"tfedge_version": "x", "results": rows}))
+    out = tmp_path / "r.html"
+    assert run_cli(capsys, "report", path, "-o", out)[0] == 0
+    text = out.read_text()
+    assert "<th>Keras accuracy</th>" in text and ">int16x8</td>" in text
+
+
+@pytest.mark.parametrize(
+    "points, front",
+    [
+        ([("a", 1, 0.9), ("b", 2, 0.8), ("c", 3, 0.95)], ["a", "c"]),
+        ([("a", 1, 0.9), ("b", 1, 0.95)], ["b"]),
+        ([("a", 5, 0.99), ("b", 1, 0.5), ("c", 3, 0.7), ("d", 4, 0.6)], ["b", "c", "a"]),
+        ([("a", 2, 0.9), ("b", 2, 0.9)], ["a"]),
+    ],
+)
+def test_pareto_front(points, front):
+    assert [p.label for p in pareto_front([Point(*p) for p in points])] == front
+
+
+BAD_INPUTS = {
+    "missing file": (None, "not found"),
+    "not json": ("this is { not json", "not valid JSON"),
+    "binary": (b"\x89PNG\r\n\x1a\n\x00\xff", "JSON"),
+    "a JSON list": ("[1, 2, 3]", "not a tfedge result"),
+    "inspect output": (json.dumps({"model": "m.tflite", "ops": {"CONV_2D": 1}}), "'layers'"),
+    "result without model": (json.dumps({"results": [{"accuracy": 0.9}]}), "results[0]"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+def test_bad_report_input(case, capsys, tmp_path):
+    content, needle = BAD_INPUTS[case]
+    path = tmp_path / "input.json"
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    elif content is not None:
+        path.write_text(content)
+    out = tmp_path / "report.html"
+    status, _, err = run_cli(capsys, "report", path, "-o", out)
+    assert_clean_error(status, err, needle, str(path))
+    assert not out.exists()
+
+
+def test_report_needs_an_output(capsys, tmp_path):
+    status, _, err = run_cli(capsys, "report", tmp_path / "x.json")
+    assert_clean_error(status, err, "-o")

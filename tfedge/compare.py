@@ -1,0 +1,420 @@
+"""``tfedge compare``: run two ``.tflite`` models on the same inputs and say where they differ.
+
+Per output: max and mean absolute difference, SQNR (signal: model A's output) and top-1
+agreement, on dequantized values (int8/int16 outputs go through their own scale and zero point).
+When both models come from the same Keras model (their operators' output tensors share names,
+as TFLite's converter derives them from the Keras layers), every intermediate tensor is compared
+too, with LiteRT's ``experimental_preserve_all_tensors`` and its built-in kernels, and the first
+operator whose output differs by more than one quantization step is named.
+
+Example:
+    >>> result = compare("model_f32.tflite", "model_int8.tflite", data="test.npz")  # doctest: +SKIP
+    >>> result["outputs"][0]["top1_agreement"], result["first_divergence"]["name"]  # doctest: +SKIP
+    (0.9975, 'digits_cnn/conv1/Relu_1')
+"""
+
+import math
+from pathlib import Path
+
+import numpy as np
+
+from tfedge.errors import DataError, InputFileError
+
+__all__ = ["compare", "format_comparison"]
+
+RANDOM_SAMPLES = 64
+TFLITE_HINT = "pass two .tflite files written by `tfedge convert` (or any TFLite converter)"
+
+
+class _Model:
+    """One ``.tflite`` model in the LiteRT interpreter, fed float samples, read back as float."""
+
+    def __init__(self, path: Path, label: str, preserve: bool):
+        from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+        options = {}
+        if preserve:
+            # The default XNNPACK delegate runs fused subgraphs whose inner tensors are never
+            # written; the built-in kernels keep every tensor.
+            options = {
+                "experimental_preserve_all_tensors": True,
+                "experimental_op_resolver_type": OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
+            }
+        try:
+            self.interpreter = Interpreter(model_path=str(path), **options)
+            self.interpreter.allocate_tensors()
+        except Exception as exc:
+            text = str(exc).strip().splitlines()
+            raise InputFileError(
+                f"model {label} ({path}) does not load in LiteRT: {text[0][:200] if text else exc}",
+                TFLITE_HINT,
+            ) from None
+        self.inputs = self.interpreter.get_input_details()
+        self.outputs = self.interpreter.get_output_details()
+        if len(self.inputs) != 1:
+            raise InputFileError(
+                f"model {label} ({path}) has {len(self.inputs)} inputs; compare feeds "
+                "single-input models",
+                "export a single-input model",
+            )
+        self.input = self.inputs[0]
+        self.batch = int(self.input["shape"][0]) if len(self.input["shape"]) else 1
+
+    def feed(self, sample: np.ndarray) -> None:
+        detail = self.input
+        shape = tuple(int(d) for d in detail["shape"])
+        x = np.asarray(sample, dtype=np.float64).reshape((1, *shape[1:]))
+        if self.batch > 1:
+            x = np.concatenate([x, np.zeros((self.batch - 1, *shape[1:]))])
+        dtype = np.dtype(detail["dtype"])
+        if dtype.kind in "iu":
+            scale, zero_point = detail["quantization"]
+            if scale:
+                x = np.round(x / scale) + zero_point
+            info = np.iinfo(dtype)
+            x = np.clip(x, info.min, info.max)
+        self.interpreter.set_tensor(detail["index"], x.astype(dtype))
+        self.interpreter.invoke()
+
+    def value(self, detail: dict) -> np.ndarray:
+        """The first sample of a tensor as float64, dequantized with its scale and zero point."""
+        raw = self.interpreter.get_tensor(detail["index"])
+        values = np.asarray(raw)[:1].astype(np.float64) if raw.ndim else raw.astype(np.float64)
+        scale, zero_point = detail.get("quantization", (0.0, 0))
+        if scale and np.dtype(detail["dtype"]).kind in "iu":
+            values = (values - zero_point) * scale
+        return values.reshape(-1)
+
+    def input_range(self) -> tuple[float, float] | None:
+        dtype = np.dtype(self.input["dtype"])
+        scale, zero_point = self.input["quantization"]
+        if dtype.kind not in "iu" or not scale:
+            return None
+        info = np.iinfo(dtype)
+        return (info.min - zero_point) * scale, (info.max - zero_point) * scale
+
+
+class _Stats:
+    """Running difference statistics of a tensor in B against the same tensor in A."""
+
+    def __init__(self):
+        self.max_abs = 0.0
+        self.sum_abs = 0.0
+        self.signal = 0.0
+        self.noise = 0.0
+        self.dot = 0.0
+        self.norm_b = 0.0
+        self.count = 0
+
+    def add(self, a: np.ndarray, b: np.ndarray) -> None:
+        diff = np.abs(a - b)
+        if diff.size:
+            self.max_abs = max(self.max_abs, float(diff.max()))
+        self.sum_abs += float(diff.sum())
+        self.signal += float(np.square(a).sum())
+        self.noise += float(np.square(a - b).sum())
+        self.dot += float((a * b).sum())
+        self.norm_b += float(np.square(b).sum())
+        self.count += diff.size
+
+    def as_dict(self) -> dict:
+        return {
+            "max_abs_diff": _round(self.max_abs),
+            "mean_abs_diff": _round(self.sum_abs / self.count) if self.count else None,
+            "rmse": _round(math.sqrt(self.noise / self.count)) if self.count else None,
+            "sqnr_db": _sqnr(self.signal, self.noise),
+            "identical": self.noise == 0,
+            "cosine": _round(self.dot / math.sqrt(self.signal * self.norm_b))
+            if self.signal and self.norm_b
+            else None,
+        }
+
+
+def _round(value: float, digits: int = 6):
+    return float(f"{value:.{digits}g}")
+
+
+def _sqnr(signal: float, noise: float):
+    """10 log10(signal / noise) in dB; None when the values are identical or A's are all zero."""
+    if noise == 0 or signal == 0:
+        return None
+    return round(10 * math.log10(signal / noise), 2)
+
+
+def _check_path(path, label: str) -> Path:
+    path = Path(path)
+    if not path.is_file():
+        raise InputFileError(f"model {label} not found: {path}", TFLITE_HINT)
+    with open(path, "rb") as handle:
+        head = handle.read(8)
+    if len(head) < 8 or head[4:8] != b"TFL3":
+        raise InputFileError(
+            f"model {label} ({path}) is not a TFLite model (no TFL3 identifier at byte 4)",
+            TFLITE_HINT
+            + (
+                "; convert Keras models first with `tfedge convert`"
+                if path.suffix in (".keras", ".h5")
+                else ""
+            ),
+        )
+    return path
+
+
+def _sample_shape(model: _Model) -> tuple:
+    return tuple(int(d) for d in model.input["shape"][1:])
+
+
+def _inputs(data, a: _Model, b: _Model, samples: int | None):
+    """The float samples both models get, their labels (or None), and where they came from."""
+    shape_a, shape_b = _sample_shape(a), _sample_shape(b)
+    if int(np.prod(shape_a)) != int(np.prod(shape_b)):
+        raise InputFileError(
+            f"the models take different inputs: A {list(shape_a)}, B {list(shape_b)}",
+            "compare two conversions of the same model",
+        )
+    if data is None:
+        span = a.input_range() or b.input_range() or (0.0, 1.0)
+        rng = np.random.default_rng(0)
+        x = rng.uniform(span[0], span[1], size=(samples or RANDOM_SAMPLES, *shape_a))
+        return (
+            x.astype(np.float32),
+            None,
+            f"{len(x)} seeded random inputs in [{span[0]:.3g}, {span[1]:.3g}]",
+        )
+    from tfedge.data import load_data
+
+    dataset = load_data(data, input_shape=shape_a, name="--data", limit=samples)
+    return dataset.x, dataset.y, f"{len(dataset)} samples of {dataset.source}"
+
+
+def _matched_tensors(a: _Model, b: _Model) -> list[dict]:
+    """A's operator outputs, in execution order, that B has too (same name and element count)."""
+    details_a = {t["index"]: t for t in a.interpreter.get_tensor_details()}
+    by_name_b = {}
+    for detail in b.interpreter.get_tensor_details():
+        by_name_b.setdefault(detail["name"], detail)
+    graph_inputs = {d["index"] for d in a.inputs}
+    matched, seen = [], set()
+    for op in a.interpreter._get_ops_details():  # LiteRT's only listing of operators, in order
+        for index in op["outputs"]:
+            detail = details_a.get(int(index))
+            if detail is None or index in graph_inputs or detail["name"] in seen:
+                continue
+            other = by_name_b.get(detail["name"])
+            if other is None or int(np.prod(other["shape"])) != int(np.prod(detail["shape"])):
+                continue
+            seen.add(detail["name"])
+            matched.append(
+                {"op_index": int(op["index"]), "op": op["op_name"], "a": detail, "b": other}
+            )
+    return matched
+
+
+def _step(detail: dict) -> float:
+    scale, _ = detail.get("quantization", (0.0, 0))
+    return float(scale) if scale and np.dtype(detail["dtype"]).kind in "iu" else 0.0
+
+
+def _top1(values: np.ndarray) -> np.ndarray:
+    if values.shape[1] == 1:
+        column = values[:, 0]
+        threshold = 0.5 if ((column >= 0) & (column <= 1)).all() else 0.0
+        return (column > threshold).astype(np.int64)
+    return values.argmax(axis=1)
+
+
+def compare(
+    model_a, model_b, data=None, *, samples: int | None = None, layers: bool = True
+) -> dict:
+    """Run two ``.tflite`` models on the same inputs and measure how their outputs differ.
+
+    Args:
+        model_a: the reference ``.tflite`` (SQNR takes its outputs as the signal).
+        model_b: the ``.tflite`` compared with it.
+        data: ``.npz`` path, image folder or arrays; None for seeded random inputs in the range
+            the quantized input can represent.
+        samples: use at most this many samples.
+        layers: also compare the intermediate tensors both models share by name.
+
+    Returns:
+        ``{"a", "b", "inputs", "samples", "outputs": [{"name", "shape", "max_abs_diff",
+        "mean_abs_diff", "sqnr_db", "cosine", "top1_agreement"}], "accuracy": {"a", "b"} or None,
+        "same_model", "tensors": [{"op_index", "op", "name", "step", ...}], "first_divergence"}``.
+        ``sqnr_db`` is None where the values are identical.
+
+    Raises:
+        InputFileError: a model is missing, not a TFLite model, or the two models' inputs or
+            outputs do not correspond.
+        DataError: the data does not fit the models.
+
+    Example:
+        >>> result = compare("model_f32.tflite", "model_int8.tflite", "test.npz")  # doctest: +SKIP
+        >>> print(format_comparison(result))  # doctest: +SKIP
+    """
+    from tfedge.console import quiet
+
+    path_a, path_b = _check_path(model_a, "A"), _check_path(model_b, "B")
+    with quiet():  # LiteRT prints its delegate banner on stderr
+        return _compare(path_a, path_b, data, samples, layers)
+
+
+def _compare(path_a: Path, path_b: Path, data, samples, layers: bool) -> dict:
+    from tfedge.console import progress
+
+    a, b = _Model(path_a, "A", False), _Model(path_b, "B", False)
+    if len(a.outputs) != len(b.outputs):
+        raise InputFileError(
+            f"the models have {len(a.outputs)} and {len(b.outputs)} outputs",
+            "compare two conversions of the same model",
+        )
+    for number, (out_a, out_b) in enumerate(zip(a.outputs, b.outputs, strict=True)):
+        if int(np.prod(out_a["shape"][1:])) != int(np.prod(out_b["shape"][1:])):
+            raise InputFileError(
+                f"output {number} has shape {list(out_a['shape'])} in A but "
+                f"{list(out_b['shape'])} in B",
+                "compare two conversions of the same model",
+            )
+    x, y, source = _inputs(data, a, b, samples)
+    if y is not None:
+        classes = int(np.prod(a.outputs[0]["shape"][1:]))
+        classes = 2 if classes == 1 else classes
+        if len(y) and (int(y.min()) < 0 or int(y.max()) >= classes):
+            raise DataError(
+                f"the data's labels range {int(y.min())}..{int(y.max())} but the models have "
+                f"{classes} classes (0..{classes - 1})",
+                "pass data labelled for these models",
+            )
+    stats = [_Stats() for _ in a.outputs]
+    firsts = {"a": [], "b": []}
+    for sample in progress(x, desc="comparing outputs", unit="sample"):
+        a.feed(sample)
+        b.feed(sample)
+        for number, (out_a, out_b) in enumerate(zip(a.outputs, b.outputs, strict=True)):
+            va, vb = a.value(out_a), b.value(out_b)
+            stats[number].add(va, vb)
+            if number == 0:
+                firsts["a"].append(va)
+                firsts["b"].append(vb)
+    top_a, top_b = _top1(np.stack(firsts["a"])), _top1(np.stack(firsts["b"]))
+    outputs = []
+    for number, (out_a, stat) in enumerate(zip(a.outputs, stats, strict=True)):
+        entry = {"name": out_a["name"], "shape": [int(d) for d in out_a["shape"]], **stat.as_dict()}
+        entry["top1_agreement"] = round(float((top_a == top_b).mean()), 6) if number == 0 else None
+        outputs.append(entry)
+    result = {
+        "a": str(path_a),
+        "b": str(path_b),
+        "inputs": source,
+        "samples": int(len(x)),
+        "outputs": outputs,
+        "accuracy": None,
+        "same_model": False,
+        "tensors": [],
+        "first_divergence": None,
+    }
+    if y is not None:
+        result["accuracy"] = {
+            "a": round(float((top_a == y).mean()), 6),
+            "b": round(float((top_b == y).mean()), 6),
+        }
+    if layers:
+        result.update(_compare_layers(path_a, path_b, x))
+    return result
+
+
+def _compare_layers(path_a: Path, path_b: Path, x: np.ndarray) -> dict:
+    a, b = _Model(path_a, "A", True), _Model(path_b, "B", True)
+    matched = _matched_tensors(a, b)
+    outputs = {d["name"] for d in a.outputs}
+    intermediate = [m for m in matched if m["a"]["name"] not in outputs]
+    if not intermediate:
+        return {"same_model": False, "tensors": [], "first_divergence": None}
+    from tfedge.console import progress
+
+    stats = [_Stats() for _ in matched]
+    for sample in progress(x, desc="comparing every tensor", unit="sample"):
+        a.feed(sample)
+        b.feed(sample)
+        for match, stat in zip(matched, stats, strict=True):
+            stat.add(a.value(match["a"]), b.value(match["b"]))
+    tensors = []
+    first = None
+    for match, stat in zip(matched, stats, strict=True):
+        step = max(_step(match["a"]), _step(match["b"]))
+        entry = {
+            "op_index": match["op_index"],
+            "op": match["op"],
+            "name": match["a"]["name"],
+            "step": _round(step) if step else None,
+            **stat.as_dict(),
+        }
+        # Beyond rounding: more than one quantization step of the coarser tensor apart (float
+        # tensors: more than a float32 rounding of the largest value).
+        tolerance = step if step else 1e-5 * max(math.sqrt(stat.signal / max(stat.count, 1)), 1e-6)
+        entry["diverged"] = stat.max_abs > tolerance * (1 + 1e-6)
+        if entry["diverged"] and first is None:
+            first = entry
+        tensors.append(entry)
+    return {"same_model": True, "tensors": tensors, "first_divergence": first}
+
+
+def _db(entry: dict) -> str:
+    if entry.get("identical"):
+        return "identical"
+    return "-" if entry.get("sqnr_db") is None else f"{entry['sqnr_db']:.1f}"
+
+
+def format_comparison(result: dict, limit: int = 40) -> str:
+    """A plain-text summary of :func:`compare`'s result.
+
+    Example:
+        >>> print(format_comparison(compare("a.tflite", "b.tflite")))  # doctest: +SKIP
+    """
+    lines = [
+        f"A: {result['a']}",
+        f"B: {result['b']}",
+        f"inputs: {result['inputs']}",
+        "",
+        f"{'output':<32} {'max |diff|':>11} {'mean |diff|':>12} {'SQNR dB':>9} {'top-1 agree':>12}",
+    ]
+    for out in result["outputs"]:
+        agree = out.get("top1_agreement")
+        lines.append(
+            f"{out['name'][-32:]:<32} {out['max_abs_diff']:>11.4g} {out['mean_abs_diff']:>12.4g} "
+            f"{_db(out):>9} {'' if agree is None else f'{agree * 100:.2f} %':>12}"
+        )
+    if result.get("accuracy"):
+        acc = result["accuracy"]
+        lines.append(f"accuracy: A {acc['a'] * 100:.2f} %, B {acc['b'] * 100:.2f} %")
+    lines.append("")
+    if not result["same_model"]:
+        lines.append(
+            "per operator: no intermediate tensor names in common, so the models do not come "
+            "from the same Keras model (or a tool renamed their tensors)"
+        )
+        return "\n".join(lines)
+    tensors = result["tensors"]
+    first = result["first_divergence"]
+    if first is None:
+        lines.append(
+            f"same Keras model ({len(tensors)} tensors matched by name): no operator output "
+            "differs by more than one quantization step"
+        )
+    else:
+        step = f"one step {first['step']:.4g}" if first["step"] else "float rounding"
+        lines.append(
+            f"same Keras model ({len(tensors)} tensors matched by name); first divergence at "
+            f"operator {first['op_index']} {first['op']} -> {first['name']}: max |diff| "
+            f"{first['max_abs_diff']:.4g} (> {step}), SQNR {_db(first)} dB"
+        )
+    lines.append("")
+    lines.append(f"{'op':>4} {'operator':<18} {'max |diff|':>11} {'SQNR dB':>9}  tensor")
+    for entry in tensors[:limit]:
+        mark = " <- first divergence" if entry is first else ""
+        lines.append(
+            f"{entry['op_index']:>4} {entry['op'][:18]:<18} {entry['max_abs_diff']:>11.4g} "
+            f"{_db(entry):>9}  {entry['name']}{mark}"
+        )
+    if len(tensors) > limit:
+        lines.append(f"... {len(tensors) - limit} more (see --json)")
+    return "\n".join(lines)
