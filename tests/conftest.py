@@ -1,6 +1,7 @@
 """Shared fixtures: the bundled digits, a trained reference CNN and its real conversions."""
 
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -169,7 +170,6 @@ class Browser:
         import socket
         import subprocess
         import threading
-        from pathlib import Path
 
         page = Path(page).resolve()
         listener = socket.socket()
@@ -245,6 +245,55 @@ class Browser:
             thread.join(timeout=5)
             listener.close()
         return {"dom": dom, "screenshot": shot, "requests": requests}
+
+    def check_report(self, path, figures, table_rows: int, height: int = 4000) -> dict:
+        """Open a tfedge HTML report and assert it is self-contained, loads nothing, and shows
+        the results table (``table_rows`` rows) and every figure in ``figures`` (element ids).
+
+        Returns:
+            The :meth:`open` result (``dom``, ``screenshot``, ``requests``).
+        """
+        import re
+
+        from PIL import Image
+
+        from tfedge.plots import BAR_COLOR, FRONT_COLOR, MEDIAN_COLOR
+
+        text = Path(path).read_text(encoding="utf-8")
+        assert not re.search(r"https?://", text), "a URL in the page"
+        for tag in ("<script", "<link", "<img", "<iframe", "@import", "@font-face", "url(http"):
+            assert tag not in text.lower(), tag
+        page = self.open(path, height=height)
+        assert page["requests"] == [], page["requests"]
+        dom = page["dom"]
+        results = re.search(r'<table id="results">.*?</table>', dom, re.S)
+        assert results, "no results table in the rendered DOM"
+        assert results.group(0).count("<tr") == table_rows + 1  # and the header row
+        for figure in figures:
+            match = re.search(
+                rf'<figure id="{figure}" class="plot"[^>]*>\s*<svg(.*?)</svg>', dom, re.S
+            )
+            assert match, f"{figure} is not in the rendered page"
+            assert match.group(1).count("<path") > 5 and "<text" in match.group(1), figure
+        image = np.asarray(Image.open(page["screenshot"]).convert("RGB")).astype(int)
+        assert image.shape[:2] == (height, 1400), image.shape
+        drawn = (image.min(axis=-1) < 250).any(axis=1).nonzero()[0]
+        assert drawn.size and drawn.max() < height - 20, "the page is longer than the screenshot"
+        ink = (image[: drawn.max()].min(axis=-1) < 200).mean()
+        assert ink > 0.02, f"the screenshot is nearly blank ({ink:.3%} drawn)"
+        colours = {
+            "plot-accuracy-size": FRONT_COLOR,
+            "plot-accuracy-latency": FRONT_COLOR,
+            "plot-latency": MEDIAN_COLOR,
+            "plot-layers-1": BAR_COLOR,
+        }
+        for figure in figures:
+            colour = colours.get(figure)
+            if colour:
+                rgb = [int(colour[i : i + 2], 16) for i in (1, 3, 5)]
+                close = (np.abs(image - rgb).max(axis=-1) <= 6).sum()
+                assert close > 30, f"no {colour} in the screenshot: {figure} is not drawn"
+        return page
 
 
 @pytest.fixture(scope="session")

@@ -285,3 +285,51 @@ def test_unreachable_or_malformed_device(url, capsys, digits_tflite, tmp_path):
     assert_clean_error(status, err)
     if results.exists():
         assert all(row.get("error") for row in json.loads(results.read_text())["results"])
+
+
+def test_bench_html_report_in_a_browser(capsys, digits_tflite, test_npz, tmp_path, browser):
+    page, results = tmp_path / "bench.html", tmp_path / "bench.json"
+    status, out, err = run_cli(
+        capsys,
+        "bench",
+        digits_tflite["float32"],
+        digits_tflite["int8"],
+        "--data",
+        test_npz,
+        "--runs",
+        40,
+        "--json",
+        results,
+        "--html",
+        page,
+    )
+    assert status == 0, err
+    assert f"report: {page}" in out
+    rows = json.loads(results.read_text())["results"]
+    assert [len(row["latencies_ms"]) for row in rows] == [40, 40]
+    shown = browser.check_report(
+        page, ("plot-accuracy-size", "plot-accuracy-latency", "plot-latency"), table_rows=2
+    )
+    assert "digits_int8.tflite" in shown["dom"]
+
+
+@pytest.mark.parametrize("labels, shown", [(99, "99..99"), (-1, "-1..-1"), (10, "10..10")])
+def test_bench_labels_outside_the_model_classes(
+    capsys, digits_tflite, digits, tmp_path, labels, shown
+):
+    data = tmp_path / "labels.npz"
+    np.savez(data, x=digits[1].x[:20], y=np.full(20, labels))
+    status, out, err = run_cli(capsys, "bench", digits_tflite["int8"], "--data", data, "--runs", 1)
+    assert_clean_error(status, err, shown, "10 classes (0..9)")
+    assert "accuracy" not in out
+
+
+def test_bench_one_output_binary_classifier(capsys, binary_digits, test_npz, tmp_path):
+    results = tmp_path / "binary.json"
+    argv = ["bench", binary_digits["tflite"], "--runs", 1, "--json", results]
+    status, _, err = run_cli(capsys, *argv, "--data", binary_digits["test_npz"])
+    assert status == 0, err
+    (row,) = json.loads(results.read_text())["results"]
+    assert row["accuracy"] > 0.8
+    status, _, err = run_cli(capsys, *argv, "--data", test_npz)  # digit labels 0..9
+    assert_clean_error(status, err, "0..9", "2 classes", "binary")

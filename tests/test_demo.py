@@ -9,8 +9,16 @@ from tfedge.cli import main
 pytestmark = pytest.mark.slow
 
 
-def test_demo_writes_a_report_with_float_int8_and_compressed(tmp_path, capsys):
-    assert main(["demo", "-o", str(tmp_path)]) == 0
+@pytest.fixture(scope="module")
+def demo_out(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
+    status = main(["demo", "-o", str(out)])
+    return status, out
+
+
+def test_demo_writes_a_report_with_float_int8_and_compressed(demo_out, capsys):
+    status, tmp_path = demo_out
+    assert status == 0
     printed = capsys.readouterr().out
     assert "int8" in printed and "report.json" in printed
     rows = {
@@ -23,4 +31,14 @@ def test_demo_writes_a_report_with_float_int8_and_compressed(tmp_path, capsys):
     assert i8["size_bytes"] * 3 < f32["size_bytes"]
     assert small["accuracy"] >= f32["accuracy"] - 0.02
     assert small["size_gzip_bytes"] * 6 < f32["size_gzip_bytes"]
-    assert (tmp_path / "report.html").read_text().count("<tr>") == 4
+
+
+def test_demo_report_page_in_a_browser(demo_out, browser):
+    status, out = demo_out
+    assert status == 0
+    page = browser.check_report(
+        out / "report.html",
+        ("plot-accuracy-size", "plot-accuracy-latency", "plot-latency"),
+        table_rows=3,
+    )
+    assert "pruned 80% + QAT int8" in page["dom"]

@@ -94,6 +94,17 @@ def test_optimize_writes_model_report_and_html(optimized):
     assert final["size_gzip_bytes"] * 4 < rows[0]["size_gzip_bytes"]
 
 
+def test_optimize_report_page_in_a_browser(optimized, browser):
+    status, out = optimized
+    assert status == 0
+    page = browser.check_report(
+        out / "report.html",
+        ("plot-accuracy-size", "plot-accuracy-latency", "plot-latency"),
+        table_rows=4,
+    )
+    assert "Keras accuracy" in page["dom"]
+
+
 def test_optimized_tflite_is_fully_int8_and_sparse(optimized):
     from tfedge.inspector import inspect_model
 

@@ -18,12 +18,16 @@ import math
 import re
 from dataclasses import dataclass
 
+import numpy as np
+
 __all__ = ["Point", "pareto_front", "pareto_svg", "latency_svg", "layer_error_svg"]
 
 FRONT_COLOR = "#d62728"
 DEVICE_COLORS = ("#1f77b4", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22")
 MARKERS = ("o", "s", "^", "D", "v", "P")
 BOX_COLOR = "#9ecae1"
+DOT_COLOR = "#2171b5"
+MEDIAN_COLOR = "#08306b"
 BAR_COLOR = "#fd8d3c"
 _RC = {
     "svg.fonttype": "none",
@@ -31,6 +35,7 @@ _RC = {
     "font.family": "sans-serif",
     "font.size": 10,
     "axes.titlesize": 12,
+    "axes.titleweight": "bold",
     "axes.labelsize": 10,
     "axes.spines.top": False,
     "axes.spines.right": False,
@@ -172,7 +177,7 @@ def pareto_svg(points, *, xlabel: str, title: str = "", scale: float = 1.0) -> s
         ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
         ax.margins(x=0.15, y=0.15)
         if title:
-            ax.set_title(title, loc="left", fontweight="bold")
+            ax.set_title(title, loc="left")
         figure.legend(
             loc="outside lower center",
             ncols=2,
@@ -245,27 +250,42 @@ def latency_svg(series, *, title: str = "") -> str:
 
     Returns:
         SVG markup. Boxes span the 25th-75th percentile, the line in the box is the median
-        (its value printed at the right), whiskers reach the 1st and 99th percentiles, and dots
-        are the runs beyond them.
+        (its value printed at the right), whiskers reach the 1st and 99th percentiles, and every
+        run is a dot (jittered up and down so that equal times stay visible).
     """
     import matplotlib
+    from matplotlib.colors import to_rgba
     from matplotlib.ticker import FuncFormatter
 
     with matplotlib.rc_context(_RC):
         figure = _figure(9.0, 1.2 + 0.42 * len(series))
         ax = figure.add_subplot()
         data = [values for _, values in series]
+        jitter = np.random.default_rng(0)
+        for row, values in enumerate(data, start=1):
+            ax.scatter(
+                values,
+                row + jitter.uniform(-0.28, 0.28, len(values)),
+                s=6,
+                color=DOT_COLOR,
+                alpha=0.45,
+                linewidths=0,
+                zorder=2,
+            )
         box = ax.boxplot(
             data,
             orientation="horizontal",
             whis=(1, 99),
-            widths=0.6,
+            widths=0.7,
             patch_artist=True,
-            flierprops={"marker": ".", "markersize": 3, "alpha": 0.5, "markeredgecolor": "#555"},
-            medianprops={"color": "#08306b", "linewidth": 2},
+            showfliers=False,
+            medianprops={"color": MEDIAN_COLOR, "linewidth": 2.5},
+            whiskerprops={"color": "#3182bd"},
+            capprops={"color": "#3182bd"},
+            zorder=3,
         )
         for patch in box["boxes"]:
-            patch.set_facecolor(BOX_COLOR)
+            patch.set_facecolor(to_rgba(BOX_COLOR, 0.35))  # see-through to the runs
             patch.set_edgecolor("#3182bd")
         ax.set_yticks(range(1, len(series) + 1), [label for label, _ in series])
         ax.invert_yaxis()
@@ -284,7 +304,7 @@ def latency_svg(series, *, title: str = "") -> str:
                 textcoords="offset points",
                 va="center",
                 fontsize=8,
-                color="#08306b",
+                color=MEDIAN_COLOR,
             )
         if title:
             ax.set_title(title, loc="left")

@@ -358,7 +358,7 @@ def _plots(rows) -> tuple[str, list[str]]:
                 "plot-latency",
                 latency_svg(series, title="Latency per run"),
                 "Each timed run of each model: box from the 25th to the 75th percentile, "
-                "median line, whiskers at the 1st and 99th percentiles, dots beyond."
+                "median line, whiskers at the 1st and 99th percentiles; each dot is one run."
                 + (" * emulated device." if any(_emulated(r) for r in ok) else ""),
             )
         )
