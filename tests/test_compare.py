@@ -160,7 +160,7 @@ def digits_tflite_x():
 def test_library_errors_are_typed(digits_tflite, binary_digits, tmp_path):
     with pytest.raises(InputFileError, match="not found"):
         compare(tmp_path / "a.tflite", digits_tflite["int8"])
-    with pytest.raises(DataError, match=r"99\.\.99 but the models have 10 classes"):
+    with pytest.raises(DataError, match=r"labels range 99\.\.99 but the models have 10 classes"):
         compare(
             digits_tflite["int8"],
             digits_tflite["float32"],

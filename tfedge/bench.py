@@ -68,7 +68,7 @@ def check_labels(y, model_paths) -> None:
     Example:
         >>> check_labels(np.array([0, 99]), ["digits_int8.tflite"])  # doctest: +SKIP
         Traceback (most recent call last):
-        DataError: the data's labels range 0..99 but digits_int8.tflite has 10 classes (0..9)
+        DataError: labels range 0..99 but the model digits_int8.tflite has 10 classes (0..9)
     """
     if y is None or not len(y):
         return
@@ -87,10 +87,11 @@ def check_labels(y, model_paths) -> None:
         classes = max(classes, 2)
         if low < 0 or high >= classes:
             raise DataError(
-                f"the data's labels range {low}..{high} but {Path(path).name} has {classes} "
+                f"labels range {low}..{high} but the model {Path(path).name} has {classes} "
                 f"classes ({kind}0..{classes - 1})",
                 f"give labels 0..{classes - 1} (the index of the model's output), or bench the "
                 "model the data is labelled for",
+                option="data",
             )
 
 

@@ -333,14 +333,13 @@ def report(inputs, output, title):
 def compare(model_a, model_b, data, samples, json_path):
     """Run two .tflite models on the same inputs: output differences and the first divergent op."""
     from tfedge.compare import compare as run_compare
-    from tfedge.compare import format_comparison
+    from tfedge.compare import format_comparison, write_json
     from tfedge.console import echo
 
     result = run_compare(model_a, model_b, data=data, samples=samples)
     echo(format_comparison(result))
     if json_path:
-        _write_atomic(json_path, (json.dumps(result, indent=2) + "\n").encode())
-        echo(f"comparison: {json_path}")
+        echo(f"comparison: {write_json(json_path, result)}")
 
 
 def _read_devices_file(path) -> list[str]:

@@ -13,14 +13,16 @@ Example:
     (0.9975, 'digits_cnn/conv1/Relu_1')
 """
 
+import json
 import math
+import os
 from pathlib import Path
 
 import numpy as np
 
-from tfedge.errors import DataError, InputFileError
+from tfedge.errors import DataError, InputFileError, first_line, missing_file
 
-__all__ = ["compare", "format_comparison"]
+__all__ = ["compare", "format_comparison", "write_json"]
 
 RANDOM_SAMPLES = 64
 TFLITE_HINT = "pass two .tflite files written by `tfedge convert` (or any TFLite converter)"
@@ -44,9 +46,8 @@ class _Model:
             self.interpreter = Interpreter(model_path=str(path), **options)
             self.interpreter.allocate_tensors()
         except Exception as exc:
-            text = str(exc).strip().splitlines()
             raise InputFileError(
-                f"model {label} ({path}) does not load in LiteRT: {text[0][:200] if text else exc}",
+                f"model {label} ({path}) does not load in LiteRT: {first_line(exc, 200)}",
                 TFLITE_HINT,
             ) from None
         self.inputs = self.interpreter.get_input_details()
@@ -144,7 +145,7 @@ def _sqnr(signal: float, noise: float):
 def _check_path(path, label: str) -> Path:
     path = Path(path)
     if not path.is_file():
-        raise InputFileError(f"model {label} not found: {path}", TFLITE_HINT)
+        raise missing_file(f"model {label}", path, TFLITE_HINT)
     with open(path, "rb") as handle:
         head = handle.read(8)
     if len(head) < 8 or head[4:8] != b"TFL3":
@@ -280,9 +281,10 @@ def _compare(path_a: Path, path_b: Path, data, samples, layers: bool) -> dict:
         classes = 2 if classes == 1 else classes
         if len(y) and (int(y.min()) < 0 or int(y.max()) >= classes):
             raise DataError(
-                f"the data's labels range {int(y.min())}..{int(y.max())} but the models have "
+                f"labels range {int(y.min())}..{int(y.max())} but the models have "
                 f"{classes} classes (0..{classes - 1})",
                 "pass data labelled for these models",
+                option="data",
             )
     stats = [_Stats() for _ in a.outputs]
     firsts = {"a": [], "b": []}
@@ -418,3 +420,18 @@ def format_comparison(result: dict, limit: int = 40) -> str:
     if len(tensors) > limit:
         lines.append(f"... {len(tensors) - limit} more (see --json)")
     return "\n".join(lines)
+
+
+def write_json(path, result: dict) -> Path:
+    """Write :func:`compare`'s result as JSON, atomically; returns the path.
+
+    Example:
+        >>> write_json("cmp.json", compare("a.tflite", "b.tflite"))  # doctest: +SKIP
+        PosixPath('cmp.json')
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    return path

@@ -24,7 +24,7 @@ import tempfile
 from pathlib import Path
 
 from tfedge import __version__
-from tfedge.errors import InputFileError
+from tfedge.errors import InputFileError, missing_file
 
 __all__ = ["load_inputs", "build_report", "render_html", "write_html"]
 
@@ -70,11 +70,10 @@ svg { max-width: 100%; height: auto; }
 
 
 def _read_json(path: Path):
+    if path.is_dir():
+        raise InputFileError(f"report input {path} is a folder, not a JSON file", REPORT_HINT)
     if not path.is_file():
-        raise InputFileError(
-            f"report input not found: {path}" + (" (it is a folder)" if path.is_dir() else ""),
-            REPORT_HINT,
-        )
+        raise missing_file("report input", path, REPORT_HINT)
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError:
