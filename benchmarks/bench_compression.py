@@ -210,7 +210,7 @@ def run_seed(seed, args, workdir):
         path = Path(workdir) / f"{seed}_{len(rows)}.tflite"
         path.write_bytes(blob)
         ((kind, result),) = list(
-            bench_models([str(path)], data=(test.x, test.y), runs=args.runs, warmup=1)
+            bench_models([str(path)], data=(test.x, test.y), runs=args.runs, warmup=10)
         )
         if kind != "result":
             raise SystemExit(f"bench failed for {name}: {result}")
@@ -229,6 +229,9 @@ def run_seed(seed, args, workdir):
                 "unique_weight_values_max": info["unique_weight_values_max"],
                 "seconds": round(seconds, 1),
                 "target": target,
+                # for benchmarks/report.html (make bench): the latency distribution per stage
+                "latency_ms": result["latency_ms"],
+                "latencies_ms": result["latencies_ms"],
             }
         )
     float_row = rows[0]
@@ -287,7 +290,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--epochs", type=int, default=20, help="training epochs of the float CNN")
-    parser.add_argument("--runs", type=int, default=5, help="timed runs per model (accuracy only)")
+    parser.add_argument("--runs", type=int, default=100, help="timed runs per model")
     parser.add_argument("--only", nargs="*", help="run only stages whose name contains a word")
     parser.add_argument(
         "--out", default=str(Path(__file__).parent / "results" / "compression.json")

@@ -199,3 +199,29 @@ def test_bad_report_input(case, capsys, tmp_path):
 def test_report_needs_an_output(capsys, tmp_path):
     status, _, err = run_cli(capsys, "report", tmp_path / "x.json")
     assert_clean_error(status, err, "-o")
+
+
+def test_make_bench_writes_results_json_and_report(tmp_path):
+    """run_all's last step on the checked-in benchmark results (no benchmark is rerun)."""
+    import importlib.util
+    import shutil
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    spec = importlib.util.spec_from_file_location("run_all", root / "benchmarks" / "run_all.py")
+    run_all = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(run_all)
+    results = tmp_path / "results"
+    shutil.copytree(root / "benchmarks" / "results", results)
+    compression = json.loads((results / "compression.json").read_text())
+    stages = list(dict.fromkeys(row["stage"] for row in compression["results"]))
+    run_all.write_report(results, tmp_path / "results.json", tmp_path / "report.html")
+    payload = json.loads((tmp_path / "results.json").read_text())
+    assert [row["stage"] for row in payload["results"]] == stages
+    assert set(payload["benchmarks"]) == {p.stem for p in results.glob("*.json")}
+    first = [r for r in compression["results"] if r["stage"] == stages[0]]
+    assert payload["results"][0]["accuracy"] == pytest.approx(
+        np.mean([r["int8_accuracy"] for r in first]), abs=1e-6
+    )
+    page = (tmp_path / "report.html").read_text()
+    assert page.count("<tr") >= len(stages) + 1 and 'id="plot-accuracy-size"' in page

@@ -190,6 +190,8 @@ def _emulated(row: dict) -> bool:
 
 def _table(rows) -> str:
     keys = [(k, label) for k, label in _COLUMNS if any(_cell(r, k) for r in rows)]
+    if all(r.get("stage") and str(r.get("model")) == str(r["stage"]) for r in rows):
+        keys = [(k, label) for k, label in keys if k != "model"]  # rows named by stage only
     text_keys = {"stage", "model", "device", "error"}
 
     def cls(key):
@@ -337,8 +339,17 @@ def _plots(rows) -> tuple[str, list[str]]:
                         xlabel="p50 latency (ms)",
                         title="Accuracy vs p50 latency",
                     ),
-                    "Top-1 accuracy against the median latency of one inference; a front per "
-                    "device. Hollow markers: an emulated device (not a device latency).",
+                    "Top-1 accuracy against the median latency of one inference"
+                    + (
+                        "; a front per device. Hollow markers: an emulated device (not a "
+                        "device latency)."
+                        if any(_emulated(r) for r in scored)
+                        else (
+                            "; a front per device."
+                            if len({p.group for p in latency_points}) > 1
+                            else "."
+                        )
+                    ),
                 )
             )
     else:
