@@ -179,6 +179,11 @@ BAD_INPUTS = {
     "a JSON list": ("[1, 2, 3]", "not a tfedge result"),
     "inspect output": (json.dumps({"model": "m.tflite", "ops": {"CONV_2D": 1}}), "'layers'"),
     "result without model": (json.dumps({"results": [{"accuracy": 0.9}]}), "results[0]"),
+    "latency that is not an object": (
+        json.dumps({"results": [{"model": "m", "latency_ms": 3}]}),
+        "results[0].latency_ms is int",
+    ),
+    "a folder": ("<folder>", "folder"),
 }
 
 
@@ -186,7 +191,9 @@ BAD_INPUTS = {
 def test_bad_report_input(case, capsys, tmp_path):
     content, needle = BAD_INPUTS[case]
     path = tmp_path / "input.json"
-    if isinstance(content, bytes):
+    if content == "<folder>":
+        path.mkdir()
+    elif isinstance(content, bytes):
         path.write_bytes(content)
     elif content is not None:
         path.write_text(content)
@@ -225,3 +232,19 @@ def test_make_bench_writes_results_json_and_report(tmp_path):
     )
     page = (tmp_path / "report.html").read_text()
     assert page.count("<tr") >= len(stages) + 1 and 'id="plot-accuracy-size"' in page
+
+
+def test_odd_but_valid_values_still_render(capsys, tmp_path):
+    """Hand-edited files: text where numbers belong, an analysis without numbers."""
+    results = tmp_path / "odd.json"
+    row = {"model": "a.tflite", "accuracy": "high", "size_gzip_bytes": "small", "latencies_ms": []}
+    results.write_text(json.dumps({"results": [row]}))
+    analysis = tmp_path / "analysis.json"
+    analysis.write_text(
+        json.dumps({"model": "m", "layers": [{"name": "conv", "rmse_over_scale": "n/a"}, 3]})
+    )
+    out = tmp_path / "odd.html"
+    status, _, err = run_cli(capsys, "report", results, analysis, "-o", out)
+    assert status == 0, err
+    text = out.read_text()
+    assert "<td>high</td>" in text and "<svg" not in text and ">conv</td>" in text

@@ -92,6 +92,13 @@ def _kind(payload, path: Path) -> str:
                 raise InputFileError(
                     f"{path}: results[{number}] is not a result (no 'model' key)", REPORT_HINT
                 )
+            for key in ("latency_ms", "device", "runtime"):
+                if row.get(key) is not None and not isinstance(row[key], dict):
+                    raise InputFileError(
+                        f"{path}: results[{number}].{key} is {type(row[key]).__name__}; "
+                        "expected an object",
+                        REPORT_HINT,
+                    )
         return "results"
     if isinstance(payload, dict) and isinstance(payload.get("layers"), list):
         return "analysis"
@@ -171,6 +178,8 @@ def _cell(row: dict, key: str) -> str:
     value = _value(row, key)
     if value is None or value == "":
         return ""
+    if not _is_number(value):
+        return str(value)
     if key.endswith("accuracy"):
         return f"{value * 100:.2f} %"
     if key in ("size_bytes", "size_gzip_bytes") and isinstance(value, int):
@@ -182,6 +191,10 @@ def _cell(row: dict, key: str) -> str:
     if key in _LATENCY_KEYS and _emulated(row):
         text += " *"
     return text
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _emulated(row: dict) -> bool:
@@ -282,6 +295,12 @@ def _labels(rows) -> list[str]:
     return out
 
 
+def _runs(row: dict) -> bool:
+    """Whether the row has per-run latencies to draw (a non-empty list of numbers)."""
+    runs = row.get("latencies_ms")
+    return isinstance(runs, list) and bool(runs) and all(_is_number(v) for v in runs)
+
+
 def _figure_html(anchor: str, svg: str, caption: str) -> str:
     # As wide as the drawing (pt -> CSS px), so the caption wraps under it and plots sit side by side.
     match = re.search(r'<svg[^>]*\bwidth="([0-9.]+)pt"', svg)
@@ -298,12 +317,12 @@ def _plots(rows) -> tuple[str, list[str]]:
     ok = [r for r in rows if not r.get("error")]
     labels = dict(zip(map(id, ok), _labels(ok), strict=True))
     notes, figures = [], []
-    scored = [r for r in ok if isinstance(r.get("accuracy"), (int, float))]
+    scored = [r for r in ok if _is_number(r.get("accuracy"))]
     if scored:
         size_points = [
             Point(labels[id(r)], r["size_gzip_bytes"], r["accuracy"])
             for r in scored
-            if r.get("size_gzip_bytes")
+            if _is_number(r.get("size_gzip_bytes")) and r["size_gzip_bytes"] > 0
         ]
         if size_points:
             figures.append(
@@ -328,7 +347,7 @@ def _plots(rows) -> tuple[str, list[str]]:
                 hollow=_emulated(r),
             )
             for r in scored
-            if (r.get("latency_ms") or {}).get("p50") is not None
+            if isinstance(r.get("latency_ms"), dict) and _is_number(r["latency_ms"].get("p50"))
         ]
         if latency_points:
             figures.append(
@@ -360,7 +379,7 @@ def _plots(rows) -> tuple[str, list[str]]:
     series = [
         (labels[id(r)] + (" *" if _emulated(r) else ""), [float(v) for v in r["latencies_ms"]])
         for r in ok
-        if r.get("latencies_ms")
+        if _runs(r)
     ]
     if series:
         figures.append(
@@ -372,7 +391,7 @@ def _plots(rows) -> tuple[str, list[str]]:
                 + (" * emulated device." if any(_emulated(r) for r in ok) else ""),
             )
         )
-    missing = [labels[id(r)] for r in ok if not r.get("latencies_ms")]
+    missing = [labels[id(r)] for r in ok if not _runs(r)]
     if missing:
         notes.append(
             "No per-run latencies for "
@@ -395,17 +414,25 @@ def _fmt(value, spec: str = ".4g") -> str:
     return str(value)
 
 
+def _number(value) -> float:
+    """``value`` as a float for sorting, 0.0 where it is not a finite number."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return 0.0
+    return number if number == number and abs(number) != float("inf") else 0.0
+
+
 def _analysis(analysis: dict, number: int) -> str:
     from tfedge.plots import layer_error_svg
 
     model = str(analysis.get("model", "?"))
-    worst = analysis.get("worst") or sorted(
-        analysis.get("layers") or [],
-        key=lambda r: -(r.get("rmse_over_scale") or 0) if isinstance(r, dict) else 0,
+    worst = [r for r in analysis.get("worst") or [] if isinstance(r, dict)] or sorted(
+        (r for r in analysis.get("layers") or [] if isinstance(r, dict)),
+        key=lambda r: -_number(r.get("rmse_over_scale")),
     )
-    worst = [r for r in worst if isinstance(r, dict)]
     parts = [f'<section id="analysis-{number}"><h2>Per-layer error: {html.escape(model)}</h2>']
-    if worst:
+    if any(_number(r.get("rmse_over_scale")) > 0 for r in worst):
         parts.append(
             _figure_html(
                 f"plot-layers-{number}",
@@ -414,6 +441,7 @@ def _analysis(analysis: dict, number: int) -> str:
                 "steps (1 is the rounding floor); worst first.",
             )
         )
+    if worst:
         head = "".join(
             f'<th class="{"text" if i < 2 else ""}">{h}</th>'
             for i, h in enumerate(("layer", "op", "RMSE / scale", "max |error|", "cosine"))
