@@ -1,5 +1,7 @@
 """`tfedge demo`, the first thing a new user runs: the whole path on the bundled digits."""
 
+import contextlib
+import io
 import json
 
 import pytest
@@ -12,14 +14,15 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def demo_out(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo")
-    status = main(["demo", "-o", str(out)])
-    return status, out
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        status = main(["demo", "-o", str(out)])
+    return status, out, printed.getvalue()
 
 
-def test_demo_writes_a_report_with_float_int8_and_compressed(demo_out, capsys):
-    status, tmp_path = demo_out
+def test_demo_writes_a_report_with_float_int8_and_compressed(demo_out):
+    status, tmp_path, printed = demo_out
     assert status == 0
-    printed = capsys.readouterr().out
     assert "int8" in printed and "report.json" in printed
     rows = {
         row["stage"]: row for row in json.loads((tmp_path / "report.json").read_text())["results"]
@@ -34,7 +37,7 @@ def test_demo_writes_a_report_with_float_int8_and_compressed(demo_out, capsys):
 
 
 def test_demo_report_page_in_a_browser(demo_out, browser):
-    status, out = demo_out
+    status, out, _ = demo_out
     assert status == 0
     page = browser.check_report(
         out / "report.html",
