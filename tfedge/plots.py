@@ -128,7 +128,7 @@ def pareto_svg(points, *, xlabel: str, title: str = "", scale: float = 1.0) -> s
         SVG markup.
     """
     import matplotlib
-    from matplotlib.ticker import FuncFormatter
+    from matplotlib.ticker import FuncFormatter, MaxNLocator
 
     with matplotlib.rc_context(_RC):
         figure = _figure(6.0, 4.6)
@@ -172,10 +172,17 @@ def pareto_svg(points, *, xlabel: str, title: str = "", scale: float = 1.0) -> s
         _log_if_wide(ax.set_xscale, [p.x * scale for p in points if p.x > 0] or [1.0])
         ax.set_xlabel(xlabel)
         ax.set_ylabel("top-1 accuracy (%)")
+        ax.margins(x=0.15, y=0.15)
+        # At least one point of accuracy in view, so that ticks need one decimal at most.
+        low, high = (min(p.accuracy for p in points) * 100, max(p.accuracy for p in points) * 100)
+        half = max((high - low) * 0.65, 0.5)
+        ax.set_ylim((low + high) / 2 - half, (low + high) / 2 + half)
+        ax.yaxis.set_major_locator(MaxNLocator(7, steps=[1, 2, 5, 10]))
         ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.1f}"))
+        if ax.get_xscale() == "linear":
+            ax.xaxis.set_major_locator(MaxNLocator(6, steps=[1, 2, 5, 10]))
         ax.xaxis.set_major_formatter(FuncFormatter(_plain))
         ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
-        ax.margins(x=0.15, y=0.15)
         if title:
             ax.set_title(title, loc="left")
         figure.legend(
