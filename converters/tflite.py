@@ -80,6 +80,7 @@ def convert(
     calib_samples: int = DEFAULT_CALIB_SAMPLES,
     keep_float: Sequence[str] = (),
     int16: Sequence[str] = (),
+    weights: str = "int8",
     input_shape: Sequence[int] | None = None,
     labels=None,
     mean=None,
@@ -104,9 +105,12 @@ def convert(
         io: input/output type: ``int8`` (default for int8), ``uint8`` or ``float32``.
         calib_samples: how many calibration samples to use (a seeded random choice).
         keep_float: layer names to leave in float (the model is then not fully integer).
-        int16: layer names for int16 activations. Refused with a clear error: TFLite's converter
-            has no per-layer int16 (tensorflow/tensorflow#61720), and a mixed model it makes
-            loses the requantization between the two schemes (#106742).
+        int16: layer names for int16 activations in an otherwise int8 model (the layer and the
+            operators that read its output run int16x8; int8 I/O, still fully integer): see
+            :mod:`tfedge.converters.mixed_precision`. TFLite's converter has no per-layer int16,
+            so this goes through ai-edge-quantizer.
+        weights: ``int8`` (default) or ``int4`` (channel-wise, through ai-edge-quantizer; int8
+            activations); an operator LiteRT has no int4 kernel for is named in the error.
         input_shape: the input shape without batch, for models whose non-batch dims are unknown.
         labels: a labels file or list: embeds TFLite metadata (labels, input normalization).
         mean: the metadata's input normalization mean (one value or one per channel): the app
@@ -132,6 +136,7 @@ def convert(
         calib_samples=calib_samples,
         keep_float=keep_float,
         int16=int16,
+        weights=weights,
         input_shape=input_shape,
         labels=labels,
         mean=mean,
@@ -188,14 +193,26 @@ def _with_defaults(options: dict) -> dict:
 def _conversion(model, options: dict) -> Conversion:
     """Convert with :func:`convert`'s ``options``; a Keras 3 model that fails is retried as tf_keras."""
     options = dict(options)
-    int16 = options.pop("int16")
-    if int16:
-        raise ConversionError(
-            f"--int16 {', '.join(int16)}: TFLite's converter cannot give single layers int16 "
-            "activations (it has no mixed int8/int16 quantization)",
-            "use --mode int16x8 for the whole model, or --keep-float LAYER to leave a "
-            "sensitive layer in float",
+    int16, weights = options.pop("int16"), options.pop("weights")
+    if int16 or weights != "int8":
+        from tfedge.backend import is_keras3_model
+        from tfedge.converters import mixed_precision as mixed
+        from tfedge.inspector import inspect_model
+
+        mixed.check_mixed_options(
+            *(options[k] for k in ("mode", "keep_float", "labels", "target", "calib"))
         )
+        resolved = _resolve(model)
+        blob = mixed.quantize_mixed(
+            convert(resolved, mode="float32", input_shape=options["input_shape"]),
+            options["calib"],
+            int16=int16,
+            weights=weights,
+            output_layers=mixed.output_layers(resolved),
+            keras3=is_keras3_model(resolved),
+            calib_samples=options["calib_samples"],
+        )
+        return Conversion(blob=blob, mode="int8", info=inspect_model(blob))
     if options.get("target") is not None:
         from tfedge.converters.targets import load_target
 
@@ -334,7 +351,10 @@ def _convert(
     with quiet() as log:
         try:
             if keep_float:
-                blob = _convert_keeping_float(converter, representative, keep_float)
+                from tfedge.converters.mixed_precision import output_layers
+
+                outputs = output_layers(keras_model)
+                blob = _convert_keeping_float(converter, representative, keep_float, outputs)
             else:
                 blob = converter.convert()
         except TfedgeError:
@@ -517,14 +537,27 @@ def _concrete_function(model, specs):
         ) from exc
 
 
-def _convert_keeping_float(converter, representative, keep_float):
-    """Quantize everything except the named layers, via TFLite's quantization debugger."""
+def _convert_keeping_float(converter, representative, keep_float, outputs=()):
+    """Quantize everything except the named layers, via TFLite's quantization debugger.
+
+    ``outputs`` are the model's output layers: the converter names their tensors ``Identity``,
+    which no layer name matches, so those are added by position.
+    """
     from tfedge.backend import tf
 
     float_model = _float_copy(converter)
     names = _tensor_names(float_model)
-    denylist = sorted({n for n in names for layer in keep_float if _matches_layer(n, layer)})
-    missing = [layer for layer in keep_float if not any(_matches_layer(n, layer) for n in names)]
+
+    def tensors_of(layer):
+        # Keras 3 traces layer "x" under the scope "x_1": that one when no exact name matches.
+        exact = [n for n in names if _matches_layer(n, layer)]
+        return exact or [n for n in names if _matches_layer(n, layer, traced=True)]
+
+    denylist = {n for layer in keep_float for n in tensors_of(layer)}
+    ends = _output_tensor_names(float_model)
+    denylist |= {end for end, layer in zip(ends, outputs) if layer in keep_float}
+    denylist = sorted(denylist)
+    missing = [layer for layer in keep_float if not tensors_of(layer) and layer not in outputs]
     if missing:
         raise ConversionError(
             f"--keep-float names layers not found in the model: {', '.join(missing)}",
@@ -553,6 +586,16 @@ def _float_copy(converter):
     return twin.convert()
 
 
+def _output_tensor_names(blob) -> list[str]:
+    from ai_edge_litert import schema_py_generated as schema
+
+    graph = schema.Model.GetRootAs(blob, 0).Subgraphs(0)
+    return [
+        graph.Tensors(graph.Outputs(i)).Name().decode("utf-8", "replace")
+        for i in range(graph.OutputsLength())
+    ]
+
+
 def _tensor_names(blob):
     from ai_edge_litert import schema_py_generated as schema
 
@@ -565,8 +608,9 @@ def _tensor_names(blob):
     return names
 
 
-def _matches_layer(tensor_name: str, layer: str) -> bool:
-    return re.search(rf"(^|[/;]){re.escape(layer)}(/|;|$)", tensor_name) is not None
+def _matches_layer(tensor_name: str, layer: str, traced: bool = False) -> bool:
+    suffix = r"(_\d+)?" if traced else ""
+    return re.search(rf"(^|[/;]){re.escape(layer)}{suffix}(/|;|$)", tensor_name) is not None
 
 
 _OP_PATTERNS = (

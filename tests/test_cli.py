@@ -129,9 +129,13 @@ BAD_CASES = {
     "bench of a keras file": (["bench", "{model}"], "not a tflite"),
     "bench missing model": (["bench", "{root}/nothing.tflite"], "not found"),
     "unknown option": (["convert", "{model}", "--frobnicate"], "frobnicate"),
-    "per-layer int16": (
+    "per-layer int16 without calibration": (
         ["convert", "{model}", "--int16", "conv1", "-o", "{root}/o.tflite"],
-        "int16x8",
+        "--calib",
+    ),
+    "int4 weights with float16": (
+        ["convert", "{model}", "--weights", "int4", "--mode", "float16", "-o", "{root}/o.tflite"],
+        "--mode float16",
     ),
 }
 

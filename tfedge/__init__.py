@@ -10,4 +10,13 @@ Example:
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__"]
+__all__ = ["__version__", "analyze"]
+
+
+def __getattr__(name):
+    # Lazy: ``import tfedge`` must not import TensorFlow.
+    if name == "analyze":
+        from tfedge.analysis import analyze
+
+        return analyze
+    raise AttributeError(f"module 'tfedge' has no attribute {name!r}")

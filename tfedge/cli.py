@@ -68,11 +68,30 @@ def demo(out_dir, epochs):
     "--int16",
     multiple=True,
     metavar="LAYER",
-    help="int16 activations for this layer (refused: TFLite has no per-layer int16).",
+    help="int16 activations for this layer and its readers (mixed int8/int16x8, int8 I/O).",
+)
+@click.option(
+    "--weights",
+    type=click.Choice(["int8", "int4"]),
+    default="int8",
+    show_default=True,
+    help="Weight precision (int4: channel-wise, via ai-edge-quantizer).",
 )
 @click.option("-o", "--output", required=True, type=click.Path(), help="The .tflite to write.")
 def convert(
-    model, calib, calib_samples, mode, io_type, target, labels, mean, std, keep_float, int16, output
+    model,
+    calib,
+    calib_samples,
+    mode,
+    io_type,
+    target,
+    labels,
+    mean,
+    std,
+    keep_float,
+    int16,
+    weights,
+    output,
 ):
     """Convert a Keras model (.keras/.h5, Keras 2 or 3) or SavedModel to TFLite."""
     from tfedge.console import echo
@@ -87,6 +106,7 @@ def convert(
         calib_samples=calib_samples,
         keep_float=_split(keep_float),
         int16=_split(int16),
+        weights=weights,
         labels=labels,
         mean=_floats(mean, "--mean"),
         std=_floats(std, "--std"),
@@ -220,6 +240,65 @@ def optimize(
         runs=runs,
         resume=not no_resume,
     )
+
+
+@cli.command()
+@click.argument("model", type=click.Path())
+@click.option("--calib", required=True, help="Calibration data: .npz (x[, y]) or an image folder.")
+@click.option("--data", help="Labelled evaluation data (needed with --fix).")
+@click.option("--json", "json_path", type=click.Path(), help="Write the analysis JSON here.")
+@click.option(
+    "--explorer", type=click.Path(), help="Write per-operator SQNR as Model Explorer node data."
+)
+@click.option("--fix", is_flag=True, help="Try the fixes, write the best to -o.")
+@click.option("-o", "--output", type=click.Path(), help="The fixed .tflite (with --fix).")
+@click.option("--calib-samples", default=200, show_default=True, type=click.IntRange(1, 100000))
+def analyze(model, calib, data, json_path, explorer, fix, output, calib_samples):
+    """Per-layer int8 error against the float model; --fix finds the fix that keeps accuracy."""
+    from tfedge.analysis import analyze as run_analyze
+    from tfedge.console import echo
+
+    if output and not fix:
+        raise click.UsageError("-o goes with --fix (the fixed model)")
+    report = run_analyze(
+        model,
+        calib,
+        data=data,
+        fix=fix,
+        output=output,
+        json_path=json_path,
+        explorer=explorer,
+        calib_samples=calib_samples,
+    )
+    echo("worst layers (int8 vs float on the calibration data):")
+    echo(
+        f"  {'layer':<28} {'op':<18} {'SQNR dB':>8} {'rmse/scale':>10} {'max abs':>9} {'cosine':>8}"
+    )
+    for row in report["worst"][:5]:
+        echo(
+            f"  {row['name'][:28]:<28} {row['op'][:18]:<18} {row['sqnr_db']:>8.1f} "
+            f"{row['rmse_over_scale'] or 0:>10.3f} {row['max_abs_error']:>9.4f} {row['cosine']:>8.4f}"
+        )
+    if fix:
+        echo(f"float32 accuracy: {report['float_accuracy'] * 100:.2f} %")
+        for item in report["fixes"]:
+            if "error" in item:
+                echo(f"  {item['fix']:<40} failed: {item['error']}")
+                continue
+            echo(
+                f"  {item['fix'][:40]:<40} {item['accuracy'] * 100:6.2f} %  "
+                f"{item['size_bytes']:>9,} B  p50 {item['p50_ms']:.3f} ms  "
+                f"fully integer: {'yes' if item['fully_integer'] else 'no'}  "
+                f"EdgeTPU: {'yes' if item['edgetpu_compatible'] else 'no'}"
+            )
+        echo(f"chosen: {report['chosen']}: {report['verdict']}")
+    if json_path:
+        echo(f"analysis: {json_path}")
+    if explorer:
+        echo(
+            f"Model Explorer node data: {explorer}, for the int8 model of `tfedge convert MODEL "
+            f"--calib DATA`: model-explorer MODEL_int8.tflite --node_data_paths={explorer}"
+        )
 
 
 @cli.command(name="inspect")

@@ -1,0 +1,286 @@
+"""Per-operator int8 error against the float model, from TensorFlow's QuantizationDebugger.
+
+The debugger converts the model to int8 with a float twin of every quantized operator fed the same
+(dequantized) int8 inputs, so each operator's error is its own, not the sum of the errors before
+it. For every operator output we keep the float and int8 values over the calibration samples and
+report:
+
+- ``rmse_over_scale``: RMSE of the dequantized int8 output against the float one, in units of the
+  output's quantization step. Pure rounding gives about 0.29 (1/sqrt(12)); much more means the
+  operator loses more than its output rounding (weights, accumulation, a lookup table).
+- ``max_abs_error``: the largest absolute error, in the output's units.
+- ``cosine``: mean cosine similarity of the int8 and float outputs, per sample.
+- ``sqnr_db``: signal-to-quantization-noise ratio (noise power over the channel's variance),
+  taken per output channel (last axis); the median over the channels that vary, so a few
+  near-constant channels do not decide it. A layer whose output has one huge channel (an outlier)
+  next to small ones keeps a good whole-tensor cosine and rmse/scale, yet its small channels are
+  crushed to a few int8 steps; the per-channel SQNR is what shows it. Layers are ranked on it.
+
+Example:
+    >>> from tfedge.converters.layer_errors import layer_errors
+    >>> rows = layer_errors("model.keras", calib="train.npz")  # doctest: +SKIP
+    >>> rows[0]["name"], rows[0]["op"], rows[0]["sqnr_db"]  # doctest: +SKIP
+    ('conv2d', 'CONV_2D', 38.2)
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+
+from tfedge.errors import ConversionError, TfedgeError
+
+__all__ = ["layer_errors", "keras_layer_of", "DEFAULT_SAMPLES"]
+
+DEFAULT_SAMPLES = 200
+
+
+def keras_layer_of(tensor_name: str, layers, output_names=(), keras3: bool = False) -> str | None:
+    """The Keras layer a converted tensor belongs to, or None.
+
+    A tensor belongs to a layer when the layer name is one of the ``/``-separated parts of its
+    name (``sequential/dense_2/MatMul`` is ``dense_2``). The converter names model outputs
+    ``Identity`` or ``StatefulPartitionedCall:0``: those are given by position in
+    ``output_names`` (the Keras layers of the model's outputs). Keras 3 traces a layer under
+    a numbered scope (``dense`` as ``functional_1/dense_1/...``): with ``keras3`` a part's
+    ``_N`` suffix is dropped first.
+
+    Example:
+        >>> keras_layer_of("sequential/dense_2/MatMul;sequential/dense_2/Relu", ["dense_2"])
+        'dense_2'
+    """
+    position = _output_position(tensor_name)
+    if position is not None and position < len(output_names):
+        return output_names[position]
+    known = set(layers)
+    for part in tensor_name.split(";"):
+        for segment in part.split("/")[1:] or part.split("/"):
+            base = re.sub(r"_\d+$", "", segment)
+            for name in (base, segment) if keras3 else (segment, base):
+                if name in known:
+                    return name
+    return None
+
+
+def layer_errors(model, calib, *, calib_samples: int = DEFAULT_SAMPLES) -> list[dict]:
+    """Measure every int8 operator's own error against its float twin on calibration data.
+
+    Args:
+        model: a Keras model (2 or 3), a :class:`~tfedge.loading.LoadedModel`, or a path.
+        calib: calibration data in any form :func:`tfedge.data.load_data` accepts.
+        calib_samples: how many calibration samples to run (a seeded random choice).
+
+    Returns:
+        One dict per quantized operator output, in graph order: ``name`` (Keras layer, else the
+        tensor name), ``tensor`` (the converter's tensor name), ``op``, ``scale``, ``zero_point``,
+        ``rmse_over_scale``, ``max_abs_error``, ``cosine``, ``sqnr_db``.
+
+    Raises:
+        ConversionError: the model cannot be converted to int8 for the debugger.
+        DataError: the calibration data does not fit the model's input.
+
+    Example:
+        >>> worst = min(layer_errors(model, calib=x_train), key=lambda r: r["sqnr_db"])  # doctest: +SKIP
+    """
+    from tfedge.backend import is_keras3_model, tf
+    from tfedge.console import progress, quiet
+    from tfedge.converters.mixed_precision import output_layers
+    from tfedge.converters.tflite import input_shape_of
+    from tfedge.data import load_data
+    from tfedge.loading import LoadedModel, load_model
+
+    if isinstance(model, (str, bytes)) or hasattr(model, "__fspath__"):
+        model = load_model(model)
+    if isinstance(model, LoadedModel):
+        model = model.model
+    shape = input_shape_of(model)
+    data = load_data(calib, input_shape=shape, name="calibration data").take(calib_samples, seed=0)
+    spec = tf.TensorSpec([1, *shape], tf.float32)
+
+    @tf.function
+    def forward(x):
+        return model(x, training=False)
+
+    concrete = forward.get_concrete_function(spec)
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete])
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+
+    def samples():
+        for x in progress(data.x, desc="calibrating", unit="sample"):
+            yield [x[np.newaxis].astype(np.float32)]
+
+    converter.representative_dataset = samples
+    failure = None
+    with quiet():
+        try:
+            debugger = tf.lite.experimental.QuantizationDebugger(
+                converter=converter, debug_dataset=samples
+            )
+            debug_model = debugger.get_debug_quantized_model()
+            plain_model = debugger.get_nondebug_quantized_model()
+        except TfedgeError:
+            raise
+        except Exception as exc:
+            failure = exc
+    if failure is not None:
+        raise ConversionError(
+            f"the int8 conversion for per-layer analysis failed: {str(failure).splitlines()[0][:300]}",
+            "check that `tfedge convert MODEL --calib DATA` works; --debug shows the converter log",
+        ) from failure
+    pairs, values = _run_debug_model(debug_model, data.x)
+    pairs = _original_names(pairs, plain_model)
+    layers = [layer.name for layer in getattr(model, "layers", [])]
+    output_names = output_layers(model)
+    keras3 = is_keras3_model(model)
+    result = []
+    for (tensor, op, scale, zero_point), errors in zip(pairs, values, strict=True):
+        result.append(
+            {
+                "name": keras_layer_of(tensor, layers, output_names, keras3=keras3) or tensor,
+                "tensor": tensor,
+                "op": op,
+                "scale": scale,
+                "zero_point": zero_point,
+                **errors.metrics(scale),
+            }
+        )
+    return result
+
+
+def _original_names(pairs, plain_model: bytes):
+    """Name each pair after the tensor of the plain int8 model (the debug model renames tensors:
+    ``Identity`` becomes ``Identity2``), matched in graph order by operator type."""
+    from tfedge.inspector import inspect_model
+
+    info = inspect_model(plain_model, detail=True)
+    names = {t["index"]: t["name"] for t in info["tensors"] if t["subgraph"] == 0}
+    ops = [op for op in info["operators"] if op["subgraph"] == 0]
+    renamed, position = [], 0
+    for name, op, scale, zero_point in pairs:
+        for index in range(position, len(ops)):
+            if ops[index]["op"] == op:
+                name = names[ops[index]["outputs"][0]]
+                position = index + 1
+                break
+        renamed.append((name, op, scale, zero_point))
+    return renamed
+
+
+def _run_debug_model(debug_model: bytes, x: np.ndarray):
+    """Run the debugger's model (every int8 operator beside its float twin, fed the same
+    dequantized inputs, compared by a NumericVerify operator) and keep both sides of each pair.
+
+    Read with ``experimental_preserve_all_tensors``: without it the interpreter reuses the float
+    twins' memory and a value read after ``invoke`` may belong to a later operator.
+    """
+    from ai_edge_litert.interpreter import Interpreter
+
+    from tfedge.console import progress, quiet
+    from tfedge.inspector import inspect_model
+
+    info = inspect_model(debug_model, detail=True)
+    tensors = {t["index"]: t for t in info["tensors"] if t["subgraph"] == 0}
+    ops = [op for op in info["operators"] if op["subgraph"] == 0]
+    producer = {out: op["op"] for op in ops for out in op["outputs"]}
+    pairs, indexes = [], []
+    for op in ops:
+        if op["op"] != "NumericVerify":
+            continue
+        quant, float_ = op["inputs"][:2]
+        params = tensors[quant]["quantization"] or {}
+        if not params.get("scale"):
+            continue
+        name = tensors[quant]["name"]
+        pairs.append(
+            (
+                name,
+                producer.get(quant, "?"),
+                float(params["scale"][0]),
+                int(params["zero_point"][0]),
+            )
+        )
+        indexes.append((float_, quant))
+    with quiet():
+        interpreter = Interpreter(model_content=debug_model, experimental_preserve_all_tensors=True)
+        interpreter.allocate_tensors()
+    (detail,) = interpreter.get_input_details()
+    kept = [_Errors() for _ in indexes]
+    for sample in progress(x, desc="int8 vs float, per layer", unit="sample"):
+        feed = sample[np.newaxis].astype(np.float32)
+        if detail["dtype"] != np.float32:
+            scale, zero = detail["quantization"]
+            info_ = np.iinfo(detail["dtype"])
+            feed = np.clip(np.round(feed / scale + zero), info_.min, info_.max).astype(
+                detail["dtype"]
+            )
+        interpreter.set_tensor(detail["index"], feed)
+        interpreter.invoke()
+        for (float_, quant), errors, pair in zip(indexes, kept, pairs, strict=True):
+            floats = interpreter.get_tensor(float_).astype(np.float64)
+            quants = interpreter.get_tensor(quant).astype(np.float64)
+            errors.add(floats, (quants - pair[3]) * pair[2])
+    return pairs, kept
+
+
+def _output_position(tensor_name: str) -> int | None:
+    """Which model output a converter-named output tensor is (``Identity_1`` is output 1)."""
+    # The debugger's models append a digit to names it duplicates (``Identity`` -> ``Identity1``).
+    found = re.fullmatch(
+        r"Identity(?:_(\d+?))?\d?|StatefulPartitionedCall(?:_\d+)?:(\d+?)\d?", tensor_name
+    )
+    if found is None:
+        return None
+    return int(found.group(1) or found.group(2) or 0)
+
+
+class _Errors:
+    """Running sums for one operator output's error metrics (no per-sample arrays are kept)."""
+
+    def __init__(self):
+        self.count = 0
+        self.squared = 0.0
+        self.worst = 0.0
+        self.cosines = []
+        self.rows = 0
+        self.channel_sum = self.channel_squares = self.channel_errors = None
+
+    def add(self, floats: np.ndarray, dequantized: np.ndarray) -> None:
+        """One sample: the float twin's output and the dequantized int8 output."""
+        error = dequantized - floats
+        self.count += error.size
+        self.squared += float((error**2).sum())
+        if error.size:
+            self.worst = max(self.worst, float(np.abs(error).max()))
+        norm = float(np.linalg.norm(floats) * np.linalg.norm(dequantized))
+        self.cosines.append(1.0 if norm == 0 else float((floats * dequantized).sum()) / norm)
+        channels = floats.shape[-1] if floats.ndim > 1 else 1
+        per_f, per_e = floats.reshape(-1, channels), error.reshape(-1, channels)
+        if self.channel_sum is None:
+            self.channel_sum = np.zeros(channels)
+            self.channel_squares = np.zeros(channels)
+            self.channel_errors = np.zeros(channels)
+        self.rows += len(per_f)
+        self.channel_sum += per_f.sum(axis=0)
+        self.channel_squares += (per_f**2).sum(axis=0)
+        self.channel_errors += (per_e**2).sum(axis=0)
+
+    def metrics(self, scale: float) -> dict:
+        """``rmse_over_scale``, ``max_abs_error``, ``cosine`` and per-channel ``sqnr_db``."""
+        rmse = float(np.sqrt(self.squared / max(self.count, 1)))
+        mean = self.channel_sum / max(self.rows, 1)
+        variance = np.maximum(self.channel_squares / max(self.rows, 1) - mean**2, 0.0)
+        noise = self.channel_errors / max(self.rows, 1)
+        live = variance > 1e-12 * max(float(variance.max()), 1e-30)
+        if live.any():
+            ratio = float(np.median(noise[live] / variance[live]))
+        else:
+            ratio = float(noise.sum()) / max(float(self.channel_squares.sum()) / self.rows, 1e-30)
+        sqnr = 10.0 * np.log10(1.0 / max(ratio, 1e-30))
+        return {
+            "rmse_over_scale": round(rmse / scale, 6) if scale else None,
+            "max_abs_error": round(self.worst, 6),
+            "cosine": round(float(np.mean(self.cosines)), 6),
+            "sqnr_db": round(float(min(sqnr, 300.0)), 3),
+        }
