@@ -209,7 +209,7 @@ def _candidates(keras_model, worst, float_blob) -> list[tuple[str, list, dict]]:
 
 
 def _fix(keras_model, calib, evaluation, worst, calib_samples, runs, output) -> dict:
-    from tfedge.console import echo, progress
+    from tfedge.console import progress
     from tfedge.converters import convert
     from tfedge.inspector import inspect_model
     from tfedge.runner import bench_models
@@ -273,7 +273,6 @@ def _fix(keras_model, calib, evaluation, worst, calib_samples, runs, output) -> 
         out = Path(output)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_bytes(blobs[chosen])
-        echo(f"wrote {out} ({chosen})")
     return {"float_accuracy": float_accuracy, "fixes": fixes, "chosen": chosen, "verdict": verdict}
 
 

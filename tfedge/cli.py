@@ -292,6 +292,8 @@ def analyze(model, calib, data, json_path, explorer, fix, output, calib_samples)
                 f"EdgeTPU: {'yes' if item['edgetpu_compatible'] else 'no'}"
             )
         echo(f"chosen: {report['chosen']}: {report['verdict']}")
+        if report["chosen"]:
+            echo(f"wrote {output} ({report['chosen']})")
     if json_path:
         echo(f"analysis: {json_path}")
     if explorer:
