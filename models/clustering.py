@@ -19,7 +19,7 @@ from tfedge.errors import OptimizationError, first_line
 from tfedge.models import cloning, layers, training
 from tfedge.serialization import tfmot_internal
 
-__all__ = ["cluster", "unique_weight_values", "INITS", "DEFAULT_STEPS"]
+__all__ = ["cluster", "clustering_plan", "unique_weight_values", "INITS", "DEFAULT_STEPS"]
 
 INITS = ("kmeans++", "linear", "density", "random")
 DEFAULT_STEPS = 450
@@ -63,6 +63,39 @@ def _clusterable(clusters: int):
         return bool(weights) and all(int(np.prod(w.shape)) > clusters for w in weights)
 
     return check
+
+
+def clustering_plan(model, clusters: int = 16, skip=()) -> dict:
+    """Which layers :func:`cluster` clusters in ``model`` and which kernels it leaves alone, and why.
+
+    Example:
+        >>> clustering_plan(build("ds_cnn"), 16)["unclustered"][0]["reason"]  # doctest: +SKIP
+        'tfmot does not cluster depthwise kernels'
+    """
+    flat = cloning.flatten_model(model)
+    check = _clusterable(int(clusters))
+    skipped = layers.skipped_layers(flat, skip)
+    clustered, unclustered = [], []
+    for layer in layers.kernel_layers(flat):
+        kind = type(layer).__name__
+        if layer.name in skipped:
+            reason = "skipped"
+        elif check(layer):
+            clustered.append(layer.name)
+            if kind.startswith("SeparableConv"):
+                reason = "tfmot clusters only the pointwise kernel"
+                unclustered.append(
+                    {"layer": layer.name, "weight": "depthwise_kernel", "reason": reason}
+                )
+            continue
+        elif "Depthwise" in kind:
+            reason = "tfmot does not cluster depthwise kernels"
+        else:
+            reason = (
+                f"a {kind} with at most {clusters} weights per kernel, or one tfmot cannot cluster"
+            )
+        unclustered.append({"layer": layer.name, "weight": None, "reason": reason})
+    return {"clustered": clustered, "unclustered": unclustered}
 
 
 def unique_weight_values(model, layers=None) -> dict:

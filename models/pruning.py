@@ -6,10 +6,12 @@ sparsity (from a teacher when one is given), keeps the best epoch, strips the wr
 the stripped model with its zeros held in place. The returned model converts to a fully-int8
 ``.tflite`` whose zero weights stay zero, so it compresses well with gzip.
 
-``sparsity`` is the fraction of kernel weights that end up zero. The first and last layers with a
-kernel are left dense by default (they are small and matter most for accuracy) and are made up for:
-the other layers are pruned slightly more, so that ``sparsity`` holds over all the kernels, as
-``tfedge inspect`` counts it. Layers skipped by name or type are simply left out.
+``sparsity`` is the fraction of zeros in every kernel tfmot can prune (Conv, Dense, a
+SeparableConv2D's pointwise kernel), so it holds over those kernels together and each one alone.
+What tfmot leaves dense (depthwise kernels) and layers skipped by name or type are not made up for
+by pruning the rest harder: :func:`pruning_plan` names them and says why. Only epochs at which
+every pruned kernel holds the final sparsity compete for the best one, and the kernels are set to
+it exactly (or to the M:N pattern) before the polish, whatever the schedule's step count did.
 
 Example:
     >>> from tfedge.models.pruning import prune
@@ -26,18 +28,24 @@ from tfedge.errors import OptimizationError, first_line
 from tfedge.models import cloning, layers, training
 from tfedge.serialization import tfmot_internal
 
-__all__ = ["prune", "weight_sparsity", "KeepZeros", "SCHEDULES", "DEFAULT_STEPS", "DEFAULT_SKIP"]
+__all__ = [
+    "prune",
+    "pruning_plan",
+    "weight_sparsity",
+    "layer_sparsity",
+    "KeepZeros",
+    "SCHEDULES",
+    "DEFAULT_STEPS",
+    "DEFAULT_SKIP",
+]
 
 SCHEDULES = ("polynomial", "constant")
-#: Leave the first layer with a kernel (the input conv) and the last (the classifier) dense, unless
-#: they hold most of the weights (a tiny model), in which case every layer is pruned.
-DEFAULT_SKIP = ("first", "last")
+#: Prune every kernel tfmot can prune, each to the requested sparsity. (Leaving the first and
+#: last layers dense and pruning the rest harder to make up for them gave a DS-CNN 90 % sparse
+#: pointwise convolutions and a model that was neither at the asked sparsity per layer nor, once
+#: the depthwise kernels were counted, overall.)
+DEFAULT_SKIP = ()
 DEFAULT_STEPS = 900
-MAX_LAYER_SPARSITY = 0.98
-#: With the default skip, the most the pruned layers are asked to make up for the dense first and
-#: last layers; past it (an MLP whose first layer holds half the weights), the first or the last
-#: layer is pruned too rather than the rest being pruned to nothing.
-MAX_MAKE_UP_SPARSITY = 0.9
 
 
 def _sparsity_module():
@@ -97,6 +105,11 @@ def _parse_structure(structure):
     )
 
 
+def _skip_tuple(skip) -> tuple:
+    """``skip`` as a tuple (a single name, type or class becomes a 1-tuple)."""
+    return (skip,) if isinstance(skip, (str, type)) else tuple(skip or ())
+
+
 def _eligible(m_by_n, block):
     def check(layer) -> bool:
         weights = _prunable_weights(layer)
@@ -113,77 +126,146 @@ def _eligible(m_by_n, block):
     return check
 
 
-def _layer_sparsity(model, names, skip, sparsity, m_by_n) -> float:
-    """The per-layer sparsity that makes up for the layers skipped as "first" / "last"."""
-    if m_by_n is not None:
-        return m_by_n[0] / m_by_n[1]
-    edges = [item for item in _as_tuple(skip) if item in ("first", "last")]
-    dense = [name for name in layers.skipped_layers(model, edges) if name not in names]
-    pruned = _size(model, names)
-    # every kernel counts, as in weight_sparsity: a SeparableConv2D's depthwise kernel, which
-    # tfmot leaves dense, is made up for like the first and last layers
-    total = _kernel_size(model, names + dense)
-    if pruned == 0:
-        return sparsity
-    needed = sparsity * total / pruned
-    if needed > MAX_LAYER_SPARSITY:
-        raise OptimizationError(
-            f"sparsity {sparsity:.2f} over {', '.join(names + dense)} needs {needed:.2f} in the "
-            f"pruned layers ({', '.join(names)}), which hold only {pruned / total:.0%} of those "
-            "weights",
-            "prune more layers (skip fewer: skip=() prunes them all) or ask for less sparsity",
-        )
-    return max(sparsity, needed)
+def _dense_reason(layer, m_by_n, block) -> str | None:
+    """Why tfmot leaves ``layer``'s kernels dense under this structure (None: it can prune them)."""
+    weights = _prunable_weights(layer)
+    kind = type(layer).__name__
+    if not weights:
+        if "Depthwise" in kind:
+            return "tfmot does not prune depthwise kernels"
+        return f"tfmot cannot prune a {kind}"
+    for weight in weights:
+        shape = [int(d) for d in weight.shape]
+        if block is not None and len([d for d in shape if d != 1]) > 2:
+            return f"a block needs a 2-D kernel, this one is {shape}"
+        if m_by_n is not None and (len(shape) not in (2, 4) or shape[-2] % m_by_n[1]):
+            return (
+                f"{m_by_n[0]}:{m_by_n[1]} needs input channels divisible by {m_by_n[1]}, "
+                f"this kernel has {shape[-2]}"
+            )
+    return None
 
 
-def _as_tuple(skip) -> tuple:
-    if skip is None:
-        return ()
-    if isinstance(skip, (str, type)):
-        return (skip,)
-    return tuple(skip)
+def pruning_plan(model, structure=None, skip=DEFAULT_SKIP) -> dict:
+    """Which kernels :func:`prune` prunes in ``model`` and which it leaves dense, and why.
+
+    Every kernel tfmot can prune is pruned to the requested sparsity; the rest (depthwise
+    kernels, a SeparableConv2D's depthwise half, kernels a structure does not fit, skipped
+    layers) stay dense and are listed with the reason.
+
+    Args:
+        model: a tf_keras (or Keras 3) functional or Sequential model.
+        structure: as in :func:`prune`.
+        skip: as in :func:`prune`.
+
+    Returns:
+        ``{"pruned": [layer names], "dense": [{"layer", "weight", "reason"}], "kernels":
+        [{"layer", "weight", "elements", "pruned"}] (every kernel, in model order),
+        "pruned_weights": n, "kernel_weights": n}``; ``pruned_weights / kernel_weights`` is the
+        share of all kernel weights the requested sparsity applies to.
+
+    Example:
+        >>> pruning_plan(build("ds_cnn"))["dense"][0]["reason"]  # doctest: +SKIP
+        'tfmot does not prune depthwise kernels'
+    """
+    m_by_n, block = _parse_structure(structure)
+    flat = cloning.flatten_model(model)
+    skipped = layers.skipped_layers(flat, skip)
+    pruned, dense, kernels, pruned_weights, kernel_weights = [], [], [], 0, 0
+    for layer in layers.kernel_layers(flat):
+        reason = "skipped" if layer.name in skipped else _dense_reason(layer, m_by_n, block)
+        targets = [] if reason else _prunable_weights(layer)
+        for weight in layer.trainable_weights:
+            if len(weight.shape) < 2:
+                continue
+            size = int(np.prod(weight.shape))
+            kernel_weights += size
+            hit = any(weight is t for t in targets)
+            kernels.append(
+                {"layer": layer.name, "weight": _short(weight), "elements": size, "pruned": hit}
+            )
+            if hit:
+                pruned_weights += size
+                continue
+            why = reason or f"tfmot prunes only the {', '.join(_short(t) for t in targets)}"
+            dense.append({"layer": layer.name, "weight": _short(weight), "reason": why})
+        if targets:
+            pruned.append(layer.name)
+    return {
+        "pruned": pruned,
+        "dense": dense,
+        "kernels": kernels,
+        "pruned_weights": pruned_weights,
+        "kernel_weights": kernel_weights,
+    }
 
 
-def _size(model, names) -> int:
-    return sum(
-        int(np.prod(w.shape)) for name in names for w in _prunable_weights(model.get_layer(name))
-    )
+def _short(weight) -> str:
+    return weight.name.split("/")[-1].split(":")[0]
 
 
-def _needed(model, names, sparsity) -> float:
-    """The sparsity ``names`` need for ``sparsity`` over them and the first and last layers."""
-    edges = [n for n in layers.skipped_layers(model, DEFAULT_SKIP) if n not in names]
-    pruned = _size(model, names)
-    return sparsity * _kernel_size(model, names + edges) / pruned if pruned else math.inf
+def layer_sparsity(model, names=None) -> dict:
+    """The fraction of zeros of each prunable kernel (``"<layer>/<weight>"``) of the named layers.
+
+    Example:
+        >>> layer_sparsity(pruned, ["pw1"])  # doctest: +SKIP
+        {'pw1/kernel': 0.75}
+    """
+    out = {}
+    for layer in model.layers:
+        if names is not None and layer.name not in names:
+            continue
+        inner = getattr(layer, "layer", layer)  # a pruning wrapper's layer
+        for weight in _prunable_weights(inner):
+            values = weight.numpy()
+            out[f"{inner.name}/{_short(weight)}"] = float(np.mean(values == 0))
+    return out
 
 
-def _kernel_size(model, names) -> int:
-    """All the kernel weights (rank >= 2) of the named layers, pruned by tfmot or not."""
-    return sum(
-        int(np.prod(w.shape))
-        for name in names
-        for w in model.get_layer(name).trainable_weights
-        if len(w.shape) >= 2
-    )
+def _reached(model, target: float, tolerance: float = 0.005):
+    """A predicate: every pruned kernel of ``model`` (wrapped or stripped) holds ``target``."""
+
+    def check() -> bool:
+        values = layer_sparsity(model).values()
+        return bool(values) and min(values) >= target - tolerance
+
+    return check
 
 
-def _choose_layers(model, skip, eligible, sparsity=None, m_by_n=None) -> list[str]:
-    names = layers.select_layers(model, skip, eligible=eligible)
-    if skip is not DEFAULT_SKIP:
-        return names
-    every = layers.select_layers(model, (), eligible=eligible)
-    if _size(model, names) < 0.5 * _size(model, every):
-        return every
-    if sparsity is None or m_by_n is not None:
-        return names
-    if _needed(model, names, sparsity) <= MAX_MAKE_UP_SPARSITY:
-        return names
-    # Too much to make up: keep only the last layer dense, else only the first, else none.
-    for fewer in (("last",), ("first",)):
-        candidate = layers.select_layers(model, fewer, eligible=eligible)
-        if candidate and _needed(model, candidate, sparsity) <= MAX_MAKE_UP_SPARSITY:
-            return candidate
-    return every
+def _enforce(model, names, target: float, m_by_n) -> int:
+    """Zero the smallest weights a pruned kernel still needs to hold ``target`` (or M:N).
+
+    tfmot's schedule normally gets there itself; this makes the result independent of when its
+    last mask update ran. Returns the number of weights set to zero.
+    """
+    changed = 0
+    for name in names:
+        for weight in _prunable_weights(model.get_layer(name)):
+            values = weight.numpy()
+            if m_by_n is not None:
+                m, n = m_by_n
+                moved = np.moveaxis(values, -2, -1)
+                groups = moved.reshape(-1, n)
+                order = np.argsort(np.abs(groups), axis=1, kind="stable")
+                cut = np.zeros_like(groups, dtype=bool)
+                np.put_along_axis(cut, order[:, :m], True, axis=1)
+                new = np.where(cut, 0, groups).reshape(moved.shape)
+                new = np.moveaxis(new, -1, -2)
+            else:
+                flat = values.reshape(-1)
+                want = int(round(target * flat.size))
+                zeros = int(np.sum(flat == 0))
+                if zeros >= want:
+                    continue
+                new = flat.copy()
+                order = np.argsort(np.abs(flat), kind="stable")
+                new[order[:want]] = 0
+                new = new.reshape(values.shape)
+            diff = int(np.sum((new == 0) & (values != 0)))
+            if diff:
+                weight.assign(new.astype(values.dtype))
+                changed += diff
+    return changed
 
 
 def weight_sparsity(model, layers=None) -> float:
@@ -261,15 +343,14 @@ def prune(
         epochs: fine-tuning epochs with the pruning wrappers (None: about 900 optimizer steps).
         teacher: a float model to distill from while fine-tuning (None: the labels only).
         strategy: a ``tf.distribute`` strategy to build and train under, or None.
-        sparsity: the fraction of zero kernel weights (0 < sparsity < 1), over the pruned layers
-            and the layers skipped as "first" / "last" together.
+        sparsity: the fraction of zeros (0 < sparsity < 1) in each pruned kernel.
         schedule: ``"polynomial"`` (0 to ``sparsity`` over the first ``ramp`` of the steps, then
             held) or ``"constant"`` (``sparsity`` from the first step).
         structure: None (any weight), ``"2:4"`` (2 zeros in every 4 consecutive input channels,
             50 %, ``sparsity`` is then ignored) or a block ``(height, width)`` for 2-D kernels.
         skip: layers left dense: ``"first"`` / ``"last"`` (the first and last layers with a
-            kernel), names, type names or classes. By default the first and last, unless the
-            other layers hold less than half of the weights (then nothing is skipped).
+            kernel), names, type names or classes. By default none: every kernel tfmot can
+            prune is pruned.
         ramp: the fraction of the steps over which the polynomial schedule ramps up.
         frequency: steps between mask updates (None: about 20 updates over the ramp).
         polish_epochs: epochs of fine-tuning after stripping, zeros held (None: a third of
@@ -290,7 +371,7 @@ def prune(
 
     Example:
         >>> sparse = prune(model, train, val, sparsity=0.8, teacher=model)  # doctest: +SKIP
-        >>> weight_sparsity(sparse) >= 0.8  # doctest: +SKIP
+        >>> min(layer_sparsity(sparse).values()) >= 0.8  # doctest: +SKIP
         True
     """
     if not 0.0 < float(sparsity) < 1.0:
@@ -318,15 +399,18 @@ def prune(
     with training.strategy_scope(strategy):
         work = cloning.clone_model(cloning.flatten_model(model))
         training.check_data(train, "training", work)
-        names = _choose_layers(work, skip, _eligible(m_by_n, block), float(sparsity), m_by_n)
+        names = layers.select_layers(work, skip, eligible=_eligible(m_by_n, block))
         if not names:
             what = f" with structure {structure!r}" if structure is not None else ""
             raise OptimizationError(
-                f"no layer of {work.name!r} can be pruned{what} once {list(skip)} are skipped",
+                f"no layer of {work.name!r} can be pruned{what}"
+                + (f" once {list(_skip_tuple(skip))} are skipped" if skip else ""),
                 "prune a model with Conv/Dense layers, skip fewer layers, or drop the structure "
                 "(2:4 needs input channels divisible by 4; blocks need 2-D kernels)",
             )
-        target = _layer_sparsity(work, names, skip, float(sparsity), m_by_n)
+        # Each pruned kernel is pruned to the sparsity asked: what tfmot cannot prune stays dense
+        # (pruning_plan names it) rather than being made up for by pruning the rest harder.
+        target = m_by_n[0] / m_by_n[1] if m_by_n is not None else float(sparsity)
         if schedule == "polynomial":
             ramp_steps = max(1, int(round(ramp * total)))
             step = frequency or max(1, ramp_steps // 20)
@@ -361,7 +445,8 @@ def prune(
                 f"tfmot cannot prune {work.name!r}: {first_line(exc)}",
                 "skip the layer it names (skip=(..., 'NAME'))",
             ) from exc
-        # Epochs that end after the ramp run at full sparsity: only those compete for "best".
+        # Epochs that end after the ramp run at full sparsity: only those compete for "best", and
+        # only once every kernel really holds it (measured, not inferred from the step count).
         restore_from = min(epochs - 1, math.ceil(ramp_steps / per_epoch) - 1 if ramp_steps else 0)
         training.fit(
             wrapped,
@@ -376,11 +461,14 @@ def prune(
             strategy=strategy,
             callbacks=[mot.UpdatePruningStep()],
             restore_from=max(0, restore_from),
+            accept=_reached(wrapped, target),
             desc=f"pruning to {sparsity:.0%}" if m_by_n is None else f"pruning {structure}",
             seed=seed,
         )
         with cloning.trusted_cloning():
             stripped = mot.strip_pruning(wrapped)
+        # Whatever epoch was kept, the kernels leave at the sparsity asked (or the M:N pattern).
+        _enforce(stripped, names, target, m_by_n)
         if polish_epochs:
             training.fit(
                 stripped,

@@ -7,9 +7,11 @@ one is given. The returned quantize-annotated model converts with
 ``tfedge.converters.convert(model, calib=train)`` to a fully-int8 ``.tflite`` with int8 input and
 output: the layers QAT left float get their int8 ranges from the calibration data.
 
-``preserve`` keeps an earlier stage's structure through QAT (tfmot's collaborative optimization):
+``preserve`` keeps an earlier stage's structure through QAT (collaborative optimization):
 ``"sparsity"`` (PQAT: pruned zeros stay zero), ``"clusters"`` (CQAT: clustered kernels keep their
-shared values) or ``"sparsity+clusters"`` (PCQAT).
+shared values) or ``"sparsity+clusters"`` (PCQAT). Every kernel is held by
+:class:`~tfedge.models.structure.HoldStructure`, wrapped by QAT or left float, BatchNorm folded or
+not; the zeros and the number of distinct values per channel reach the int8 model exactly.
 
 Example:
     >>> from tfedge.models.qat import quantize_aware
@@ -23,6 +25,7 @@ from tfedge.backend import keras, tfmot
 from tfedge.errors import OptimizationError, first_line
 from tfedge.models import cloning, layers, training
 from tfedge.models.graph import fold_batch_norms
+from tfedge.models.structure import HoldStructure
 from tfedge.serialization import patch_tfmot_saving
 
 __all__ = [
@@ -39,22 +42,17 @@ DEFAULT_STEPS = 300
 
 
 def _scheme(preserve):
-    mot = tfmot()
-    if preserve is None:
-        return mot.quantization.keras.default_8bit.Default8BitQuantizeScheme()
-    combine = mot.experimental.combine
-    if preserve == "sparsity":
-        return combine.Default8BitPrunePreserveQuantizeScheme()
-    if preserve == "clusters":
-        return combine.Default8BitClusterPreserveQuantizeScheme(preserve_sparsity=False)
-    if preserve in ("sparsity+clusters", "clusters+sparsity"):
-        return combine.Default8BitClusterPreserveQuantizeScheme(preserve_sparsity=True)
-    raise OptimizationError(
-        f"preserve={preserve!r} is unknown; expected None, 'sparsity', 'clusters' or "
-        "'sparsity+clusters'",
-        "'sparsity' after pruning (PQAT), 'clusters' after clustering (CQAT), both after "
-        "pruning then clustering (PCQAT)",
-    )
+    """tfmot's default 8-bit scheme, for every ``preserve``: :class:`HoldStructure` keeps the
+    structure (tfmot's collaborative schemes miss the convolutions its layout transforms give
+    a no-op weight config, i.e. most convolutions followed by an activation)."""
+    if preserve not in PRESERVE and preserve != "clusters+sparsity":
+        raise OptimizationError(
+            f"preserve={preserve!r} is unknown; expected None, 'sparsity', 'clusters' or "
+            "'sparsity+clusters'",
+            "'sparsity' after pruning (PQAT), 'clusters' after clustering (CQAT), both after "
+            "pruning then clustering (PCQAT)",
+        )
+    return tfmot().quantization.keras.default_8bit.Default8BitQuantizeScheme()
 
 
 def annotatable_layers(model, preserve=None, skip=()) -> list[str]:
@@ -211,75 +209,6 @@ def calibrate_ranges(model, x, batch_size: int = 64, samples: int = 512) -> int:
     return len(seen)
 
 
-class _HoldFloatLayers(keras.callbacks.Callback):
-    """Keep the structure ``preserve`` names in the layers QAT leaves float (e.g. Conv1D).
-
-    tfmot's preserving schemes only guard the layers they wrap; a layer left float would otherwise
-    train freely and lose its zeros (or its clusters). Zeros are held at zero after every batch;
-    with ``clusters`` to keep, those layers are frozen instead.
-    """
-
-    def __init__(self, model, preserve: str):
-        super().__init__()
-        wrapper = tfmot().quantization.keras.QuantizeWrapperV2
-        self.pairs = []
-        for layer in model.layers:
-            if isinstance(layer, wrapper) or not layer.trainable_weights:
-                continue
-            kernels = [w for w in layer.trainable_weights if len(w.shape) >= 2]
-            if not kernels:
-                continue
-            if "clusters" in preserve:
-                layer.trainable = False
-                continue
-            for weight in kernels:
-                mask = (weight.numpy() != 0).astype(weight.dtype.as_numpy_dtype)
-                if not mask.all():
-                    self.pairs.append((weight, mask))
-
-    def on_train_batch_end(self, batch, logs=None):
-        for weight, mask in self.pairs:
-            weight.assign(weight * mask)
-
-    def on_train_end(self, logs=None):
-        self.on_train_batch_end(-1)
-
-
-def _short_names(layer) -> dict:
-    keyed, counts = {}, {}
-    for variable in layer.weights:
-        base = variable.name.split("/")[-1].split(":")[0]
-        if base.startswith(layer.name + "_"):  # QuantizeLayer's "<name>_min"
-            base = base[len(layer.name) + 1 :]
-        count = counts.get(base, 0)
-        counts[base] = count + 1
-        keyed[base if count == 0 else f"{base}_{count}"] = variable
-    return keyed
-
-
-def _to_default_scheme(trained, work, names, sample):
-    """A default-scheme QAT copy of a collaborative (PQAT/CQAT/PCQAT) model, same numbers.
-
-    The preserving quantizers rebuild their clusters and masks from the weights they are built
-    on, so a collaborative model cannot be saved and loaded again; once trained, its kernels
-    already hold the preserved values, and the plain 8-bit scheme gives the same outputs.
-    """
-    plain = _apply(work, names, _scheme(None))
-    if len(plain.layers) != len(trained.layers):
-        return trained
-    for target, source in zip(plain.layers, trained.layers):
-        sources = _short_names(source)
-        for key, variable in _short_names(target).items():
-            if key not in sources or tuple(sources[key].shape) != tuple(variable.shape):
-                return trained
-            variable.assign(sources[key])
-    before = trained(sample, training=False).numpy()
-    after = plain(sample, training=False).numpy()
-    if not np.allclose(before, after, atol=1e-4):
-        return trained
-    return plain
-
-
 def quantize_aware(
     model,
     train,
@@ -349,7 +278,14 @@ def quantize_aware(
             )
         quantized, names = _quantize(work, names, scheme)
         calibrate_ranges(quantized, train.x)
-        callbacks = [] if preserve is None else [_HoldFloatLayers(quantized, preserve)]
+        # Zeros and shared values are read from the kernels as QAT starts (BatchNorms folded),
+        # held after every step, and put back exactly once training ends.
+        hold = HoldStructure(
+            quantized,
+            zeros=preserve is not None and "sparsity" in preserve,
+            clusters=preserve is not None and "clusters" in preserve,
+        )
+        callbacks = [hold] if hold.held else []
         training.fit(
             quantized,
             train,
@@ -366,8 +302,7 @@ def quantize_aware(
             desc="quantization-aware training",
             seed=seed,
         )
-        if preserve is not None:
-            quantized = _to_default_scheme(quantized, work, names, train.x[:64])
+        hold.project()
     quantized._name = model.name
     return quantized
 

@@ -267,6 +267,8 @@ class RestoreBest(keras.callbacks.Callback):
         initial: a labelled data set to score the starting weights on, so that training that
             only makes the model worse gives the starting weights back (None: do not).
         restore: restore the best weights at the end (False: only track and stop early).
+        accept: a predicate ``() -> bool`` asked at the end of each epoch: only epochs it accepts
+            compete for "best" (pruning: only epochs whose kernels hold the final sparsity).
 
     Example:
         >>> best = RestoreBest(model, start_epoch=3)  # doctest: +SKIP
@@ -283,8 +285,10 @@ class RestoreBest(keras.callbacks.Callback):
         patience=None,
         initial=None,
         restore=True,
+        accept=None,
     ):
         super().__init__()
+        self.accept = accept
         self.target = target
         self.monitor = monitor
         self.start_epoch = start_epoch
@@ -308,7 +312,7 @@ class RestoreBest(keras.callbacks.Callback):
             return
         value = float(value)
         self.history.append(value)
-        if epoch < self.start_epoch:
+        if epoch < self.start_epoch or (self.accept is not None and not self.accept()):
             return
         if value >= self.best:
             self.best = value
@@ -354,6 +358,7 @@ def fit(
     callbacks=(),
     restore_best: bool = True,
     restore_from: int = 0,
+    accept=None,
     keep_initial: bool = False,
     patience: int | None = None,
     desc: str = "fine-tuning",
@@ -380,6 +385,7 @@ def fit(
         callbacks: extra Keras callbacks (e.g. tfmot's ``UpdatePruningStep``).
         restore_best: restore the best epoch's weights at the end (needs ``val``).
         restore_from: only epochs from this one on (0-based) compete for "best".
+        accept: a predicate ``() -> bool``: only epochs it accepts compete for "best".
         keep_initial: let the starting weights compete too (for polishing a finished model).
         patience: stop early after this many epochs without improvement (None: never).
         desc: the progress bar's label.
@@ -428,6 +434,7 @@ def fit(
     best = RestoreBest(
         model,
         start_epoch=restore_from,
+        accept=accept,
         patience=patience,
         initial=val if keep_initial else None,
         restore=restore_best,

@@ -45,13 +45,15 @@ def test_pruned_int8_model_is_much_smaller_gzipped(pruned_int8, trained_digits_c
     assert len(gzip.compress(pruned_int8)) * 7 < float_gzip
 
 
-def test_first_and_last_layers_stay_dense_and_the_rest_make_up(pruned):
-    from tfedge.models.pruning import weight_sparsity
+def test_every_prunable_kernel_holds_the_sparsity_asked(pruned):
+    """No layer is left dense and made up for: each kernel is 80 % zeros, so all of them are."""
+    from tfedge.models.pruning import layer_sparsity, weight_sparsity
 
-    assert weight_sparsity(pruned, ["conv1"]) < 0.1
-    assert weight_sparsity(pruned, ["logits"]) < 0.1
-    assert weight_sparsity(pruned, ["conv2", "fc1"]) > 0.8
-    assert weight_sparsity(pruned) >= 0.8
+    per_layer = layer_sparsity(pruned)
+    assert set(per_layer) == {"conv1/kernel", "conv2/kernel", "fc1/kernel", "logits/kernel"}
+    for name, value in per_layer.items():
+        assert value == pytest.approx(0.8, abs=0.01), name
+    assert weight_sparsity(pruned) == pytest.approx(0.8, abs=0.01)
 
 
 def test_input_model_is_left_untouched(trained_digits_cnn, digits):
@@ -157,7 +159,7 @@ def test_nested_model_is_flattened_and_pruned(digits):
         ({"structure": "4:2"}, "M:N"),
         ({"structure": (0, 4)}, "block"),
         ({"skip": ("first", "no_such_layer")}, "no_such_layer"),
-        ({"sparsity": 0.9, "skip": ("first", "last", "fc1")}, "pruned layers"),
+        ({"skip": ("Conv2D", "Dense")}, "no layer"),
     ],
 )
 def test_bad_arguments_say_what_to_do(trained_digits_cnn, digits, kwargs, message):
@@ -227,11 +229,11 @@ def test_structure_forms(structure, expected):
     assert _parse_structure(structure) == expected
 
 
-def test_mlp_whose_first_layer_is_big_prunes_it_rather_than_failing(digits):
-    """Too much for the middle layers to make up: the first layer is pruned too, not an error."""
+def test_skipped_layers_stay_dense_and_are_not_made_up_for(digits):
+    """An MLP with its last layer skipped: the others hold the sparsity asked, no more."""
     from tfedge.backend import keras
     from tfedge.data import Dataset
-    from tfedge.models.pruning import prune, weight_sparsity
+    from tfedge.models.pruning import prune, pruning_plan, weight_sparsity
 
     L = keras.layers
     train = Dataset(digits[0].x.reshape(len(digits[0].x), -1)[:, :40], digits[0].y)
@@ -242,29 +244,62 @@ def test_mlp_whose_first_layer_is_big_prunes_it_rather_than_failing(digits):
             L.Dense(10, activation="softmax", name="last"),
         ]
     )
-    sparse = prune(model, train, None, sparsity=0.75, epochs=1, polish_epochs=0)
-    assert weight_sparsity(sparse) == pytest.approx(0.75, abs=0.02)
-    assert weight_sparsity(sparse, ["first"]) > 0.5
+    sparse = prune(model, train, None, sparsity=0.75, skip=("last",), epochs=1, polish_epochs=0)
+    assert weight_sparsity(sparse, ["first", "middle"]) == pytest.approx(0.75, abs=0.01)
     assert weight_sparsity(sparse, ["last"]) == 0.0
+    plan = pruning_plan(model, skip=("last",))
+    assert plan["pruned"] == ["first", "middle"]
+    assert plan["dense"] == [{"layer": "last", "weight": "kernel", "reason": "skipped"}]
 
 
-def test_sparsity_counts_the_depthwise_kernels_tfmot_leaves_dense(digits):
-    """SeparableConv2D: tfmot prunes the pointwise kernel only; the target holds over both."""
+def test_depthwise_kernels_tfmot_leaves_dense_are_named_not_made_up_for(digits):
+    """SeparableConv2D: tfmot prunes the pointwise kernel only; it alone holds the target."""
     from tfedge.backend import keras
-    from tfedge.models.pruning import prune, weight_sparsity
+    from tfedge.models.pruning import layer_sparsity, prune, pruning_plan
 
     L = keras.layers
     model = keras.Sequential(
         [
             L.Conv2D(8, 3, activation="relu", input_shape=(16, 16, 1), name="first"),
             L.SeparableConv2D(32, 3, activation="relu", name="sep1"),
-            L.SeparableConv2D(32, 3, activation="relu", name="sep2"),
+            L.DepthwiseConv2D(3, activation="relu", name="dw"),
             L.GlobalAveragePooling2D(),
             L.Dense(10, activation="softmax", name="last"),
         ]
     )
     sparse = prune(model, digits[0], None, sparsity=0.75, epochs=1, polish_epochs=0)
-    assert weight_sparsity(sparse) == pytest.approx(0.75, abs=0.02)
+    per_layer = layer_sparsity(sparse)
+    assert set(per_layer) == {"first/kernel", "sep1/pointwise_kernel", "last/kernel"}
+    assert all(v == pytest.approx(0.75, abs=0.01) for v in per_layer.values())
+    dense = {(d["layer"], d["weight"]): d["reason"] for d in pruning_plan(model)["dense"]}
+    assert dense == {
+        ("sep1", "depthwise_kernel"): "tfmot prunes only the pointwise_kernel",
+        ("dw", "depthwise_kernel"): "tfmot does not prune depthwise kernels",
+    }
+
+
+def test_only_epochs_at_the_final_sparsity_compete_and_the_result_holds_it(digits, monkeypatch):
+    """A schedule that cannot finish its ramp (frequency past the last step) still ends at S."""
+    from tfedge.models import training
+    from tfedge.models.pruning import layer_sparsity, prune
+    from tfedge.models.zoo import build
+
+    model = build("digits_cnn", width=8)
+    seen = []
+    original = training.RestoreBest.on_epoch_end
+
+    def spy(self, epoch, logs=None):
+        original(self, epoch, logs)
+        seen.append((epoch, self.best_epoch, self.accept() if self.accept else None))
+
+    # The mask updates every 1000 steps: the ramp never reaches 60 % in 2 epochs of 44 steps.
+    monkeypatch.setattr(training.RestoreBest, "on_epoch_end", spy)
+    sparse = prune(
+        model, digits[0], digits[1], sparsity=0.6, epochs=2, frequency=1000, polish_epochs=0
+    )
+    assert seen and all(best is None for _, best, accepted in seen if accepted is False)
+    for name, value in layer_sparsity(sparse).items():
+        assert value == pytest.approx(0.6, abs=0.01), name
 
 
 def test_pruning_distils_at_a_low_temperature_with_labels(monkeypatch, trained_digits_cnn, digits):

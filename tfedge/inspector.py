@@ -233,6 +233,7 @@ def _analyze(model: Model, label: str, detail: bool) -> dict:
     }
 
     info["edgetpu"] = edgetpu.predict_mapping({**info, **detail_info})
+    info["weights"] = detail_info["weights"]  # per weight tensor: sparsity, distinct values
     if detail:
         info.update(detail_info)
     return info
@@ -318,6 +319,9 @@ def inspect_model(path_or_bytes, detail: bool = False) -> dict:
         - ``unique_weight_values_max``: the largest number of distinct values in one quantization
           group of one such filter (the whole tensor, or one channel for per-axis quantization,
           where each channel has its own scale), 0 when the model has no such filter;
+        - ``weights``: one entry per such filter: ``name``, ``op``, ``dtype``, ``shape``,
+          ``elements``, ``zeros``, ``sparsity`` and ``unique_values`` (the most distinct values
+          in one quantization group), plus ``subgraph``, ``tensor`` (index) and ``per_axis``;
         - ``edgetpu``: :func:`tfedge.edgetpu.predict_mapping` of the model;
         - extras: ``metadata_names``, ``min_runtime_version``, ``has_tflite_metadata``,
           ``edgetpu_compiled``, ``subgraphs``, ``operators``, ``signatures``,

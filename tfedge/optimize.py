@@ -246,6 +246,7 @@ def optimize(
         The report dict (also written to ``out_dir/report.json``).
     """
     from tfedge.bench import bench, format_results, write_results
+    from tfedge.compression_report import StagePlans, format_compression
     from tfedge.converters import convert, input_shape_of
     from tfedge.data import load_data
     from tfedge.loading import LoadedModel, load_model
@@ -284,6 +285,8 @@ def optimize(
     float_path.write_bytes(convert(base, mode="float32"))
     entries.append(("float32", float_path, baseline_accuracy))
     entries.append(("int8", tflite(base, "00-int8"), baseline_accuracy))
+    plans = StagePlans()  # requested against achieved sparsity and distinct values, per stage
+    compression = {str(path): plans.entry(path, base) for _, path, _ in entries}
 
     # The teacher is a frozen copy: distillation freezes its teacher, and the first stage trains
     # ``base`` itself.
@@ -305,6 +308,7 @@ def optimize(
         name = f"{index:02d}-{stage['name']}"
         keras_path = checkpoints / f"{name}.keras"
         label = _label(stage)
+        plans.before(stage, current)
         if state.get(name) == key and keras_path.is_file():
             echo(f"stage {index}/{len(stages)}: {label} — resumed from {keras_path}")
             current = load_model(keras_path).model
@@ -319,6 +323,7 @@ def optimize(
         accuracy = _accuracy(current, val)
         echo(f"  Keras accuracy {accuracy * 100:.2f}%")
         entries.append((label, tflite(current, name), accuracy))
+        compression[str(entries[-1][1])] = plans.entry(entries[-1][1], current)
 
     final_keras = out / "model.keras"
     current.save(final_keras)
@@ -339,9 +344,13 @@ def optimize(
         label, accuracy = by_model.get(str(row["model"]), (None, None))
         row["stage"] = label
         row["keras_accuracy"] = accuracy
+        row["compression"] = compression.get(str(row["model"]))
     write_results(out / "report.json", rows)
     write_html(out / "report.html", rows, title=f"tfedge optimize: {Path(str(source)).name}")
     echo(format_results(rows))
+    table = format_compression(rows)
+    if table:
+        echo(table)
     echo(
         f"wrote {final_keras}, {final_tflite}, {out / 'report.json'}, {out / 'report.html'} "
         f"({time.time() - started:.0f} s)"
