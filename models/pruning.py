@@ -329,7 +329,7 @@ def prune(
     frequency: int | None = None,
     polish_epochs: int | None = None,
     batch_size: int = training.DEFAULT_BATCH_SIZE,
-    learning_rate: float = 1e-3,
+    learning_rate: float = 2e-3,
     temperature: float = 1.0,
     alpha: float = 0.5,
     seed: int | None = 0,
@@ -356,7 +356,9 @@ def prune(
         polish_epochs: epochs of fine-tuning after stripping, zeros held (None: a third of
             ``epochs``; 0 to skip).
         batch_size: the batch size (the schedule's steps are counted with it).
-        learning_rate: Adam's initial learning rate (cosine-decayed).
+        learning_rate: Adam's initial learning rate (cosine-decayed). 2e-3 rather than 1e-3: a
+            BatchNorm DS-CNN pruned to 75 % in 12 epochs kept 99.2 % (float 99.2 %) against
+            97.5 % at 1e-3; the digits CNN at 80 % lost nothing either way.
         temperature: the distillation temperature (with a teacher). 1, not Hinton's 4: a teacher
             that is not very confident gives near-uniform targets at T=4 (a Keras 3 residual
             CNN pruned to 75 %: 89 % at T=4, alpha=0.1; 96 % at T=1, alpha=0.5; float 96 %).

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 PRUNABLE_OPS = ("CONV_2D", "FULLY_CONNECTED")
-EPOCHS = 5
+EPOCHS = {"prune": 12, "cluster": 4, "qat": 2}
 
 
 @pytest.fixture(scope="module")
@@ -17,14 +17,17 @@ def ds_cnn_path(digits, tmp_path_factory):
     """A trained DS-CNN (conv, 3 depthwise-separable blocks with BatchNorm, dense), saved."""
     from tfedge.models.zoo import build, train
 
-    model = train(build("ds_cnn", width=16, blocks=3), digits[0], epochs=15)
+    model = train(build("ds_cnn", width=32, blocks=3), digits[0], epochs=15)
     path = tmp_path_factory.mktemp("ds_cnn") / "ds_cnn.keras"
     model.save(path)
     return path
 
 
 def weight_arrays(path):
-    """``[(weight entry of tfedge inspect, int values per channel, zero point per channel)]``."""
+    """``[(weight entry of tfedge inspect, int values per channel, zero point per channel)]``.
+
+    tfedge inspect says which tensors are weights; LiteRT reads their values.
+    """
     from ai_edge_litert.interpreter import Interpreter
 
     from tfedge.inspector import inspect_model
@@ -36,10 +39,10 @@ def weight_arrays(path):
     for weight in inspect_model(path)["weights"]:
         values = interpreter.get_tensor(weight["tensor"])
         quant = details[weight["tensor"]]["quantization_parameters"]
-        zero = np.asarray(quant["zero_points"]) if len(quant["zero_points"]) else np.zeros(1)
-        rows = values.reshape(values.shape[0], -1)
-        zero = np.broadcast_to(zero.reshape(-1, 1) if zero.size > 1 else zero, (rows.shape[0], 1))
-        out.append((weight, rows, zero))
+        axis = quant["quantized_dimension"] if len(quant["scales"]) > 1 else 0
+        rows = np.moveaxis(values, axis, 0).reshape(values.shape[axis], -1)
+        zero = np.asarray(quant["zero_points"], dtype=np.int64).reshape(-1, 1)
+        out.append((weight, rows.astype(np.int64), zero if zero.size else np.zeros((1, 1))))
     return out
 
 
@@ -54,7 +57,9 @@ def run(ds_cnn_path, digits, tmp_path_factory):
         key = tuple(sorted(flags.items()))
         if key not in cache:
             out = tmp_path_factory.mktemp("optimize")
-            stages = stages_from_flags(epochs=EPOCHS, **flags)
+            stages = stages_from_flags(**flags)
+            for stage in stages:  # few epochs: enough for this small model, cheap for CI
+                stage["epochs"] = EPOCHS[stage["name"]]
             report = optimize(ds_cnn_path, digits[0], digits[1], stages=stages, out_dir=out, runs=3)
             cache[key] = (report, out)
         return cache[key]

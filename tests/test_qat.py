@@ -287,3 +287,33 @@ def test_pqat_keeps_the_zeros_of_layers_qat_leaves_float(digits):
     qat = quantize_aware(pruned, train, test, epochs=1, preserve="sparsity", learning_rate=1e-2)
     assert "c2" in float_layers(qat)
     assert weight_sparsity(qat, ["c2"]) == pytest.approx(weight_sparsity(pruned, ["c2"]))
+
+
+@pytest.mark.parametrize("preserve", ["sparsity", "clusters"])
+def test_qat_keeps_zeros_and_clusters_of_batchnorm_convolutions_in_the_int8_file(preserve, digits):
+    """tfmot hands a Conv2D + BN + ReLU a no-op weight config, so its PQAT/CQAT quantizers never
+    guarded those kernels: a DS-CNN's pointwise convs lost their zeros. Every kernel is held now,
+    and what the int8 file holds per channel is what the earlier stage left (BN folded)."""
+    from tfedge.converters import convert
+    from tfedge.inspector import inspect_model
+    from tfedge.models.clustering import cluster
+    from tfedge.models.pruning import prune
+    from tfedge.models.qat import quantize_aware
+    from tfedge.models.zoo import build
+
+    train = digits[0]
+    model = build("ds_cnn", width=8, blocks=1)
+    if preserve == "sparsity":
+        source = prune(model, train, None, sparsity=0.5, epochs=1, polish_epochs=0)
+    else:
+        source = cluster(model, train, None, clusters=4, epochs=1)
+    # No validation data: the trained weights are kept, not the starting ones.
+    qat = quantize_aware(source, train, None, preserve=preserve, epochs=1, learning_rate=1e-2)
+    weights = inspect_model(convert(qat, calib=train))["weights"]
+    kernels = [w for w in weights if w["op"] in ("CONV_2D", "FULLY_CONNECTED")]
+    assert len(kernels) == 3
+    for weight in kernels:
+        if preserve == "sparsity":
+            assert weight["sparsity"] == pytest.approx(0.5, abs=0.01), weight["name"]
+        else:
+            assert weight["unique_values"] <= 4, weight["name"]
