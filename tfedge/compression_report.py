@@ -329,10 +329,14 @@ class StagePlans:
 
     def entry(self, tflite_path, model) -> dict:
         """:func:`compression_entry` of the stage's (or, before any stage, the baseline's) file."""
+        from tfedge.errors import OptimizationError
         from tfedge.models.pruning import pruning_plan
 
         source = self.kernels_model if self.kernels_model is not None else model
-        kernels = pruning_plan(source)["kernels"]
+        try:
+            kernels = pruning_plan(source)["kernels"]
+        except OptimizationError:  # a model whose layers cannot be read: tensors stay unnamed
+            kernels = []
         pruned = {(k["layer"], k["weight"]) for k in self.plans.get("kernels", []) if k["pruned"]}
         for kernel in kernels:
             kernel["pruned"] = (kernel["layer"], kernel["weight"]) in pruned
