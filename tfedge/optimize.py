@@ -175,6 +175,17 @@ def _key(value) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def _content_key(arrays) -> str:
+    import numpy as np
+
+    digest = hashlib.sha256()
+    for array in arrays:
+        array = np.ascontiguousarray(array)
+        digest.update(f"{array.dtype}{array.shape}".encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()[:16]
+
+
 def _code_key(stages) -> str:
     """tfedge's version and the source of every stage module used: new code retrains."""
     from tfedge import __version__
@@ -295,13 +306,17 @@ def optimize(
     state = json.loads(state_file.read_text()) if resume and state_file.is_file() else {}
     current = base
     history = []
+    # Checkpoints belong to the model's weights and the training data, not to their paths: a model
+    # retrained and saved at the same path retrains every stage.
+    source_key = _content_key(base.get_weights())
+    train_key = _content_key([train.x, train.y])
     for index, stage in enumerate(stages, start=1):
         history.append(stage)
         key = _key(
             {
-                "source": str(source),
+                "source": source_key,
                 "stages": history,
-                "train": len(train),
+                "train": train_key,
                 "code": _code_key(history),
             }
         )
