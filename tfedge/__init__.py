@@ -10,7 +10,7 @@ Example:
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "analyze"]
+__all__ = ["__version__", "analyze", "auto_optimize"]
 
 
 def __getattr__(name):
@@ -19,4 +19,8 @@ def __getattr__(name):
         from tfedge.analysis import analyze
 
         return analyze
+    if name == "auto_optimize":
+        from tfedge.search import auto_optimize
+
+        return auto_optimize
     raise AttributeError(f"module 'tfedge' has no attribute {name!r}")
