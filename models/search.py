@@ -376,30 +376,58 @@ def open_storage(url: str):
         >>> storage = open_storage("sqlite:///search.db")  # doctest: +SKIP
     """
     import optuna
-    from optuna.storages import RDBStorage, RetryFailedTrialCallback
+    from optuna import storages
 
     if not isinstance(url, str) or "://" not in url:
         raise OptimizationError(
             f"storage URL {url!r} is not a database URL",
             "use sqlite:///path/search.db or postgresql://USER:PASSWORD@HOST:PORT/DB",
         )
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return RDBStorage(
-                url,
-                heartbeat_interval=HEARTBEAT_S,
-                grace_period=GRACE_S,
-                failed_trial_callback=RetryFailedTrialCallback(max_retry=1),
-                engine_kwargs=_engine_kwargs(url),
-            )
-    except Exception as exc:  # SQLAlchemy/driver errors have many types; all mean "cannot open"
-        text = " ".join(str(exc).split())[:300]
-        raise OptimizationError(
-            f"cannot open the storage {_mask(url)}: {type(exc).__name__}: {text}",
-            "check the URL, that the database server is up and reachable, and that its "
-            "driver is installed (psycopg2 for postgresql://)",
-        ) from exc
+    last = None
+    for attempt in range(5):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                # Optuna >= 4.9 names the retry callback for stale heartbeats; older ones the other.
+                if hasattr(storages, "RetryHeartbeatStaleTrialCallback"):
+                    callback = storages.RetryHeartbeatStaleTrialCallback(1)
+                    retry = {"heartbeat_stale_trial_callback": callback}
+                else:
+                    retry = {"failed_trial_callback": storages.RetryFailedTrialCallback(1)}
+                return storages.RDBStorage(
+                    _with_driver(url),
+                    heartbeat_interval=HEARTBEAT_S,
+                    grace_period=GRACE_S,
+                    engine_kwargs=_engine_kwargs(url),
+                    **retry,
+                )
+        except Exception as exc:  # SQLAlchemy/driver errors have many types; all mean "cannot open"
+            last = exc
+            # Workers that start together on an empty database race to create Optuna's tables:
+            # the loser sees "already exists" and only has to try again.
+            if "already exists" not in str(exc) or attempt == 4:
+                break
+            time.sleep(0.5 + attempt)
+    text = " ".join(str(last).split())[:300]
+    raise OptimizationError(
+        f"cannot open the storage {_mask(url)}: {type(last).__name__}: {text}",
+        "check the URL, that the database server is up and reachable, and that its "
+        "driver is installed (psycopg2 for postgresql://)",
+    ) from last
+
+
+def _with_driver(url: str) -> str:
+    """``postgresql://`` through psycopg2 (tfedge's dependency) unless psycopg 3 is installed.
+
+    SQLAlchemy 2.1 maps a bare ``postgresql://`` to psycopg 3.
+    """
+    scheme, rest = url.split("://", 1)
+    if scheme in ("postgresql", "postgres"):
+        import importlib.util
+
+        driver = "psycopg" if importlib.util.find_spec("psycopg") else "psycopg2"
+        return f"postgresql+{driver}://{rest}"
+    return url
 
 
 def _engine_kwargs(url: str) -> dict:
@@ -577,10 +605,10 @@ def auto_optimize(
     check_settings(tolerance, objective, budget_minutes, max_trials)
     if evaluator is None:
         raise OptimizationError(
-            "tfedge.models.auto_optimize needs evaluator=: a function recipe -> figures (int8 "
-            "accuracy, gzip size, p50) that runs, converts and benches each candidate",
-            "pass evaluator=..., or call tfedge.auto_optimize(...), which converts to int8 and "
-            "benches with LiteRT for you",
+            "tfedge.models.auto_optimize needs evaluator=, a function recipe -> figures (int8 "
+            "accuracy, gzip size, p50); pass one, or call tfedge.auto_optimize(...), which "
+            "converts each candidate to int8 and benches it with LiteRT for you",
+            "tfedge.auto_optimize(model, train, val, out_dir=..., tolerance=0.01)",
         )
     import optuna
 
