@@ -459,7 +459,9 @@ def _fingerprint_of(model) -> dict:
     return {"model": digest.hexdigest()[:32]}
 
 
-def _open_study(storage, study_name, objective, fingerprint, resume, sampler, wait_s=30.0):
+def _open_study(
+    storage, study_name, objective, fingerprint, resume, sampler, seed_params, wait_s=30.0
+):
     """Create the study (and say so) or load it, checking it belongs to this model and objective."""
     import optuna
 
@@ -479,6 +481,8 @@ def _open_study(storage, study_name, objective, fingerprint, resume, sampler, wa
                 f"nothing to resume: the storage has no study {study_name!r}",
                 "run the same command without --resume to start the search",
             )
+        for params in seed_params:  # before the fingerprint: joining workers wait for it
+            study.enqueue_trial(params, skip_if_exists=True)
         study.set_user_attr("objective", objective)
         study.set_user_attr("fingerprint", fingerprint)
         return study, True
@@ -635,7 +639,15 @@ def auto_optimize(
         constant_liar=True,
         n_startup_trials=max(6, len(choices_list)),
     )
-    study, created = _open_study(store, study_name, objective, fingerprint, resume, sampler)
+    study, created = _open_study(
+        store,
+        study_name,
+        objective,
+        fingerprint,
+        resume,
+        sampler,
+        _seed_params(choices_list, objective),
+    )
     # Measured once per study and shared by every worker (and every resumed run).
     reference = study.user_attrs.get("reference")
     if reference is None:
@@ -643,18 +655,6 @@ def auto_optimize(
         study.set_user_attr("reference", reference)
     floor = float(reference["accuracy"]) - tolerance
 
-    if created:
-        for choices in choices_list:
-            params = {k: v for k, v in choices.items()}
-            for name in SPACE:
-                if name == "criterion":
-                    continue
-                if objective == "latency" and name in _LATENCY_SKIPS:
-                    continue
-                params.setdefault(name, False if name == "qat" else "none")
-            if params.get("prune_filters", "none") != "none":
-                params.setdefault("criterion", "l1")
-            study.enqueue_trial(params, skip_if_exists=True)
     if max_trials is None and budget_minutes is None:
         max_trials = len(choices_list) + 20
 
@@ -768,6 +768,21 @@ def auto_optimize(
     result.stopped = stopped["why"]
     result.elapsed_s = time.time() - started
     return result
+
+
+def _seed_params(choices_list, objective) -> list[dict]:
+    """Seeds as full points of the study's space (Optuna's ``enqueue_trial`` parameters)."""
+    out = []
+    for choices in choices_list:
+        params = dict(choices)
+        for name in SPACE:
+            if name == "criterion" or (objective == "latency" and name in _LATENCY_SKIPS):
+                continue
+            params.setdefault(name, False if name == "qat" else "none")
+        if params.get("prune_filters", "none") != "none":
+            params.setdefault("criterion", "l1")
+        out.append(params)
+    return out
 
 
 def check_settings(tolerance, objective, budget_minutes=None, max_trials=None) -> None:

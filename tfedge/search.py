@@ -358,7 +358,7 @@ def auto_optimize(
     )
     name = study_name or f"auto-{objective}"
     echo(
-        f"search: objective {objective}, tolerance {tolerance * 100:g} points, device {device}, "
+        f"search: objective {objective}, tolerance {_points(tolerance)}, device {device}, "
         f"study {name!r}" + (f", budget {budget_minutes:g} min" if budget_minutes else "")
     )
     result = search(
@@ -382,12 +382,17 @@ def auto_optimize(
     _echo_result(result)
     if result.best is None:
         raise OptimizationError(
-            f"no candidate kept the tolerance of {tolerance * 100:g} points below the float "
+            f"no candidate kept the tolerance of {_points(tolerance)} below the float "
             f"model's {result.reference_accuracy * 100:.2f}% ({len(result.candidates)} tried); "
             f"see {out / 'report.json'}",
             "allow a larger --tolerance, more --budget-minutes, or more --epochs",
         )
     return result
+
+
+def _points(tolerance: float) -> str:
+    points = round(tolerance * 100, 4)
+    return f"{points:g} point" + ("" if points == 1 else "s")
 
 
 def _row(candidate: dict, chosen: bool) -> dict:
@@ -477,9 +482,7 @@ def write_outputs(result, out_dir, evaluator=None) -> dict:
 def _write_html(path: Path, rows, result) -> None:
     from tfedge.report import write_html
 
-    title = (
-        f"tfedge optimize --auto: {result.objective}, tolerance {result.tolerance * 100:g} points"
-    )
+    title = f"tfedge optimize --auto: {result.objective}, tolerance {_points(result.tolerance)}"
     write_html(path, rows, title=title)
     page = path.read_text(encoding="utf-8")
     extra = _pareto_section(rows, result)
