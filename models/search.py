@@ -382,6 +382,7 @@ def open_storage(url: str):
         raise OptimizationError(
             f"storage URL {url!r} is not a database URL",
             "use sqlite:///path/search.db or postgresql://USER:PASSWORD@HOST:PORT/DB",
+            option="storage",
         )
     last = None
     for attempt in range(5):
@@ -413,6 +414,7 @@ def open_storage(url: str):
         f"cannot open the storage {_mask(url)}: {type(last).__name__}: {text}",
         "check the URL, that the database server is up and reachable, and that its "
         "driver is installed (psycopg2 for postgresql://)",
+        option="storage",
     ) from last
 
 
@@ -800,16 +802,19 @@ def check_settings(tolerance, objective, budget_minutes=None, max_trials=None) -
             f"tolerance {tolerance!r} is outside (0, 1); it is the accuracy the result may lose "
             "against the float model, as a fraction",
             "e.g. --tolerance 0.01 for one point of accuracy",
+            option="tolerance",
         )
     if objective not in OBJECTIVES:
         raise OptimizationError(
             f"objective {objective!r} is unknown; expected one of {', '.join(OBJECTIVES)}",
             "size = smallest gzip size, latency = lowest p50 on the device, balanced = both",
+            option="objective",
         )
     if budget_minutes is not None and not float(budget_minutes) > 0:
         raise OptimizationError(
             f"budget of {budget_minutes!r} minutes: expected a positive number",
             "e.g. --budget-minutes 15",
+            option="budget_minutes",
         )
     if max_trials is not None and int(max_trials) < 1:
         raise OptimizationError(f"max_trials {max_trials!r}: expected at least 1")
