@@ -453,6 +453,12 @@ def _quiet_optuna():
 
 def _fingerprint_of(model) -> dict:
     """A model's identity when the caller gives none: architecture and weights."""
+    if not hasattr(model, "get_weights"):
+        raise OptimizationError(
+            f"cannot fingerprint the model {type(model).__name__}: the study records which model "
+            "it searches",
+            "pass the Keras model, or fingerprint={'model': 'some-id'}",
+        )
     digest = hashlib.sha256()
     with contextlib.suppress(Exception):
         digest.update(model.to_json().encode())
