@@ -447,7 +447,9 @@ def _engine_kwargs(url: str) -> dict:
 def _quiet_optuna():
     import optuna
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # ERROR: Optuna logs each failed trial with its traceback at WARNING; the search records
+    # the failure (the candidate's error) and reports it itself.
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 

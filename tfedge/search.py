@@ -22,7 +22,6 @@ Example:
 
 import gzip
 import hashlib
-import html
 import importlib
 import json
 import os
@@ -480,71 +479,18 @@ def write_outputs(result, out_dir, evaluator=None) -> dict:
 
 
 def _write_html(path: Path, rows, result) -> None:
+    """The report page (candidates table, Pareto fronts of accuracy vs size and vs p50)."""
     from tfedge.report import write_html
 
+    reference_device = rows[0].get("device")
+    shown = []
+    for row in rows:
+        if row.get("accuracy") is None:  # pruned or failed: a table row, no point on the plots
+            row = dict(row)
+            row["model"] = ""
+            row["device"] = reference_device
+            if row.get("pruned") and not row.get("error"):
+                row["error"] = f"pruned: {row['pruned']}"
+        shown.append(row)
     title = f"tfedge optimize --auto: {result.objective}, tolerance {_points(result.tolerance)}"
-    write_html(path, rows, title=title)
-    page = path.read_text(encoding="utf-8")
-    extra = _pareto_section(rows, result)
-    page = page.replace("</body>", extra + "\n</body>", 1)
-    path.write_text(page, encoding="utf-8")
-
-
-def _pareto_section(rows, result) -> str:
-    """An inline SVG scatter: int8 accuracy against the objective's measure, Pareto set marked."""
-    use_size = result.objective in ("size", "balanced")
-    measured = [r for r in rows if r.get("accuracy") is not None and r.get("state") == "complete"]
-    if not measured:
-        return "<p>No candidate was measured.</p>"
-
-    def measure(row):
-        if use_size:
-            return float(row["size_gzip_bytes"])
-        return float((row.get("latency_ms") or {}).get("p50") or 0.0)
-
-    xs = [measure(r) for r in measured]
-    ys = [r["accuracy"] * 100 for r in measured]
-    floor = (result.reference_accuracy - result.tolerance) * 100
-    width, height, pad = 640, 360, 50
-    x0, x1 = min(xs), max(xs)
-    y0, y1 = min(ys + [floor]), max(ys + [result.reference_accuracy * 100])
-    x1, y1 = (x1 if x1 > x0 else x0 + 1), (y1 if y1 > y0 else y0 + 1)
-
-    def sx(v):
-        return pad + (v - x0) / (x1 - x0) * (width - 2 * pad)
-
-    def sy(v):
-        return height - pad - (v - y0) / (y1 - y0) * (height - 2 * pad)
-
-    parts = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-        'role="img" aria-label="Pareto plot">',
-        f'<line x1="{pad}" y1="{sy(floor):.1f}" x2="{width - pad}" y2="{sy(floor):.1f}" '
-        'stroke="#c00" stroke-dasharray="4"/>',
-        f'<text x="{width - pad}" y="{sy(floor) - 4:.1f}" font-size="11" text-anchor="end" '
-        'fill="#c00">tolerance</text>',
-    ]
-    front = sorted((r for r in measured if r.get("pareto")), key=measure)
-    if len(front) > 1:
-        points = " ".join(f"{sx(measure(r)):.1f},{sy(r['accuracy'] * 100):.1f}" for r in front)
-        parts.append(f'<polyline points="{points}" fill="none" stroke="#06c"/>')
-    for row, x, y in zip(measured, xs, ys):
-        color = "#0a0" if row.get("chosen") else ("#06c" if row.get("pareto") else "#999")
-        tip = html.escape(f"trial {row.get('trial')}: {row.get('stage')}")
-        parts.append(
-            f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="{6 if row.get("chosen") else 4}" '
-            f'fill="{color}"><title>{tip}</title></circle>'
-        )
-    label = "gzip size (bytes)" if use_size else "p50 latency (ms)"
-    parts += [
-        f'<text x="{width / 2}" y="{height - 10}" font-size="12" text-anchor="middle">'
-        f"{label}: {x0:,.3g} to {x1:,.3g}</text>",
-        f'<text x="12" y="{height / 2}" font-size="12" transform="rotate(-90 12 {height / 2})" '
-        f'text-anchor="middle">int8 accuracy (%): {y0:.1f} to {y1:.1f}</text>',
-        "</svg>",
-    ]
-    return (
-        "<h2>Pareto front</h2>\n"
-        "<p>Blue: the Pareto set (no other candidate is both as accurate and smaller/faster); "
-        "green: the chosen model; red: the tolerance.</p>\n" + "\n".join(parts)
-    )
+    write_html(path, shown, title=title)
