@@ -1,6 +1,8 @@
 """tfedge.models: Keras compression wrappers (pruning, QAT, clustering, distillation, factorization)."""
 
-__all__ = ["custom_objects"]
+from tfedge.models.search import SearchResult, auto_optimize
+
+__all__ = ["custom_objects", "auto_optimize", "SearchResult"]
 
 
 def custom_objects() -> dict:

@@ -80,7 +80,7 @@ def epochs_for(
 
 
 def resolve_strategy(strategy):
-    """Turn ``None``, ``"default"``, ``"mirrored"`` or a ``tf.distribute.Strategy`` into a strategy or None.
+    """Turn ``None``, ``"default"``, ``"mirrored"``, ``"multiworker"`` (from ``TF_CONFIG``) or a strategy into a strategy or None.
 
     Example:
         >>> resolve_strategy(None) is None
@@ -94,11 +94,38 @@ def resolve_strategy(strategy):
             return None
         if name == "mirrored":
             return tf.distribute.MirroredStrategy()
+        if name == "multiworker":
+            return _multiworker()
     raise OptimizationError(
         f"strategy {strategy!r} is not a tf.distribute strategy; expected None, 'default', "
-        "'mirrored' or a tf.distribute.Strategy instance",
+        "'mirrored', 'multiworker' or a tf.distribute.Strategy instance",
         "pass strategy=tf.distribute.MirroredStrategy() (all local GPUs) or leave it out",
     )
+
+
+def _multiworker():
+    """MultiWorkerMirroredStrategy from the standard ``TF_CONFIG`` (cluster and this task)."""
+    import json
+    import os
+
+    try:
+        config = json.loads(os.environ.get("TF_CONFIG") or "null")
+        workers = config["cluster"]["worker"]
+        task = config["task"]
+    except (ValueError, TypeError, KeyError) as exc:
+        raise OptimizationError(
+            f"multiworker needs TF_CONFIG with cluster.worker and task; got "
+            f"{os.environ.get('TF_CONFIG')!r} ({type(exc).__name__})",
+            'set TF_CONFIG=\'{"cluster": {"worker": ["host1:port", "host2:port"]}, '
+            '"task": {"type": "worker", "index": 0}}\' on each machine (its own index)',
+        ) from None
+    if not isinstance(workers, list) or not workers or task.get("type") not in ("worker", "chief"):
+        raise OptimizationError(
+            f"TF_CONFIG lists workers {workers!r} and task {task!r}: expected a list of "
+            "host:port and a worker task",
+            'e.g. {"cluster": {"worker": ["a:2222", "b:2222"]}, "task": {"type": "worker", "index": 0}}',
+        )
+    return tf.distribute.MultiWorkerMirroredStrategy()
 
 
 def strategy_scope(strategy):

@@ -358,3 +358,91 @@ def pytest_unconfigure(config):
     proc = getattr(config, "_tfedge_device_up", None)
     if proc is not None and proc.poll() is None:
         proc.wait(timeout=1800)
+
+
+def _postgres_bindir():
+    """Debian's PostgreSQL server programs (``initdb``, ``pg_ctl``), newest version first."""
+    import glob
+    from pathlib import Path
+
+    for folder in sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True):
+        if (Path(folder) / "initdb").is_file() and (Path(folder) / "pg_ctl").is_file():
+            return Path(folder)
+    return None
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    """A real PostgreSQL server on 127.0.0.1 (a free port), from Debian's ``postgresql`` package.
+
+    Installed with apt-get when missing (needs root); the cluster is initialised and run as the
+    ``postgres`` user (``runuser``) when we are root, and stopped and deleted at session end.
+    """
+    import shutil
+    import socket
+    import subprocess
+    import tempfile
+    import time
+    from pathlib import Path
+
+    bindir = _postgres_bindir()
+    if bindir is None:
+        if os.geteuid() != 0 or shutil.which("apt-get") is None:
+            pytest.skip("PostgreSQL's server is not installed and installing it needs root apt-get")
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        subprocess.run(["apt-get", "update", "-q"], check=True, env=env, capture_output=True)
+        subprocess.run(
+            ["apt-get", "install", "-y", "-q", "--no-install-recommends", "postgresql"],
+            check=True,
+            env=env,
+            capture_output=True,
+        )
+        bindir = _postgres_bindir()
+        assert bindir is not None, "apt-get installed postgresql but no initdb was found"
+    root = Path(tempfile.mkdtemp(prefix="tfedge-pg-"))
+    as_user = []
+    if os.geteuid() == 0:
+        shutil.chown(root, "postgres", "postgres")
+        as_user = ["runuser", "-u", "postgres", "--"]
+    data, log = root / "data", root / "server.log"
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    subprocess.run(
+        [*as_user, bindir / "initdb", "-D", data, "-A", "trust", "-U", "postgres", "--no-sync"],
+        check=True,
+        capture_output=True,
+    )
+    options = f"-c listen_addresses=127.0.0.1 -p {port} -k {root} -c fsync=off"
+    subprocess.run(
+        [
+            *as_user,
+            bindir / "pg_ctl",
+            "-D",
+            data,
+            "-l",
+            log,
+            "-w",
+            "-t",
+            "60",
+            "-o",
+            options,
+            "start",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    try:
+        deadline = time.time() + 30
+        while time.time() < deadline:  # pg_ctl -w waited for the socket; make sure TCP answers
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.2)
+        yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run(
+            [*as_user, bindir / "pg_ctl", "-D", data, "-m", "fast", "-w", "stop"],
+            capture_output=True,
+        )
+        shutil.rmtree(root, ignore_errors=True)

@@ -168,13 +168,35 @@ def _floats(text, option):
 )
 @click.option("--epochs", type=click.IntRange(1, 1000), help="Fine-tuning epochs for every stage.")
 @click.option(
-    "--strategy", type=click.Choice(["default", "mirrored"]), help="tf.distribute strategy."
+    "--strategy",
+    type=click.Choice(["default", "mirrored", "multiworker"]),
+    help="tf.distribute strategy (multiworker: MultiWorkerMirroredStrategy from TF_CONFIG).",
 )
 @click.option("--target", help="Converter target profile for the int8 models (e.g. edgetpu).")
 @click.option("--device", "devices", multiple=True, help="Bench on local (default) or ssh://HOST.")
 @click.option("--ssh-config", type=click.Path(), help="ssh config file for ssh:// devices.")
-@click.option("--runs", default=DEFAULT_RUNS, show_default=True, type=click.IntRange(1, 100000))
+@click.option(
+    "--runs",
+    type=click.IntRange(1, 100000),
+    help=f"Timed runs per model [{DEFAULT_RUNS}; 100 with --auto].",
+)
 @click.option("--no-resume", is_flag=True, help="Retrain stages even when checkpoints exist.")
+@click.option(
+    "--auto", is_flag=True, help="Search the stages for the best model within --tolerance."
+)
+@click.option(
+    "--tolerance", type=float, help="--auto: accuracy the result may lose (0.01 = 1 point)."
+)
+@click.option(
+    "--objective",
+    type=click.Choice(["size", "latency", "balanced"]),
+    help="--auto: smallest gzip size, lowest p50 on --device, or both [size].",
+)
+@click.option("--budget-minutes", type=float, help="--auto: stop after this long, keep the best.")
+@click.option("--trials", type=click.IntRange(1, 100000), help="--auto: at most this many trials.")
+@click.option("--storage", help="--auto: Optuna storage URL shared by workers [DIR/search.db].")
+@click.option("--study", "study_name", help="--auto: the study name [auto-OBJECTIVE].")
+@click.option("--resume", is_flag=True, help="--auto: continue an existing study (error if none).")
 @click.option("-o", "--output", "out_dir", required=True, type=click.Path(), help="Output folder.")
 def optimize(
     model,
@@ -195,9 +217,21 @@ def optimize(
     ssh_config,
     runs,
     no_resume,
+    auto,
+    tolerance,
+    objective,
+    budget_minutes,
+    trials,
+    storage,
+    study_name,
+    resume,
     out_dir,
 ):
-    """Compress a Keras model (prune, QAT, cluster, distill, factorize), convert to int8, bench, report."""
+    """Compress a Keras model (prune, QAT, cluster, distill, factorize), convert to int8, bench, report.
+
+    With --auto, search the stages for the smallest (or fastest) fully-int8 model that keeps
+    --tolerance, on Optuna; --storage/--study let several machines share one search.
+    """
     from tfedge.optimize import load_recipe, stages_from_flags
     from tfedge.optimize import optimize as run_optimize
 
@@ -206,6 +240,37 @@ def optimize(
         or qat
         or distill
     )
+    search_options = (tolerance, objective, budget_minutes, trials, storage, study_name)
+    if auto:
+        _check_auto(flags or recipe, strategy, devices, storage, study_name, tolerance)
+        from tfedge.search import auto_optimize
+
+        auto_optimize(
+            model,
+            train_data,
+            val_data,
+            out_dir=out_dir,
+            tolerance=tolerance,
+            objective=objective or "size",
+            device=devices[0] if devices else "local",
+            ssh_config=ssh_config,
+            budget_minutes=budget_minutes,
+            max_trials=trials,
+            storage=storage,
+            study_name=study_name,
+            resume=resume,
+            epochs=epochs,
+            strategy=strategy if strategy == "mirrored" else None,
+            target=target,
+            runs=runs or 100,
+        )
+        return
+    if resume or any(v is not None for v in search_options):
+        raise TfedgeError(
+            "--tolerance, --objective, --budget-minutes, --trials, --storage, --study and "
+            "--resume belong to the search",
+            "add --auto (e.g. --auto --tolerance 0.01 --objective size)",
+        )
     if recipe:
         if flags:
             raise TfedgeError(
@@ -218,13 +283,16 @@ def optimize(
         stages = stages_from_flags(
             prune, structured, prune_filters, cluster, qat, distill, factorize, epochs
         )
-    if strategy == "mirrored":
+    if strategy in ("mirrored", "multiworker"):
         from tfedge.models.training import resolve_strategy
 
-        strategy = resolve_strategy("mirrored")
+        strategy_name, strategy = strategy, resolve_strategy(strategy)
         from tfedge.console import echo
 
-        echo(f"strategy: MirroredStrategy over {strategy.num_replicas_in_sync} replicas")
+        kind = (
+            "MultiWorkerMirroredStrategy" if strategy_name == "multiworker" else "MirroredStrategy"
+        )
+        echo(f"strategy: {kind} over {strategy.num_replicas_in_sync} replicas")
     else:
         strategy = None
     run_optimize(
@@ -237,7 +305,7 @@ def optimize(
         target=target,
         devices=list(devices) or ["local"],
         ssh_config=ssh_config,
-        runs=runs,
+        runs=runs or DEFAULT_RUNS,
         resume=not no_resume,
     )
 
@@ -300,6 +368,37 @@ def analyze(model, calib, data, json_path, explorer, fix, output, calib_samples)
         echo(
             f"Model Explorer node data: {explorer}, for the int8 model of `tfedge convert MODEL "
             f"--calib DATA`: model-explorer MODEL_int8.tflite --node_data_paths={explorer}"
+        )
+
+
+def _check_auto(stage_flags, strategy, devices, storage, study_name, tolerance) -> None:
+    """The combinations ``optimize --auto`` refuses, each with the way out."""
+    if stage_flags:
+        raise TfedgeError(
+            "--auto searches the stages itself: give either --auto or a recipe / stage flags",
+            "drop --recipe and the stage flags (--prune, --qat, ...); --epochs may stay",
+        )
+    if tolerance is None:
+        raise TfedgeError(
+            "--auto needs --tolerance: the accuracy the result may lose against the float model",
+            "e.g. --tolerance 0.01 for one point",
+        )
+    if strategy == "multiworker":
+        raise TfedgeError(
+            "--auto --strategy multiworker is not supported: every worker of a multi-worker "
+            "fine-tune must run the same candidate, and the search gives each its own",
+            "share the search instead: start the same command on each machine with "
+            "--storage URL --study NAME",
+        )
+    if len(devices) > 1:
+        raise TfedgeError(
+            f"--auto measures on one device, got {len(devices)} --device options",
+            "give the one device whose latency matters",
+        )
+    if storage and not study_name:
+        raise TfedgeError(
+            "--storage needs --study: the workers that share a storage join a study by its name",
+            "e.g. --storage postgresql://user:pass@host/db --study digits-size",
         )
 
 

@@ -1,0 +1,469 @@
+"""`tfedge optimize --auto`: the Optuna search, measured for real (fine-tunes, int8, LiteRT).
+
+The search rules (seeds, failed candidates, closed branches, duplicates, budget, Pareto set) are
+checked on :func:`tfedge.models.auto_optimize` with a deterministic evaluator, the documented
+injection point; everything else runs the real evaluator on a tiny digits CNN with one-epoch
+fine-tunes, real SQLite and PostgreSQL storages, and real worker processes.
+"""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tfedge.cli import main
+from tfedge.errors import OptimizationError
+from tfedge.models import search
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+# ----------------------------------------------------------------------------- the rules
+
+
+def test_recipes_follow_optimize_order_and_preservation():
+    recipe = search.recipe_from_choices(
+        {"qat": True, "cluster": 16, "prune": 0.8, "prune_filters": 0.5, "distill": 0.5}, epochs=1
+    )
+    names = [stage["name"] for stage in recipe["stages"]]
+    assert names == ["distill", "prune_filters", "prune", "cluster", "qat"]
+    assert recipe["stages"][3]["preserve_sparsity"] is True
+    assert recipe["stages"][4]["preserve"] == "sparsity+clusters"
+    assert all(stage["epochs"] == 1 for stage in recipe["stages"])
+    assert search.recipe_from_choices({"prune": "2:4"})["stages"] == [
+        {"name": "prune", "sparsity": 0.5, "structure": "2:4"}
+    ]
+    assert search.recipe_label(search.recipe_from_choices({})) == "int8 (post-training)"
+
+
+@pytest.mark.parametrize("objective", search.OBJECTIVES)
+def test_seeds_start_cheap_and_hold_the_hand_recipes(objective):
+    seeds = search.seed_recipes(objective)
+    costs = [search.recipe_cost(search.recipe_from_choices(s)) for s in seeds]
+    assert seeds[0] == {} and costs == sorted(costs)
+    if objective == "size":  # the README's best hand row: prune 80 % + cluster 16 + PCQAT
+        assert {"prune": 0.8, "cluster": 16, "qat": True} in seeds
+    if objective == "latency":  # and its 50 % filter-pruning row
+        assert {"prune_filters": 0.5} in seeds
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "needle"),
+    [
+        ({"tolerance": 0}, r"outside \(0, 1\)"),
+        ({"tolerance": 1.0}, r"outside \(0, 1\)"),
+        ({"tolerance": -0.1}, r"outside \(0, 1\)"),
+        ({"objective": "speed"}, "unknown"),
+        ({"budget_minutes": 0}, "positive"),
+    ],
+)
+def test_bad_settings(kwargs, needle):
+    settings = {"tolerance": 0.01, "objective": "size", "evaluator": lambda r: {}, **kwargs}
+    with pytest.raises(OptimizationError, match=needle):
+        search.auto_optimize(None, **settings)
+
+
+def test_models_auto_optimize_needs_an_evaluator():
+    with pytest.raises(OptimizationError, match="tfedge.auto_optimize") as info:
+        search.auto_optimize(None, tolerance=0.01)
+    assert "evaluator" in info.value.message
+
+
+class RuleEvaluator:
+    """Figures computed from the recipe: each stage shrinks the model and costs some accuracy.
+
+    Pruning to 0.9 loses 5 points at once (a branch that breaks the tolerance), 2:4 fails.
+    """
+
+    def __init__(self, delay=0.0):
+        self.calls = []
+        self.delay = delay
+
+    def __call__(self, recipe, on_stage=None):
+        self.calls.append(search.recipe_key(recipe))
+        time.sleep(self.delay)
+        accuracy, size = 0.95, 10000.0
+        if recipe.get("convert", {}).get("mode") == "float32":
+            return {"accuracy": accuracy, "size_gzip_bytes": 40000, "latency_ms": {"p50": 1.0}}
+        for index, stage in enumerate(recipe["stages"]):
+            if stage.get("structure") == "2:4":
+                raise RuntimeError("2:4 is not supported by this model")
+            loss = {"prune": 0.004, "cluster": 0.003, "qat": -0.002}.get(stage["name"], 0.004)
+            if stage.get("sparsity") == 0.9:
+                loss = 0.05
+            accuracy -= loss
+            size *= {"prune": 1 - stage.get("sparsity", 0.5) * 0.8, "cluster": 0.7}.get(
+                stage["name"], 0.9
+            )
+            if on_stage:
+                on_stage(index, accuracy)
+        p50 = 1.0 - 0.1 * len(recipe["stages"])
+        return {"accuracy": accuracy, "size_gzip_bytes": int(size), "latency_ms": {"p50": p50}}
+
+
+def test_search_rules(tmp_path):
+    evaluator = RuleEvaluator()
+    lines = []
+    seeds = [{}, {"prune": 0.9}, {"prune": 0.9, "qat": True}, {"prune": "2:4"}, {"qat": True}]
+    seeds += [{"prune": 0.8, "cluster": 16, "qat": True}, {"qat": True}]
+    result = search.auto_optimize(
+        None,
+        evaluator=evaluator,
+        tolerance=0.01,
+        objective="size",
+        max_trials=10,
+        seeds=seeds,
+        storage=f"sqlite:///{tmp_path / 's.db'}",
+        fingerprint={"model": "rules"},
+        on_progress=lines.append,
+    )
+    by_label = {c["label"]: c for c in result.candidates}
+    # the seeds ran first, in the order given
+    assert [c["label"] for c in result.candidates[:3]] == [
+        "int8 (post-training)",
+        "prune(0.9)",
+        "prune(0.9) + qat",
+    ]
+    # prune 0.9 broke the tolerance: its trial and its branch are pruned, the branch never ran
+    assert by_label["prune(0.9)"]["state"] == "pruned"
+    assert by_label["prune(0.9) + qat"]["state"] == "pruned"
+    assert "branch broke" in by_label["prune(0.9) + qat"]["pruned"]
+    branch = search.recipe_key(search.recipe_from_choices({"prune": 0.9, "qat": True}))
+    assert branch not in evaluator.calls
+    # a failing candidate is recorded, and the search went on
+    failed = by_label["prune(2:4)"]
+    assert failed["state"] == "fail" and "not supported" in failed["error"]
+    assert len(result.candidates) > 5
+    # no recipe was measured twice (the repeated seed and any re-sampled recipe)
+    assert len(evaluator.calls) == len(set(evaluator.calls))
+    # best = smallest within the tolerance; Pareto = not dominated
+    kept = [c for c in result.candidates if c["within_tolerance"]]
+    assert result.best["figures"]["size_gzip_bytes"] == min(
+        c["figures"]["size_gzip_bytes"] for c in kept
+    )
+    assert result.best["within_tolerance"] and result.best["pareto"]
+    for c in result.pareto:
+        for o in result.candidates:
+            if o["figures"] and o["state"] == "complete":
+                assert not (
+                    o["figures"]["accuracy"] >= c["figures"]["accuracy"]
+                    and o["figures"]["size_gzip_bytes"] < c["figures"]["size_gzip_bytes"]
+                )
+    assert lines and lines[-1].startswith(f"candidates {len(result.candidates)} ")
+    assert "best size" in lines[-1]
+
+
+def test_budget_stops_and_returns_the_best_so_far(tmp_path):
+    evaluator = RuleEvaluator(delay=0.4)
+    lines = []
+    started = time.time()
+    result = search.auto_optimize(
+        None,
+        evaluator=evaluator,
+        tolerance=0.01,
+        objective="balanced",
+        budget_minutes=0.03,
+        fingerprint={"model": "budget"},
+        on_progress=lines.append,
+    )
+    assert time.time() - started < 0.03 * 60 + 2
+    assert result.stopped == "budget"
+    assert 1 <= len(result.candidates) < 10
+    assert result.best is not None
+    assert "min left" in lines[-1]
+
+
+# ----------------------------------------------------------------------------- for real
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory, digits, train_npz, test_npz):
+    """A 4-filter digits CNN trained 4 epochs (about 95 %), and another model for mismatches."""
+    from tfedge.models.zoo import build, train
+
+    folder = tmp_path_factory.mktemp("tiny")
+    model = train(build("digits_cnn", width=4), digits[0], epochs=4)
+    model.save(folder / "tiny.keras")
+    other = build("digits_cnn", width=4)
+    other.save(folder / "other.keras")
+    return {
+        "model": folder / "tiny.keras",
+        "other": folder / "other.keras",
+        "train": train_npz,
+        "val": test_npz,
+    }
+
+
+def auto_argv(tiny, out, *extra, model=None):
+    argv = [
+        "optimize",
+        model or tiny["model"],
+        "--train",
+        tiny["train"],
+        "--val",
+        tiny["val"],
+        "--auto",
+        "--tolerance",
+        "0.02",
+        "--objective",
+        "size",
+        "--epochs",
+        "1",
+        "--runs",
+        "10",
+        "-o",
+        out,
+        *extra,
+    ]
+    return [str(a) for a in argv]
+
+
+def run_cli(argv, env=None, **kwargs):
+    return subprocess.Popen(
+        [sys.executable, "-m", "tfedge", *argv],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, **(env or {})},
+        **kwargs,
+    )
+
+
+@pytest.fixture(scope="module")
+def searched(tiny, tmp_path_factory):
+    out = tmp_path_factory.mktemp("auto")
+    status = main(auto_argv(tiny, out, "--trials", "3"))
+    return status, out
+
+
+def test_auto_writes_the_best_model_report_and_recipe(searched, tiny, tflite_accuracy, tmp_path):
+    from tfedge.data import load_data
+    from tfedge.inspector import inspect_model
+
+    status, out = searched
+    assert status == 0
+    report = json.loads((out / "report.json").read_text())
+    rows = report["results"]
+    assert rows[0]["stage"] == "float32" and rows[0]["state"] == "reference"
+    candidates = rows[1:]
+    assert [r["trial"] for r in candidates] == [0, 1, 2]
+    assert candidates[0]["stage"] == "int8 (post-training)"  # the cheapest seed first
+    for row in candidates:
+        assert row["state"] == "complete"
+        assert {"recipe", "accuracy", "size_gzip_bytes", "latency_ms", "keras_accuracy"} <= set(row)
+        assert {"pareto", "within_tolerance", "chosen"} <= set(row)
+    (chosen,) = [r for r in candidates if r["chosen"]]
+    floor = rows[0]["accuracy"] - 0.02
+    kept = [r for r in candidates if r["accuracy"] >= floor - 1e-9]
+    assert chosen["accuracy"] >= floor - 1e-9 and chosen["pareto"]
+    assert chosen["size_gzip_bytes"] == min(r["size_gzip_bytes"] for r in kept)
+    assert report["search"]["best_trial"] == chosen["trial"]
+    assert report["search"]["objective"] == "size"
+    # the model is the chosen one, fully int8, with the accuracy the report says
+    blob = (out / "model.tflite").read_bytes()
+    assert inspect_model(blob)["fully_integer"]
+    val = load_data(tiny["val"])
+    assert tflite_accuracy(blob, val, tmp_path) == pytest.approx(chosen["accuracy"])
+    page = (out / "report.html").read_text()
+    assert "<svg" in page and "Pareto" in page and chosen["stage"] in page
+    assert (out / "model.keras").is_file()
+
+
+def test_recipe_yaml_reproduces_the_chosen_model(searched, tiny, tflite_accuracy, tmp_path):
+    from tfedge.data import load_data
+
+    _, out = searched
+    report = json.loads((out / "report.json").read_text())
+    (chosen,) = [r for r in report["results"] if r.get("chosen")]
+    again = tmp_path / "again"
+    argv = ["optimize", tiny["model"], "--train", tiny["train"], "--val", tiny["val"]]
+    argv += ["--recipe", out / "recipe.yaml", "--runs", "5", "-o", again]
+    assert main([str(a) for a in argv]) == 0
+    accuracy = tflite_accuracy(
+        (again / "model.tflite").read_bytes(), load_data(tiny["val"]), tmp_path
+    )
+    assert abs(accuracy - chosen["accuracy"]) <= 0.005
+
+
+def test_python_api_returns_the_search_result(searched, tiny):
+    import tfedge
+    from tfedge.models import SearchResult
+
+    _, out = searched
+    # the study is complete (3 trials): this reads it back without running a trial
+    result = tfedge.auto_optimize(
+        str(tiny["model"]),
+        tiny["train"],
+        tiny["val"],
+        out_dir=out,
+        tolerance=0.02,
+        objective="size",
+        epochs=1,
+        max_trials=3,
+        resume=True,
+    )
+    assert isinstance(result, SearchResult)
+    assert len(result.candidates) == 3 and result.best is not None
+    assert result.to_dict()["best_trial"] == result.best["trial"]
+
+
+def _error_lines(capsys):
+    err = capsys.readouterr().err
+    return [line for line in err.splitlines() if line.startswith("Error:")], err
+
+
+@pytest.mark.parametrize(
+    ("extra", "needle"),
+    [
+        (["--tolerance", "1.5"], "outside (0, 1)"),
+        (["--tolerance", "0"], "outside (0, 1)"),
+        (["--storage", "postgresql://nobody@127.0.0.1:1/db", "--study", "s"], "cannot open"),
+        (["--storage", "not-a-url", "--study", "s"], "not a database URL"),
+        (["--resume", "--study", "never-made"], "nothing to resume"),
+        (["--prune", "0.5"], "either --auto or a recipe"),
+        (["--strategy", "multiworker"], "not supported"),
+    ],
+)
+def test_bad_input_is_one_error_line(tiny, tmp_path, capsys, extra, needle):
+    assert main(auto_argv(tiny, tmp_path, *extra)) == 1
+    errors, err = _error_lines(capsys)
+    assert len(errors) == 1 and needle in errors[0], err
+    assert "Traceback" not in err
+
+
+def test_latency_needs_a_reachable_device(tiny, tmp_path, capsys):
+    with socket.socket() as probe:  # a port nothing listens on: the ssh device is down
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    extra = ["--objective", "latency", "--device", f"ssh://nobody@127.0.0.1:{port}"]
+    assert main(auto_argv(tiny, tmp_path, *extra)) == 1
+    errors, err = _error_lines(capsys)
+    assert len(errors) == 1 and "cannot measure the reference" in errors[0], err
+
+
+def test_a_study_of_another_model_is_refused(searched, tiny, capsys):
+    _, out = searched
+    assert main(auto_argv(tiny, out, "--trials", "3", model=tiny["other"])) == 1
+    errors, err = _error_lines(capsys)
+    assert len(errors) == 1 and "belongs to another model" in errors[0], err
+    assert "model" in errors[0]
+
+
+def _study(url, name):
+    import optuna
+
+    return optuna.load_study(storage=search.open_storage(url), study_name=name)
+
+
+def test_a_killed_search_resumes_without_repeating_finished_trials(tiny, tmp_path):
+    import optuna
+
+    url = f"sqlite:///{tmp_path / 'search.db'}"
+    argv = auto_argv(tiny, tmp_path, "--trials", "2")
+    first = run_cli(argv)
+    deadline = time.time() + 240
+    finished = []
+    while time.time() < deadline and first.poll() is None:
+        time.sleep(0.5)
+        with_storage = (tmp_path / "search.db").is_file()
+        if with_storage:
+            try:
+                study = _study(url, "auto-size")
+            except (KeyError, optuna.exceptions.StorageInternalError):
+                continue
+            finished = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+            if finished:
+                break
+    assert finished, "the first run finished no trial before the deadline"
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    before = {t.number: (t.datetime_start, t.user_attrs["key"]) for t in finished}
+
+    assert main(argv) == 0
+    study = _study(url, "auto-size")
+    complete = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    for trial in complete:  # the trials finished before the kill are kept, not run again
+        if trial.number in before:
+            assert (trial.datetime_start, trial.user_attrs["key"]) == before[trial.number]
+    measured = [t.user_attrs["key"] for t in complete if "duplicate_of" not in t.user_attrs]
+    assert len(measured) == len(set(measured))
+    done = study.get_trials(
+        states=(optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    )
+    assert len(done) >= 2 - 1  # the killed trial may still be waiting out its heartbeat
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["search"]["best_trial"] is not None
+
+
+def test_two_workers_share_a_postgresql_study(postgres_url, tiny, tmp_path):
+    import optuna
+
+    name = "tiny-size"
+    workers = [
+        run_cli(
+            auto_argv(tiny, tmp_path / f"w{i}", "--trials", "3")
+            + ["--storage", postgres_url, "--study", name]
+        )
+        for i in range(2)
+    ]
+    outputs = [w.communicate(timeout=400)[0] for w in workers]
+    assert [w.returncode for w in workers] == [0, 0], [o[-2500:] for o in outputs]
+    study = _study(postgres_url, name)
+    trials = study.get_trials(
+        states=(
+            optuna.trial.TrialState.COMPLETE,
+            optuna.trial.TrialState.PRUNED,
+            optuna.trial.TrialState.FAIL,
+        )
+    )
+    assert len(trials) >= 3
+    measured = [t for t in trials if "duplicate_of" not in t.user_attrs]
+    keys = [t.user_attrs["key"] for t in measured]
+    assert len(keys) == len(set(keys)), "a recipe ran twice"
+    assert len({t.user_attrs["worker"] for t in measured}) == 2, "one worker did everything"
+    for i in range(2):
+        report = json.loads((tmp_path / f"w{i}" / "report.json").read_text())
+        assert report["search"]["study"] == name
+        assert (tmp_path / f"w{i}" / "model.tflite").is_file()
+
+
+def _free_port():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_multiworker_fine_tune_on_two_local_workers(tiny, tmp_path):
+    ports = [_free_port(), _free_port()]
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
+    workers = []
+    for index in range(2):
+        config = {"cluster": cluster, "task": {"type": "worker", "index": index}}
+        argv = ["optimize", tiny["model"], "--train", tiny["train"], "--val", tiny["val"]]
+        argv += ["--qat", "--epochs", "1", "--strategy", "multiworker", "--runs", "5"]
+        argv += ["-o", tmp_path / f"w{index}"]
+        workers.append(run_cli([str(a) for a in argv], env={"TF_CONFIG": json.dumps(config)}))
+    outputs = [w.communicate(timeout=300)[0] for w in workers]
+    assert [w.returncode for w in workers] == [0, 0], [o[-2500:] for o in outputs]
+    for output in outputs:
+        assert "MultiWorkerMirroredStrategy over 2 replicas" in output
+    # synchronous training: both workers end with the same weights
+    blobs = [(tmp_path / f"w{i}" / "model.tflite").read_bytes() for i in range(2)]
+    assert blobs[0] == blobs[1]
+
+
+def test_multiworker_without_tf_config_is_an_error(monkeypatch):
+    from tfedge.models.training import resolve_strategy
+
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    with pytest.raises(OptimizationError, match="TF_CONFIG"):
+        resolve_strategy("multiworker")

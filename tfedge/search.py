@@ -1,0 +1,496 @@
+"""``tfedge optimize --auto``: the accuracy-aware search, measured for real, and its outputs.
+
+:func:`tfedge.models.auto_optimize` is the search (Optuna); this module gives it the measurement:
+:class:`RecipeEvaluator` runs a recipe's stages the way ``tfedge optimize`` does (the same stage
+functions, the same frozen float teacher, so ``tfedge optimize --recipe`` reproduces a candidate),
+converts the result to fully-int8 TFLite and benches it with LiteRT on the validation data, on this
+machine or on an ssh device. Stage outputs are cached by their stage list, so the recipes that share
+a start (prune 80 % → + cluster 16 → + QAT) train it once.
+
+:func:`auto_optimize` ties both together and writes ``DIR/model.tflite`` (the best on the objective
+within the tolerance), ``DIR/model.keras``, ``DIR/report.json`` (every candidate, in optimize's
+schema plus ``trial``, ``recipe``, ``state``, ``pareto``, ``within_tolerance``, ``chosen``, and a
+``search`` summary), ``DIR/report.html`` (candidates table and Pareto plot) and ``DIR/recipe.yaml``.
+The study is kept in ``DIR/search.db`` (SQLite) unless ``storage`` names a shared database.
+
+Example:
+    >>> result = auto_optimize("model.keras", "train.npz", "val.npz", out_dir="out",
+    ...                        tolerance=0.01, objective="size", budget_minutes=15)  # doctest: +SKIP
+    >>> result.best["label"]  # doctest: +SKIP
+    'prune(0.8) + cluster(16) + qat'
+"""
+
+import gzip
+import hashlib
+import importlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from tfedge import __version__
+from tfedge.console import echo
+from tfedge.errors import OptimizationError
+
+__all__ = ["RecipeEvaluator", "auto_optimize", "write_outputs", "fingerprint"]
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()[:32]
+
+
+def _file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    for file in files:
+        digest.update(str(file.relative_to(path) if path.is_dir() else file.name).encode())
+        with open(file, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()[:32]
+
+
+def _data_digest(data) -> str:
+    digest = hashlib.sha256(data.x.tobytes())
+    if data.y is not None:
+        digest.update(data.y.tobytes())
+    return digest.hexdigest()[:32]
+
+
+def fingerprint(source, model, train, val, *, device: str, target=None) -> dict:
+    """What a study searches: the model, the data and the measuring setup, each as a digest.
+
+    A study holding another model's (or data's, or device's) figures is refused when joined.
+
+    Example:
+        >>> fingerprint("model.keras", model, train, val, device="local")  # doctest: +SKIP
+        {'model': '3f…', 'train': '…', 'val': '…', 'device': 'local', 'target': None}
+    """
+    path = Path(str(source))
+    if path.exists():
+        model_digest = _file_digest(path)
+    else:
+        digest = hashlib.sha256(model.to_json().encode())
+        for weights in model.get_weights():
+            digest.update(weights.tobytes())
+        model_digest = digest.hexdigest()[:32]
+    return {
+        "model": model_digest,
+        "train": _data_digest(train),
+        "val": _data_digest(val),
+        "device": device,
+        "target": None if target is None else str(target),
+    }
+
+
+class RecipeEvaluator:
+    """Measure a recipe: run its stages, convert to fully-int8 TFLite, bench with LiteRT.
+
+    Calling it with a recipe (``{"stages": [...]}``; an empty list is post-training int8;
+    ``{"stages": [], "convert": {"mode": "float32"}}`` is the float reference) returns the bench
+    row of the result (``accuracy`` on the validation data, ``size_gzip_bytes``, ``latency_ms``...)
+    plus ``stage`` (the recipe's label), ``keras_accuracy`` and ``keras_model`` (its saved path).
+
+    Args:
+        model: a ``.keras``/``.h5`` path, a :class:`~tfedge.loading.LoadedModel` or a tf_keras model.
+        train: labelled training data (any form :func:`tfedge.data.load_data` takes).
+        val: labelled validation data; accuracy is measured on it.
+        out_dir: the search folder (``cache/`` and ``candidates/`` go there).
+        device: where latency is measured: ``"local"`` or ``"ssh://[USER@]HOST[:PORT]"``.
+        ssh_config: an ssh config file for ssh devices.
+        target: a converter target profile (e.g. ``"edgetpu"``).
+        strategy: a ``tf.distribute`` strategy (or its name) for the fine-tunes.
+        runs: timed runs per candidate.
+        calib_samples: calibration samples per int8 conversion.
+
+    Example:
+        >>> evaluate = RecipeEvaluator("model.keras", "train.npz", "val.npz", out_dir="out")  # doctest: +SKIP
+        >>> evaluate({"stages": [{"name": "qat"}]})["accuracy"]  # doctest: +SKIP
+        0.9849
+    """
+
+    def __init__(
+        self,
+        model,
+        train,
+        val,
+        *,
+        out_dir,
+        device: str = "local",
+        ssh_config=None,
+        target=None,
+        strategy=None,
+        runs: int = 100,
+        calib_samples: int = 300,
+    ):
+        from tfedge.converters import input_shape_of
+        from tfedge.data import load_data
+        from tfedge.loading import LoadedModel, load_model
+
+        self.out = Path(out_dir)
+        self.cache = self.out / "cache"
+        self.candidates = self.out / "candidates"
+        for folder in (self.cache, self.candidates):
+            folder.mkdir(parents=True, exist_ok=True)
+        if isinstance(model, (str, Path)):
+            model = load_model(model)
+        self.source = (
+            model.path if isinstance(model, LoadedModel) else getattr(model, "name", "model")
+        )
+        from tfedge.models.rebuild import to_keras2
+
+        self.base = to_keras2(model)
+        shape = input_shape_of(self.base)
+        self.train = load_data(train, input_shape=shape, require_labels=True, name="--train")
+        self.val = load_data(val, input_shape=shape, require_labels=True, name="--val")
+        self.val_npz = self.val.save(self.out / "val.npz")
+        self.device = device
+        self.ssh_config = ssh_config
+        self.target = target
+        self.strategy = strategy
+        self.runs = runs
+        self.calib_samples = calib_samples
+        self.fingerprint = fingerprint(
+            self.source, self.base, self.train, self.val, device=device, target=target
+        )
+        self._teacher = None
+
+    @property
+    def teacher(self):
+        """A frozen copy of the float model, the teacher every fine-tune distils from."""
+        if self._teacher is None:
+            from tfedge.backend import keras
+
+            copy = keras.models.clone_model(self.base)
+            copy.set_weights(self.base.get_weights())
+            copy.trainable = False
+            self._teacher = copy
+        return self._teacher
+
+    def _code_key(self, stages) -> str:
+        from tfedge.optimize import STAGES
+
+        digest = hashlib.sha256(__version__.encode())
+        for stage in stages:
+            module = importlib.import_module(STAGES[stage["name"]][0])
+            digest.update(Path(module.__file__).read_bytes())
+        return digest.hexdigest()[:16]
+
+    def _stage_key(self, stages) -> str:
+        text = json.dumps(
+            {"model": self.fingerprint, "stages": stages, "code": self._code_key(stages)},
+            sort_keys=True,
+            default=str,
+        )
+        return hashlib.sha256(text.encode()).hexdigest()[:20]
+
+    def _run_stages(self, stages, on_stage=None):
+        from tfedge.loading import load_model
+        from tfedge.models.search import recipe_label
+        from tfedge.models.training import evaluate
+        from tfedge.optimize import STAGES
+
+        current = self.base
+        for index, stage in enumerate(stages):
+            if stage.get("name") not in STAGES:
+                raise OptimizationError(
+                    f"unknown stage {stage!r}; expected one of {', '.join(STAGES)}"
+                )
+            path = self.cache / f"{self._stage_key(stages[: index + 1])}.keras"
+            label = recipe_label({"stages": stages[: index + 1]})
+            if path.is_file():
+                current = load_model(path).model
+            else:
+                echo(f"  stage {index + 1}/{len(stages)}: {label}")
+                module_name, function = STAGES[stage["name"]]
+                run = getattr(importlib.import_module(module_name), function)
+                params = {k: v for k, v in stage.items() if k != "name"}
+                current = run(
+                    current,
+                    self.train,
+                    self.val,
+                    teacher=self.teacher,
+                    strategy=self.strategy,
+                    **params,
+                )
+                tmp = path.with_name(f".{path.stem}.{os.getpid()}.keras")
+                current.save(tmp)
+                os.replace(tmp, path)
+            if on_stage is not None:
+                on_stage(index, evaluate(current, self.val))
+        return current
+
+    def __call__(self, recipe: dict, on_stage=None) -> dict:
+        from tfedge.bench import bench
+        from tfedge.converters import convert
+        from tfedge.models.search import recipe_key, recipe_label
+        from tfedge.models.training import evaluate
+
+        stages = list(recipe.get("stages", []))
+        mode = (recipe.get("convert") or {}).get("mode", "int8")
+        key = recipe_key(recipe)
+        label = recipe_label(recipe)
+        model = self._run_stages(stages, on_stage) if stages else self.base
+        keras_path = self.candidates / f"{key}.keras"
+        if stages:
+            model.save(keras_path)
+        tflite = self.candidates / f"{key}.tflite"
+        if mode == "float32":
+            blob = convert(model, mode="float32")
+        else:
+            blob = convert(
+                model, calib=self.train, calib_samples=self.calib_samples, target=self.target
+            )
+        tflite.write_bytes(blob)
+        report = bench(
+            [tflite],
+            data=self.val_npz,
+            devices=[self.device],
+            ssh_config=self.ssh_config,
+            runs=self.runs,
+            warmup=min(20, self.runs),
+        )
+        (row,) = report["results"]
+        row["stage"] = label
+        row["keras_accuracy"] = evaluate(model, self.val)
+        row["keras_model"] = str(keras_path) if stages else str(self.source)
+        row.setdefault("size_gzip_bytes", len(gzip.compress(blob, 9)))
+        return row
+
+
+def _echo_result(result) -> None:
+    from tfedge.models.search import recipe_label
+
+    echo(
+        f"search: {len(result.candidates)} candidates in study {result.study_name!r} "
+        f"({result.stopped}); Pareto set: {len(result.pareto)}"
+    )
+    for candidate in result.pareto:
+        figures = candidate["figures"]
+        p50 = (figures.get("latency_ms") or {}).get("p50")
+        echo(
+            f"  {'*' if candidate is result.best else ' '} trial {candidate['trial']}: "
+            f"{recipe_label(candidate['recipe'])}: int8 {figures['accuracy'] * 100:.2f}%, "
+            f"{figures['size_gzip_bytes']:,} B gzip, p50 {p50:.3f} ms"
+        )
+
+
+def auto_optimize(
+    model,
+    train,
+    val,
+    *,
+    out_dir,
+    tolerance: float = 0.01,
+    objective: str = "size",
+    device: str = "local",
+    ssh_config=None,
+    budget_minutes: float | None = None,
+    max_trials: int | None = None,
+    storage: str | None = None,
+    study_name: str | None = None,
+    resume: bool = False,
+    epochs: int | None = None,
+    strategy=None,
+    target=None,
+    runs: int = 100,
+    evaluator=None,
+    seed: int | None = 0,
+):
+    """Search for the smallest / fastest / best balanced fully-int8 model within ``tolerance``.
+
+    :func:`tfedge.models.auto_optimize` with :class:`RecipeEvaluator` as its measurement, and the
+    outputs written to ``out_dir`` (:func:`write_outputs`).
+
+    Args:
+        model: a ``.keras``/``.h5`` path (Keras 2 or 3), a LoadedModel or a tf_keras model.
+        train: labelled training data.
+        val: labelled validation data (accuracy, and the tolerance, are measured on it).
+        out_dir: the output folder; it also keeps the study (``search.db``) and the caches.
+        tolerance: the accuracy the result may lose against the float32 model, in (0, 1).
+        objective: ``"size"``, ``"latency"`` or ``"balanced"``.
+        device: where to measure latency (``"local"`` or an ``ssh://`` URL).
+        ssh_config: an ssh config file for ssh devices.
+        budget_minutes: stop starting candidates after this long; the best so far is returned.
+        max_trials: stop once the study holds this many finished trials.
+        storage: an Optuna storage URL shared by several workers (default ``DIR/search.db``).
+        study_name: the study's name (default ``auto-<objective>``).
+        resume: require an existing study to continue.
+        epochs: fine-tuning epochs for every stage (None: each stage's default).
+        strategy: a ``tf.distribute`` strategy (or ``"mirrored"``) for the fine-tunes.
+        target: a converter target profile.
+        runs: timed runs per candidate on the device.
+        evaluator: replace the measurement (an ``evaluator(recipe) -> figures``).
+        seed: the sampler's seed.
+
+    Returns:
+        The :class:`tfedge.models.search.SearchResult`.
+
+    Raises:
+        OptimizationError: bad settings, an unreachable device, a storage that cannot be opened,
+            a study of another model, or no candidate within the tolerance (the report is written
+            first).
+
+    Example:
+        >>> result = tfedge.auto_optimize("model.keras", "train.npz", "val.npz", out_dir="out",
+        ...                               tolerance=0.01, objective="size")  # doctest: +SKIP
+    """
+    from tfedge.models.search import auto_optimize as search
+    from tfedge.models.search import check_settings, open_storage
+
+    check_settings(tolerance, objective, budget_minutes, max_trials)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    url = storage or f"sqlite:///{(out / 'search.db').resolve()}"
+    open_storage(url)  # a bad URL or a server that is down fails before any training
+    measure = evaluator or RecipeEvaluator(
+        model,
+        train,
+        val,
+        out_dir=out,
+        device=device,
+        ssh_config=ssh_config,
+        target=target,
+        strategy=strategy,
+        runs=runs,
+    )
+    name = study_name or f"auto-{objective}"
+    echo(
+        f"search: objective {objective}, tolerance {_points(tolerance)}, device {device}, "
+        f"study {name!r}" + (f", budget {budget_minutes:g} min" if budget_minutes else "")
+    )
+    result = search(
+        getattr(measure, "base", model),
+        train,
+        val,
+        evaluator=measure,
+        tolerance=tolerance,
+        objective=objective,
+        budget_minutes=budget_minutes,
+        max_trials=max_trials,
+        storage=url,
+        study_name=name,
+        resume=resume,
+        fingerprint=getattr(measure, "fingerprint", None),
+        epochs=epochs,
+        seed=seed,
+        on_progress=echo,
+    )
+    write_outputs(result, out, measure)
+    _echo_result(result)
+    if result.best is None:
+        raise OptimizationError(
+            f"no candidate kept the tolerance of {_points(tolerance)} below the float "
+            f"model's {result.reference_accuracy * 100:.2f}% ({len(result.candidates)} tried); "
+            f"see {out / 'report.json'}",
+            "allow a larger --tolerance, more --budget-minutes, or more --epochs",
+        )
+    return result
+
+
+def _points(tolerance: float) -> str:
+    points = round(tolerance * 100, 4)
+    return f"{points:g} point" + ("" if points == 1 else "s")
+
+
+def _row(candidate: dict, chosen: bool) -> dict:
+    figures = dict(candidate.get("figures") or {})
+    row = figures or {"model": None}
+    row.update(
+        {
+            "stage": candidate.get("label"),
+            "trial": candidate["trial"],
+            "state": candidate["state"],
+            "recipe": candidate["recipe"],
+            "within_tolerance": candidate["within_tolerance"],
+            "pareto": candidate["pareto"],
+            "chosen": chosen,
+            "seconds": candidate.get("seconds"),
+            "worker": candidate.get("worker"),
+        }
+    )
+    if candidate.get("error"):
+        row["error"] = candidate["error"]
+        if candidate.get("hint"):
+            row["hint"] = candidate["hint"]
+    if candidate.get("pruned"):
+        row["pruned"] = candidate["pruned"]
+    row.setdefault("keras_accuracy", None)
+    return row
+
+
+def write_outputs(result, out_dir, evaluator=None) -> dict:
+    """Write ``model.tflite``, ``model.keras``, ``report.json``, ``report.html`` and ``recipe.yaml``.
+
+    A best candidate measured on another worker (its files are not here) is measured again here
+    with ``evaluator`` to get its model.
+
+    Returns:
+        The report dict written to ``report.json``.
+
+    Example:
+        >>> write_outputs(result, "out", evaluator)  # doctest: +SKIP
+    """
+    import yaml
+
+    out = Path(out_dir)
+    best = result.best
+    reference = dict(result.reference)
+    reference.update(
+        {"stage": "float32", "trial": None, "state": "reference", "recipe": None, "chosen": False}
+    )
+    rows = [reference] + [_row(c, c is best) for c in result.candidates]
+    if best is not None:
+        figures = best["figures"]
+        tflite = Path(str(figures.get("model") or ""))
+        keras_path = Path(str(figures.get("keras_model") or ""))
+        if not tflite.is_file() and evaluator is not None:
+            echo(f"trial {best['trial']} ran on {best.get('worker')}: measuring it again here")
+            again = evaluator(best["recipe"])
+            tflite, keras_path = Path(again["model"]), Path(again.get("keras_model") or "")
+        if tflite.is_file():
+            shutil.copyfile(tflite, out / "model.tflite")
+        if keras_path.is_file() and keras_path.suffix in (".keras", ".h5"):
+            shutil.copyfile(keras_path, out / f"model{keras_path.suffix}")
+        recipe = {
+            "model": Path(str(getattr(evaluator, "source", "") or "")).name or None,
+            "stages": best["recipe"]["stages"],
+            "convert": {"mode": "int8"},
+        }
+        header = (
+            f"# Found by `tfedge optimize --auto --objective {result.objective} --tolerance "
+            f"{result.tolerance:g}` (trial {best['trial']} of study {result.study_name!r}):\n"
+            f"# int8 accuracy {figures['accuracy'] * 100:.2f}% on the validation data "
+            f"(float32 {result.reference_accuracy * 100:.2f}%), {figures['size_gzip_bytes']:,} "
+            f"bytes gzipped, p50 {(figures.get('latency_ms') or {}).get('p50')} ms.\n"
+            "# Reproduce: tfedge optimize MODEL --train DATA --val DATA --recipe recipe.yaml -o DIR\n"
+        )
+        text = header + yaml.safe_dump(recipe, sort_keys=False)
+        (out / "recipe.yaml").write_text(text)
+    payload = {"tfedge_version": __version__, "results": rows, "search": result.to_dict()}
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=out)
+    with os.fdopen(fd, "w") as handle:
+        json.dump(payload, handle, indent=2, default=str)
+        handle.write("\n")
+    os.replace(tmp, out / "report.json")
+    _write_html(out / "report.html", rows, result)
+    return payload
+
+
+def _write_html(path: Path, rows, result) -> None:
+    """The report page (candidates table, Pareto fronts of accuracy vs size and vs p50)."""
+    from tfedge.report import write_html
+
+    reference_device = rows[0].get("device")
+    shown = []
+    for row in rows:
+        if row.get("accuracy") is None:  # pruned or failed: a table row, no point on the plots
+            row = dict(row)
+            row["model"] = ""
+            row["device"] = reference_device
+            if row.get("pruned") and not row.get("error"):
+                row["error"] = f"pruned: {row['pruned']}"
+        shown.append(row)
+    title = f"tfedge optimize --auto: {result.objective}, tolerance {_points(result.tolerance)}"
+    write_html(path, shown, title=title)
