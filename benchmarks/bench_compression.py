@@ -310,7 +310,7 @@ def main(argv=None) -> int:
     )
     args = parser.parse_args(argv)
 
-    from tfedge import __version__
+    from tfedge.version import __version__
 
     rows, train_seconds = [], []
     with tempfile.TemporaryDirectory() as workdir:

@@ -102,8 +102,8 @@ def main(argv=None):
     )
     args = parser.parse_args(argv)
 
-    from tfedge import __version__
     from tfedge.digits import load_digits
+    from tfedge.version import __version__
 
     train, test = load_digits()
     rows = []

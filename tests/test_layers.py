@@ -29,6 +29,7 @@ CORE = {
     "tfedge.runner",
     "tfedge.serialization",
     "tfedge.tflite_file",
+    "tfedge.version",
 }
 RANK = {"core": 0, "models": 1, "converters": 2, "application": 3}
 

@@ -8,7 +8,7 @@ Example:
     '0.1.0'
 """
 
-__version__ = "0.1.0"
+from tfedge.version import __version__
 
 __all__ = ["__version__", "analyze", "auto_optimize"]
 
@@ -20,10 +20,7 @@ def __getattr__(name):
 
         return analyze
     if name == "auto_optimize":
-        # tfedge.search needs bench, optimize and report, which import ``__version__`` from here:
-        # a static import would read as an import loop (tests/test_layers.py). By the time this
-        # runs, ``tfedge`` is fully initialised, so loading it by name is safe.
-        import importlib
+        from tfedge.search import auto_optimize
 
-        return importlib.import_module("tfedge.search").auto_optimize
+        return auto_optimize
     raise AttributeError(f"module 'tfedge' has no attribute {name!r}")

@@ -15,9 +15,9 @@ import tempfile
 import threading
 from pathlib import Path
 
-from tfedge import __version__
 from tfedge.errors import InputFileError, missing_file
 from tfedge.runner import DEFAULT_RUNS, DEFAULT_WARMUP
+from tfedge.version import __version__
 
 __all__ = ["bench", "prepare_data", "write_results", "failed_rows", "format_results"]
 

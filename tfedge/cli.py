@@ -17,10 +17,10 @@ from pathlib import Path
 
 import click
 
-from tfedge import __version__
 from tfedge.converters import IO_TYPES, MODES
 from tfedge.errors import TfedgeError
 from tfedge.runner import DEFAULT_RUNS, DEFAULT_WARMUP
+from tfedge.version import __version__
 
 __all__ = ["main", "run", "cli"]
 

@@ -185,7 +185,7 @@ def _content_key(arrays) -> str:
 
 def _code_key(stages) -> str:
     """tfedge's version and the source of every stage module used: new code retrains."""
-    from tfedge import __version__
+    from tfedge.version import __version__
 
     digest = hashlib.sha256(__version__.encode())
     for stage in stages:

@@ -23,8 +23,8 @@ import re
 import tempfile
 from pathlib import Path
 
-from tfedge import __version__
 from tfedge.errors import InputFileError, missing_file
+from tfedge.version import __version__
 
 __all__ = ["load_inputs", "build_report", "render_html", "write_html"]
 

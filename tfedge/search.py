@@ -29,9 +29,9 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from tfedge import __version__
 from tfedge.console import echo
 from tfedge.errors import OptimizationError
+from tfedge.version import __version__
 
 __all__ = ["RecipeEvaluator", "auto_optimize", "write_outputs", "fingerprint"]
 
