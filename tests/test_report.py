@@ -73,6 +73,8 @@ def benched(tmp_path_factory, trained_digits_cnn, digits, digits_tflite, test_np
                 "edgetpu_compatible": info["edgetpu"]["compatible"],
             }
         )
+    # a candidate analyze could not build is listed with its error (the shape analyze writes)
+    fixes.append({"fix": "keep_float:all", "error": "the TFLite converter failed (int8): no op"})
     analysis = root / "analysis.json"
     analysis.write_text(
         json.dumps(
@@ -109,6 +111,7 @@ def test_report_of_bench_and_analysis_in_a_browser(benched, browser, capsys, tmp
     for name in ("digits_float32.tflite", "digits_int8.tflite", "digits_int16x8.tflite"):
         assert name in dom
     assert 'class="fixes"' in dom and "int16x8 (chosen)" in dom
+    assert "failed: the TFLite converter failed (int8): no op" in dom
     assert "ai-edge-litert" in dom and 'id="environment"' in dom
     assert "Pareto front" in dom
 

@@ -488,10 +488,14 @@ def _analysis(analysis: dict, number: int) -> str:
             ]
             is_chosen = chosen_name is not None and fix.get("fix") == chosen_name
             mark = " (chosen)" if is_chosen else ""
+            if fix.get("error"):  # a candidate that could not be built: say why across the row
+                body = f'<td class="text" colspan="{len(cells)}">failed: {html.escape(str(fix["error"]))}</td>'
+            else:
+                body = "".join(f"<td>{html.escape(c)}</td>" for c in cells)
             rows.append(
                 ('<tr class="chosen">' if is_chosen else "<tr>")
                 + f'<td class="text">{html.escape(str(fix.get("fix", "")) + mark)}</td>'
-                + "".join(f"<td>{html.escape(c)}</td>" for c in cells)
+                + body
                 + "</tr>"
             )
         parts.append("<h3>Fixes tried</h3>")
