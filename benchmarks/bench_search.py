@@ -145,6 +145,9 @@ def run(kind, args, workdir):
         "hand_value": hand_value,
         "hand_within_tolerance": None if reference is None else reference["within_tolerance"],
         "float_gzip_bytes": result.reference.get("size_gzip_bytes"),
+        "ptq_gzip_bytes": ((find(result, {}) or {}).get("figures") or {}).get("size_gzip_bytes"),
+        "best_confirm_accuracy": None if best is None else best.get("confirm_accuracy"),
+        "confirmation": result.extra.get("confirmation"),
         "met": bool(met),
     }
 

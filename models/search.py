@@ -54,6 +54,7 @@ __all__ = [
     "recipe_cost",
     "open_storage",
     "REFERENCE_RECIPE",
+    "confirm_best",
 ]
 
 OBJECTIVES = ("size", "latency", "balanced")
@@ -570,6 +571,7 @@ def auto_optimize(
     seeds: list[dict] | None = None,
     seed: int | None = 0,
     on_progress=None,
+    confirm=None,
 ) -> SearchResult:
     """Search the compression stages for the smallest, fastest or best balanced model within a tolerance.
 
@@ -602,6 +604,8 @@ def auto_optimize(
         seeds: the first recipes, as :data:`SPACE` choices (default :func:`seed_recipes`).
         seed: the sampler's seed (None: random; workers on a shared storage use their own).
         on_progress: called with a one-line progress text after each trial.
+        confirm: ``confirm(candidate) -> accuracy`` on data the search never used (see
+            :func:`confirm_best`); the final choice must keep the tolerance there too.
 
     Returns:
         A :class:`SearchResult`.
@@ -776,6 +780,8 @@ def auto_optimize(
             stopped["why"] = "budget"
     result = collect(study, objective, tolerance, shown)
     result.stopped = stopped["why"]
+    if confirm is not None:
+        confirm_best(result, confirm)
     result.elapsed_s = time.time() - started
     return result
 
@@ -990,18 +996,8 @@ def collect(study, objective: str, tolerance: float, storage: str = "") -> Searc
         if not dominated:
             c["pareto"] = True
             pareto.append(c)
-    ptq = next((c["figures"] for c in complete if not c["recipe"]["stages"]), None)
-    kept = [c for c in complete if c["within_tolerance"]]
-    best = None
-    if kept:
-        best = min(
-            kept,
-            key=lambda c: (
-                _score(c["figures"], objective, ptq),
-                -c["figures"]["accuracy"],
-                recipe_cost(c["recipe"]),
-            ),
-        )
+    ranked = _ranked(candidates, objective)
+    best = ranked[0] if ranked else None
     return SearchResult(
         best=best,
         candidates=candidates,
@@ -1013,6 +1009,79 @@ def collect(study, objective: str, tolerance: float, storage: str = "") -> Searc
         storage=storage,
         trials=len(study.get_trials(deepcopy=False)),
     )
+
+
+def _ranked(candidates, objective: str) -> list:
+    """The candidates within the tolerance, best on the objective first."""
+    complete = [c for c in candidates if c["state"] == "complete" and c["figures"]]
+    ptq = next((c["figures"] for c in complete if not c["recipe"]["stages"]), None)
+    kept = [c for c in complete if c["within_tolerance"]]
+    return sorted(
+        kept,
+        key=lambda c: (
+            _score(c["figures"], objective, ptq),
+            -c["figures"]["accuracy"],
+            recipe_cost(c["recipe"]),
+        ),
+    )
+
+
+def confirm_best(result: SearchResult, confirm) -> SearchResult:
+    """Choose the best candidate that also keeps the tolerance on unseen (confirmation) data.
+
+    The search picks among many candidates on the same validation data, and each fine-tune keeps
+    its best epoch on it too, so the winner's accuracy there is optimistic. This walks the
+    candidates within the tolerance in objective order and takes the first whose accuracy on
+    the confirmation data is at most ``tolerance`` below the float32 model's on that data.
+    When none holds, the result falls back to post-training int8 (the recipe with no stage).
+
+    ``confirm(candidate) -> accuracy`` measures a candidate (``{"recipe": ..., "figures": ...}``)
+    on the confirmation data; it is called first with the float32 reference
+    (``{"recipe": REFERENCE_RECIPE, "figures": result.reference}``). Each checked candidate gets
+    ``confirm_accuracy`` and ``confirmed``; ``result.extra["confirmation"]`` holds the summary
+    (``reference_accuracy``, ``rejected_trials``, ``fallback``).
+
+    Returns:
+        ``result``, with ``best`` replaced.
+
+    Example:
+        >>> confirm_best(result, lambda c: 0.97).best["confirmed"]  # doctest: +SKIP
+        True
+    """
+    summary = {"reference_accuracy": None, "rejected_trials": [], "fallback": False}
+    result.extra["confirmation"] = summary
+    ranked = _ranked(result.candidates, result.objective)
+    if not ranked:
+        return result
+    reference = float(confirm({"recipe": dict(REFERENCE_RECIPE), "figures": result.reference}))
+    summary["reference_accuracy"] = reference
+    floor = reference - result.tolerance
+
+    def check(candidate) -> bool:
+        if "confirm_accuracy" not in candidate:
+            accuracy = float(confirm(candidate))
+            candidate["confirm_accuracy"] = accuracy
+            candidate["confirmed"] = accuracy >= floor - 1e-9
+        return candidate["confirmed"]
+
+    for candidate in ranked:
+        if check(candidate):
+            result.best = candidate
+            return result
+        summary["rejected_trials"].append(candidate["trial"])
+    summary["fallback"] = True
+    ptq = next(
+        (
+            c
+            for c in result.candidates
+            if c["state"] == "complete" and c["figures"] and not c["recipe"]["stages"]
+        ),
+        None,
+    )
+    if ptq is not None:
+        check(ptq)
+    result.best = ptq
+    return result
 
 
 def _dominates(a, b) -> bool:

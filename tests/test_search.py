@@ -181,6 +181,88 @@ def test_budget_stops_and_returns_the_best_so_far(tmp_path):
     assert "min left" in lines[-1]
 
 
+def _confirmed_search(tmp_path, confirm):
+    return search.auto_optimize(
+        None,
+        evaluator=RuleEvaluator(),
+        tolerance=0.01,
+        objective="size",
+        max_trials=6,
+        seeds=[{}, {"qat": True}, {"prune": 0.8}, {"cluster": 16}, {"prune": 0.8, "qat": True}],
+        storage=f"sqlite:///{tmp_path / 's.db'}",
+        fingerprint={"model": "confirm"},
+        confirm=confirm,
+    )
+
+
+def test_the_choice_must_hold_the_tolerance_on_held_back_data(tmp_path):
+    """The smallest candidates lose accuracy on unseen data: the first that holds is chosen."""
+    unconfirmed = search.auto_optimize(
+        None,
+        evaluator=RuleEvaluator(),
+        tolerance=0.01,
+        objective="size",
+        max_trials=6,
+        seeds=[{}, {"qat": True}, {"prune": 0.8}, {"cluster": 16}, {"prune": 0.8, "qat": True}],
+        storage=f"sqlite:///{tmp_path / 'plain.db'}",
+        fingerprint={"model": "confirm"},
+    )
+    ranked = sorted(
+        (c for c in unconfirmed.candidates if c["within_tolerance"]),
+        key=lambda c: c["figures"]["size_gzip_bytes"],
+    )
+    assert len(ranked) >= 3 and unconfirmed.best["trial"] == ranked[0]["trial"]
+    overfit = {search.recipe_key(c["recipe"]) for c in ranked[:2]}
+    asked = []
+
+    def confirm(candidate):
+        asked.append(candidate["recipe"])
+        if candidate["recipe"] == search.REFERENCE_RECIPE:
+            return 0.96
+        return 0.90 if search.recipe_key(candidate["recipe"]) in overfit else 0.955
+
+    result = _confirmed_search(tmp_path, confirm)
+    assert asked[0] == search.REFERENCE_RECIPE  # the float model's held-back accuracy first
+    by_trial = {c["trial"]: c for c in result.candidates}
+    rejected = [by_trial[c["trial"]] for c in ranked[:2]]
+    assert all(c["confirm_accuracy"] == 0.90 and not c["confirmed"] for c in rejected)
+    assert result.best["trial"] == ranked[2]["trial"]
+    assert result.best["confirmed"] and result.best["confirm_accuracy"] == 0.955
+    summary = result.to_dict()["confirmation"]
+    assert summary["rejected_trials"] == [c["trial"] for c in ranked[:2]]
+    assert summary["reference_accuracy"] == 0.96 and summary["fallback"] is False
+    assert result.to_dict()["best_trial"] == ranked[2]["trial"]
+    # only the reference and the three walked candidates were measured on the held-back data
+    assert len(asked) == 4
+
+
+def test_when_no_candidate_holds_on_held_back_data_ptq_is_the_fallback(tmp_path):
+    def confirm(candidate):
+        return 0.96 if candidate["recipe"] == search.REFERENCE_RECIPE else 0.5
+
+    result = _confirmed_search(tmp_path, confirm)
+    assert result.best["recipe"] == {"stages": []}
+    assert result.extra["confirmation"]["fallback"] is True
+    kept = [c for c in result.candidates if c["within_tolerance"]]
+    assert all(c["confirmed"] is False for c in kept)
+
+
+def test_split_confirmation_is_seeded_stratified_and_disjoint(digits):
+    from tfedge.search import split_confirmation
+
+    val = digits[1].take(200, seed=1)
+    search_part, confirm_part = split_confirmation(val)
+    again = split_confirmation(val)
+    assert (again[1].x == confirm_part.x).all() and (again[1].y == confirm_part.y).all()
+    assert len(search_part) + len(confirm_part) == 200
+    assert abs(len(search_part) - len(confirm_part)) <= 10
+    searched_rows = {row.tobytes() for row in search_part.x}
+    assert not any(row.tobytes() in searched_rows for row in confirm_part.x)
+    for label in range(10):
+        total = int((val.y == label).sum())
+        assert abs(int((confirm_part.y == label).sum()) - total / 2) <= 0.5
+
+
 # ----------------------------------------------------------------------------- for real
 
 
@@ -268,11 +350,19 @@ def test_auto_writes_the_best_model_report_and_recipe(searched, tiny, tflite_acc
     assert chosen["size_gzip_bytes"] == min(r["size_gzip_bytes"] for r in kept)
     assert report["search"]["best_trial"] == chosen["trial"]
     assert report["search"]["objective"] == "size"
-    # the model is the chosen one, fully int8, with the accuracy the report says
+    # the choice was confirmed on the held-back half of --val, which the search never measured
+    confirmation = report["search"]["confirmation"]
+    assert rows[0]["confirm_accuracy"] == confirmation["reference_accuracy"]
+    assert chosen["confirmed"] or confirmation["fallback"]
+    if chosen["confirmed"]:
+        assert chosen["confirm_accuracy"] >= confirmation["reference_accuracy"] - 0.02 - 1e-9
+    search_part, held_back = load_data(out / "val.npz"), load_data(out / "confirm.npz")
+    assert len(search_part) + len(held_back) == len(load_data(tiny["val"]))
+    # the model is the chosen one, fully int8, with the accuracies the report says
     blob = (out / "model.tflite").read_bytes()
     assert inspect_model(blob)["fully_integer"]
-    val = load_data(tiny["val"])
-    assert tflite_accuracy(blob, val, tmp_path) == pytest.approx(chosen["accuracy"])
+    assert tflite_accuracy(blob, search_part, tmp_path) == pytest.approx(chosen["accuracy"])
+    assert tflite_accuracy(blob, held_back, tmp_path) == pytest.approx(chosen["confirm_accuracy"])
     page = (out / "report.html").read_text()
     assert "<svg" in page and "Pareto" in page and chosen["stage"] in page
     assert (out / "model.keras").is_file()
@@ -289,7 +379,7 @@ def test_recipe_yaml_reproduces_the_chosen_model(searched, tiny, tflite_accuracy
     argv += ["--recipe", out / "recipe.yaml", "--runs", "5", "-o", again]
     assert main([str(a) for a in argv]) == 0
     accuracy = tflite_accuracy(
-        (again / "model.tflite").read_bytes(), load_data(tiny["val"]), tmp_path
+        (again / "model.tflite").read_bytes(), load_data(out / "val.npz"), tmp_path
     )
     assert abs(accuracy - chosen["accuracy"]) <= 0.005
 

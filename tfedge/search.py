@@ -8,10 +8,17 @@ machine or on an ssh device. Stage outputs are cached by their stage list, so th
 a start (prune 80 % → + cluster 16 → + QAT) train it once.
 
 :func:`auto_optimize` ties both together and writes ``DIR/model.tflite`` (the best on the objective
-within the tolerance), ``DIR/model.keras``, ``DIR/report.json`` (every candidate, in optimize's
+within the tolerance, confirmed on held-back validation data), ``DIR/model.keras``, ``DIR/report.json`` (every candidate, in optimize's
 schema plus ``trial``, ``recipe``, ``state``, ``pareto``, ``within_tolerance``, ``chosen``, and a
 ``search`` summary), ``DIR/report.html`` (candidates table and Pareto plot) and ``DIR/recipe.yaml``.
 The study is kept in ``DIR/search.db`` (SQLite) unless ``storage`` names a shared database.
+
+The validation data is split (seeded, stratified by label) into a *search* part, which the
+fine-tunes' best-epoch choice and every candidate's measured accuracy use, and a *confirmation*
+part that no training or search decision sees. The search picks among many candidates on the
+search part, so the winner's accuracy there is optimistic; the final choice is the best
+candidate whose int8 model also keeps the tolerance on the confirmation part
+(:func:`tfedge.models.search.confirm_best`), else post-training int8.
 
 Example:
     >>> result = auto_optimize("model.keras", "train.npz", "val.npz", out_dir="out",
@@ -29,11 +36,26 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import numpy as np
+
 from tfedge.console import echo
 from tfedge.errors import OptimizationError
 from tfedge.version import __version__
 
-__all__ = ["RecipeEvaluator", "auto_optimize", "write_outputs", "fingerprint"]
+__all__ = [
+    "RecipeEvaluator",
+    "auto_optimize",
+    "write_outputs",
+    "fingerprint",
+    "split_confirmation",
+    "MIN_SPLIT_SAMPLES",
+]
+
+# Below this many validation samples no confirmation part is kept back: each half would be too
+# small to measure a one-point tolerance on (one sample is already 2 points at 50).
+MIN_SPLIT_SAMPLES = 100
+CONFIRM_FRACTION = 0.5
+CONFIRM_SEED = 0
 
 
 def _sha(data: bytes) -> str:
@@ -56,6 +78,36 @@ def _data_digest(data) -> str:
     if data.y is not None:
         digest.update(data.y.tobytes())
     return digest.hexdigest()[:32]
+
+
+def split_confirmation(data, fraction: float = CONFIRM_FRACTION, seed: int = CONFIRM_SEED):
+    """Split labelled data into ``(search, confirmation)`` parts, seeded and stratified by label.
+
+    Each label's samples are shuffled with ``seed`` and ``fraction`` of them (rounded) go to the
+    confirmation part, so both parts keep the class balance; equal inputs give equal parts.
+
+    Example:
+        >>> search_part, confirm_part = split_confirmation(val)  # doctest: +SKIP
+        >>> len(search_part) + len(confirm_part) == len(val)  # doctest: +SKIP
+        True
+    """
+    from tfedge.data import Dataset
+
+    rng = np.random.default_rng(seed)
+    held = []
+    for label in np.unique(data.y):
+        members = np.flatnonzero(data.y == label)
+        count = int(round(len(members) * fraction))
+        if count >= len(members):  # a label with one sample stays in the search part
+            count = len(members) - 1
+        held.extend(rng.permutation(members)[:count].tolist())
+    mask = np.zeros(len(data), dtype=bool)
+    mask[held] = True
+
+    def part(select):
+        return Dataset(data.x[select], data.y[select], data.class_names, data.source)
+
+    return part(~mask), part(mask)
 
 
 def fingerprint(source, model, train, val, *, device: str, target=None) -> dict:
@@ -103,6 +155,8 @@ class RecipeEvaluator:
         strategy: a ``tf.distribute`` strategy (or its name) for the fine-tunes.
         runs: timed runs per candidate.
         calib_samples: calibration samples per int8 conversion.
+        confirm_fraction: the part of ``val`` kept back for confirmation (0 keeps none; with
+            fewer than :data:`MIN_SPLIT_SAMPLES` samples none is kept, with a warning).
 
     Example:
         >>> evaluate = RecipeEvaluator("model.keras", "train.npz", "val.npz", out_dir="out")  # doctest: +SKIP
@@ -123,6 +177,7 @@ class RecipeEvaluator:
         strategy=None,
         runs: int = 100,
         calib_samples: int = 300,
+        confirm_fraction: float = CONFIRM_FRACTION,
     ):
         from tfedge.converters import input_shape_of
         from tfedge.data import load_data
@@ -144,6 +199,16 @@ class RecipeEvaluator:
         shape = input_shape_of(self.base)
         self.train = load_data(train, input_shape=shape, require_labels=True, name="--train")
         self.val = load_data(val, input_shape=shape, require_labels=True, name="--val")
+        self.confirm = None
+        if confirm_fraction and len(self.val) >= MIN_SPLIT_SAMPLES:
+            self.val, self.confirm = split_confirmation(self.val, confirm_fraction)
+            self.confirm_npz = self.confirm.save(self.out / "confirm.npz")
+        elif confirm_fraction:
+            echo(
+                f"warning: --val has {len(self.val)} samples, fewer than {MIN_SPLIT_SAMPLES}: "
+                "none is kept back to confirm the choice, so the result's accuracy is measured "
+                "on the same data the search chose it on and may be optimistic"
+            )
         self.val_npz = self.val.save(self.out / "val.npz")
         self.device = device
         self.ssh_config = ssh_config
@@ -154,7 +219,32 @@ class RecipeEvaluator:
         self.fingerprint = fingerprint(
             self.source, self.base, self.train, self.val, device=device, target=target
         )
+        self.fingerprint["confirm"] = None if self.confirm is None else _data_digest(self.confirm)
         self._teacher = None
+
+    def confirm_accuracy(self, candidate: dict) -> float:
+        """A candidate's accuracy (LiteRT, on this machine) on the confirmation data.
+
+        Only inference on the candidate's stored ``.tflite``; a candidate measured on another
+        worker (its file is not here) is measured again here first.
+
+        Example:
+            >>> evaluate.confirm_accuracy(result.best)  # doctest: +SKIP
+            0.9749
+        """
+        from tfedge.bench import bench
+
+        tflite = Path(str((candidate.get("figures") or {}).get("model") or ""))
+        if not tflite.is_file():
+            tflite = Path(self(candidate["recipe"])["model"])
+        report = bench([tflite], data=self.confirm_npz, devices=["local"], runs=1, warmup=0)
+        (row,) = report["results"]
+        if row.get("accuracy") is None:
+            raise OptimizationError(
+                f"cannot measure {tflite.name} on the confirmation data: "
+                f"{row.get('error') or 'no accuracy'}"
+            )
+        return float(row["accuracy"])
 
     @property
     def teacher(self):
@@ -274,6 +364,26 @@ def _echo_result(result) -> None:
             f"{recipe_label(candidate['recipe'])}: int8 {figures['accuracy'] * 100:.2f}%, "
             f"{figures['size_gzip_bytes']:,} B gzip, p50 {p50:.3f} ms"
         )
+    summary = result.extra.get("confirmation")
+    if not summary or summary.get("reference_accuracy") is None:
+        return
+    echo(
+        "confirmation on the held-back validation samples (float32 "
+        f"{summary['reference_accuracy'] * 100:.2f}%):"
+    )
+    for candidate in result.candidates:
+        if "confirm_accuracy" not in candidate:
+            continue
+        verdict = "kept" if candidate["confirmed"] else "rejected (breaks the tolerance)"
+        echo(
+            f"  trial {candidate['trial']}: {recipe_label(candidate['recipe'])}: "
+            f"int8 {candidate['confirm_accuracy'] * 100:.2f}% - {verdict}"
+        )
+    if summary["fallback"]:
+        echo(
+            "no candidate within the tolerance kept it on the held-back samples: "
+            "falling back to post-training int8"
+        )
 
 
 def auto_optimize(
@@ -297,6 +407,7 @@ def auto_optimize(
     runs: int = 100,
     evaluator=None,
     seed: int | None = 0,
+    confirm_fraction: float = CONFIRM_FRACTION,
 ):
     """Search for the smallest / fastest / best balanced fully-int8 model within ``tolerance``.
 
@@ -306,7 +417,9 @@ def auto_optimize(
     Args:
         model: a ``.keras``/``.h5`` path (Keras 2 or 3), a LoadedModel or a tf_keras model.
         train: labelled training data.
-        val: labelled validation data (accuracy, and the tolerance, are measured on it).
+        val: labelled validation data (accuracy, and the tolerance, are measured on it). A
+            seeded, stratified ``confirm_fraction`` of it is kept back: the search never sees it,
+            and the chosen model must keep the tolerance on it too.
         out_dir: the output folder; it also keeps the study (``search.db``) and the caches.
         tolerance: the accuracy the result may lose against the float32 model, in (0, 1).
         objective: ``"size"``, ``"latency"`` or ``"balanced"``.
@@ -323,6 +436,7 @@ def auto_optimize(
         runs: timed runs per candidate on the device.
         evaluator: replace the measurement (an ``evaluator(recipe) -> figures``).
         seed: the sampler's seed.
+        confirm_fraction: the part of ``val`` kept back to confirm the choice (0: none).
 
     Returns:
         The :class:`tfedge.models.search.SearchResult`.
@@ -354,7 +468,9 @@ def auto_optimize(
         target=target,
         strategy=strategy,
         runs=runs,
+        confirm_fraction=confirm_fraction,
     )
+    confirm = measure.confirm_accuracy if getattr(measure, "confirm", None) is not None else None
     name = study_name or f"auto-{objective}"
     echo(
         f"search: objective {objective}, tolerance {_points(tolerance)}, device {device}, "
@@ -376,6 +492,7 @@ def auto_optimize(
         epochs=epochs,
         seed=seed,
         on_progress=echo,
+        confirm=confirm,
     )
     write_outputs(result, out, measure)
     _echo_result(result)
@@ -416,6 +533,9 @@ def _row(candidate: dict, chosen: bool) -> dict:
             row["hint"] = candidate["hint"]
     if candidate.get("pruned"):
         row["pruned"] = candidate["pruned"]
+    if "confirm_accuracy" in candidate:
+        row["confirm_accuracy"] = candidate["confirm_accuracy"]
+        row["confirmed"] = candidate["confirmed"]
     row.setdefault("keras_accuracy", None)
     return row
 
@@ -440,6 +560,9 @@ def write_outputs(result, out_dir, evaluator=None) -> dict:
     reference.update(
         {"stage": "float32", "trial": None, "state": "reference", "recipe": None, "chosen": False}
     )
+    confirmation = result.extra.get("confirmation") or {}
+    if confirmation.get("reference_accuracy") is not None:
+        reference["confirm_accuracy"] = confirmation["reference_accuracy"]
     rows = [reference] + [_row(c, c is best) for c in result.candidates]
     if best is not None:
         figures = best["figures"]
@@ -461,8 +584,15 @@ def write_outputs(result, out_dir, evaluator=None) -> dict:
         header = (
             f"# Found by `tfedge optimize --auto --objective {result.objective} --tolerance "
             f"{result.tolerance:g}` (trial {best['trial']} of study {result.study_name!r}):\n"
-            f"# int8 accuracy {figures['accuracy'] * 100:.2f}% on the validation data "
-            f"(float32 {result.reference_accuracy * 100:.2f}%), {figures['size_gzip_bytes']:,} "
+            f"# int8 accuracy {figures['accuracy'] * 100:.2f}% on the validation data the search "
+            f"used (float32 {result.reference_accuracy * 100:.2f}%)"
+            + (
+                f", {best['confirm_accuracy'] * 100:.2f}% on the held-back part (float32 "
+                f"{confirmation['reference_accuracy'] * 100:.2f}%)"
+                if "confirm_accuracy" in best
+                else ""
+            )
+            + f", {figures['size_gzip_bytes']:,} "
             f"bytes gzipped, p50 {(figures.get('latency_ms') or {}).get('p50')} ms.\n"
             "# Reproduce: tfedge optimize MODEL --train DATA --val DATA --recipe recipe.yaml -o DIR\n"
         )
@@ -491,6 +621,21 @@ def _write_html(path: Path, rows, result) -> None:
             row["device"] = reference_device
             if row.get("pruned") and not row.get("error"):
                 row["error"] = f"pruned: {row['pruned']}"
+        if row.get("confirm_accuracy") is not None:
+            row = dict(row)
+            verdict = (
+                "reference"
+                if row.get("state") == "reference"
+                else "confirmed"
+                if row.get("confirmed")
+                else "rejected on confirmation"
+            )
+            row["stage"] = (
+                f"{row['stage']} [{verdict}: {row['confirm_accuracy'] * 100:.2f}% held back]"
+            )
         shown.append(row)
     title = f"tfedge optimize --auto: {result.objective}, tolerance {_points(result.tolerance)}"
+    confirmation = result.extra.get("confirmation") or {}
+    if confirmation.get("fallback"):
+        title += " (no candidate confirmed: post-training int8)"
     write_html(path, shown, title=title)
