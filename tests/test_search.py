@@ -284,6 +284,20 @@ def tiny(tmp_path_factory, digits, train_npz, test_npz):
     }
 
 
+def test_the_evaluator_keeps_back_half_of_val_unless_it_is_small(tiny, digits, tmp_path, capsys):
+    from tfedge.search import MIN_SPLIT_SAMPLES, RecipeEvaluator
+
+    full = RecipeEvaluator(tiny["model"], tiny["train"], tiny["val"], out_dir=tmp_path / "a")
+    assert len(full.val) + len(full.confirm) == len(digits[1])
+    assert abs(len(full.val) - len(full.confirm)) <= 10
+    assert (tmp_path / "a" / "confirm.npz").is_file()
+    small = digits[1].take(MIN_SPLIT_SAMPLES - 1, seed=0)
+    few = RecipeEvaluator(tiny["model"], tiny["train"], small, out_dir=tmp_path / "b")
+    assert few.confirm is None and len(few.val) == MIN_SPLIT_SAMPLES - 1
+    out = capsys.readouterr()
+    assert f"--val has {MIN_SPLIT_SAMPLES - 1} samples" in out.out + out.err
+
+
 def auto_argv(tiny, out, *extra, model=None):
     argv = [
         "optimize",
