@@ -16,6 +16,7 @@ import io
 import itertools
 import math
 import re
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -96,7 +97,10 @@ def _to_svg(figure) -> str:
     import matplotlib
 
     buffer = io.StringIO()
-    with matplotlib.rc_context(_RC):
+    with matplotlib.rc_context(_RC), warnings.catch_warnings():
+        # With many labelled points (a search's candidates) the constrained layout can give up;
+        # the figure is then drawn with the default layout, which is fine: keep the terminal quiet.
+        warnings.filterwarnings("ignore", message="constrained_layout not applied")
         figure.savefig(buffer, format="svg", metadata={"Date": None, "Creator": None})
     text = buffer.getvalue()
     text = text[text.index("<svg") :]
