@@ -19,21 +19,44 @@ from tfedge.errors import InputFileError, missing_file
 from tfedge.runner import DEFAULT_RUNS, DEFAULT_WARMUP
 from tfedge.version import __version__
 
-__all__ = ["bench", "prepare_data", "write_results", "failed_rows", "format_results"]
+__all__ = [
+    "bench",
+    "check_tflite",
+    "prepare_data",
+    "write_results",
+    "failed_rows",
+    "format_results",
+]
 
 TFLITE_HINT = "pass .tflite files written by `tfedge convert` (or any TFLite converter)"
 
 
-def _check_model(path) -> Path:
+def check_tflite(path, label: str = "", hint: str = TFLITE_HINT) -> Path:
+    """The path of a ``.tflite`` file, checked to exist and to carry TFLite's identifier.
+
+    Args:
+        path: the file.
+        label: how to name it in errors (e.g. ``"A"`` gives "model A").
+        hint: the fix to suggest.
+
+    Raises:
+        InputFileError: the file is missing or is not a TFLite model.
+
+    Example:
+        >>> check_tflite("model.tflite")  # doctest: +SKIP
+        PosixPath('model.tflite')
+    """
     path = Path(path)
+    name = f"model {label}".strip()
     if not path.is_file():
-        raise missing_file("model", path, TFLITE_HINT)
+        raise missing_file(name, path, hint)
     with open(path, "rb") as handle:
         head = handle.read(8)
     if len(head) < 8 or head[4:8] != b"TFL3":
         raise InputFileError(
-            f"{path} is not a TFLite model (no TFL3 identifier at byte 4)",
-            TFLITE_HINT
+            f"{name + ' (' + str(path) + ')' if label else str(path)} is not a TFLite model "
+            "(no TFL3 identifier at byte 4)",
+            hint
             + (
                 "; convert Keras models first with `tfedge convert`"
                 if path.suffix in (".keras", ".h5")
@@ -144,7 +167,7 @@ def bench(
     Returns:
         ``{"tfedge_version": ..., "results": [...]}``; failed rows carry an ``"error"`` key.
     """
-    paths = [_check_model(m) for m in models]
+    paths = [check_tflite(m) for m in models]
     if not paths:
         raise InputFileError("no model given", TFLITE_HINT)
     arrays = prepare_data(data, paths[0])

@@ -20,7 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from tfedge.errors import DataError, InputFileError, first_line, missing_file
+from tfedge.bench import check_tflite
+from tfedge.errors import DataError, InputFileError, first_line
 
 __all__ = ["compare", "format_comparison", "write_json"]
 
@@ -142,25 +143,6 @@ def _sqnr(signal: float, noise: float):
     return round(10 * math.log10(signal / noise), 2)
 
 
-def _check_path(path, label: str) -> Path:
-    path = Path(path)
-    if not path.is_file():
-        raise missing_file(f"model {label}", path, TFLITE_HINT)
-    with open(path, "rb") as handle:
-        head = handle.read(8)
-    if len(head) < 8 or head[4:8] != b"TFL3":
-        raise InputFileError(
-            f"model {label} ({path}) is not a TFLite model (no TFL3 identifier at byte 4)",
-            TFLITE_HINT
-            + (
-                "; convert Keras models first with `tfedge convert`"
-                if path.suffix in (".keras", ".h5")
-                else ""
-            ),
-        )
-    return path
-
-
 def _sample_shape(model: _Model) -> tuple:
     return tuple(int(d) for d in model.input["shape"][1:])
 
@@ -254,7 +236,8 @@ def compare(
     """
     from tfedge.console import quiet
 
-    path_a, path_b = _check_path(model_a, "A"), _check_path(model_b, "B")
+    path_a = check_tflite(model_a, "A", TFLITE_HINT)
+    path_b = check_tflite(model_b, "B", TFLITE_HINT)
     with quiet():  # LiteRT prints its delegate banner on stderr
         return _compare(path_a, path_b, data, samples, layers)
 
