@@ -563,8 +563,15 @@ def test_multiworker_fine_tune_on_two_local_workers(tiny, tmp_path):
         argv = ["optimize", tiny["model"], "--train", tiny["train"], "--val", tiny["val"]]
         argv += ["--qat", "--epochs", "1", "--strategy", "multiworker", "--runs", "5"]
         argv += ["-o", tmp_path / f"w{index}"]
-        workers.append(run_cli([str(a) for a in argv], env={"TF_CONFIG": json.dumps(config)}))
-    outputs = [w.communicate(timeout=300)[0] for w in workers]
+        # to files: the workers train in lockstep, so one stalled on an unread pipe stalls both
+        log = open(tmp_path / f"w{index}.log", "w")  # noqa: SIM115 (closed below)
+        env = {"TF_CONFIG": json.dumps(config)}
+        workers.append((run_cli([str(a) for a in argv], env=env, stdout=log), log))
+    for worker, log in workers:
+        worker.wait(timeout=300)
+        log.close()
+    outputs = [(tmp_path / f"w{i}.log").read_text() for i in range(2)]
+    workers = [worker for worker, _ in workers]
     assert [w.returncode for w in workers] == [0, 0], [o[-2500:] for o in outputs]
     for output in outputs:
         assert "MultiWorkerMirroredStrategy over 2 replicas" in output
