@@ -406,8 +406,10 @@ def open_storage(url: str):
         except Exception as exc:  # SQLAlchemy/driver errors have many types; all mean "cannot open"
             last = exc
             # Workers that start together on an empty database race to create Optuna's tables:
-            # the loser sees "already exists" and only has to try again.
-            if "already exists" not in str(exc) or attempt == 4:
+            # the loser sees "already exists" (PostgreSQL) or a unique-constraint failure on
+            # alembic_version (SQLite) and only has to try again.
+            racing = "already exists" in str(exc) or type(exc).__name__ == "IntegrityError"
+            if not racing or attempt == 4:
                 break
             time.sleep(0.5 + attempt)
     text = " ".join(str(last).split())[:300]
