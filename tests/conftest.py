@@ -348,6 +348,11 @@ def pytest_collection_modifyitems(session, config, items):
     from pathlib import Path
 
     root = Path(__file__).resolve().parent.parent
+    status = ["bash", "scripts/pi-device.sh", "status"]
+    # A device that was up before this session is left up; one this session starts is taken down.
+    config._tfedge_device_was_up = (
+        subprocess.run(status, cwd=root, capture_output=True).returncode == 0
+    )
     log = open(root / ".pytest-device-up.log", "w")  # noqa: SIM115 (kept open for the child)
     config._tfedge_device_up = subprocess.Popen(
         ["bash", "scripts/pi-device.sh", "up"], cwd=root, stdout=log, stderr=subprocess.STDOUT
@@ -356,8 +361,18 @@ def pytest_collection_modifyitems(session, config, items):
 
 def pytest_unconfigure(config):
     proc = getattr(config, "_tfedge_device_up", None)
-    if proc is not None and proc.poll() is None:
+    if proc is None:
+        return
+    if proc.poll() is None:
         proc.wait(timeout=1800)
+    if not config._tfedge_device_was_up:
+        import subprocess
+        from pathlib import Path
+
+        root = Path(__file__).resolve().parent.parent
+        subprocess.run(
+            ["bash", "scripts/pi-device.sh", "down"], cwd=root, capture_output=True, timeout=120
+        )
 
 
 def _postgres_bindir():
