@@ -119,6 +119,11 @@ def run(kind, args, workdir):
         return figures[measure] if measure else figures["latency_ms"]["p50"]
 
     best_value, hand_value = value(best), value(reference)
+    failed = [c for c in result.candidates if c["state"] == "fail"]
+    failures = {}
+    for candidate in failed:
+        error = str(candidate.get("error") or "no error recorded")
+        failures[error] = failures.get(error, 0) + 1
     met = (
         best is not None
         and best["within_tolerance"]
@@ -134,6 +139,8 @@ def run(kind, args, workdir):
         "train_s": round(train_s, 1),
         "search_s": round(search_s, 1),
         "candidates": len(result.candidates),
+        "failed": len(failed),
+        "failures": failures,
         "stopped": result.stopped,
         "best_recipe": None if best is None else best["label"],
         "best_trial": None if best is None else best["trial"],
@@ -153,7 +160,8 @@ def run(kind, args, workdir):
     }
 
 
-def table(rows, missing=()) -> str:
+def table(rows, missing=None) -> str:
+    missing = missing or {}
     lines = [
         "### `optimize --auto` against the best hand recipe (seed 0; of the 200 validation digits "
         "the search uses 100 and the other 100 confirm its choice; test accuracy on the 397 "
@@ -171,7 +179,9 @@ def table(rows, missing=()) -> str:
         )
         show = lambda v, unit=unit: "-" if v is None else unit(v)  # noqa: E731
         lines.append(
-            f"| {row['objective']} | {row['model']} | {row['best_recipe']} | {row['candidates']} "
+            f"| {row['objective']} | {row['model']} | {row['best_recipe']} | {row['candidates']}"
+            + (f" ({row['failed']} failed)" if row.get("failed") else "")
+            + " "
             f"| {row['search_s']:.0f} | {row['float_val_accuracy'] * 100:.2f} % / "
             f"{row['float_test_accuracy'] * 100:.2f} % | "
             f"{_pct(row['best_val_accuracy'])} / {_pct(row['best_test_accuracy'])} | "
@@ -185,12 +195,13 @@ def table(rows, missing=()) -> str:
             f"Size search: {size['float_gzip_bytes'] / size['best_value']:.1f}x smaller gzipped "
             "than the float32 model.",
         ]
-    for kind in missing:
+    for row in rows:
+        for error, count in (row.get("failures") or {}).items():
+            lines += ["", f"{row['objective']} search, {count} failed candidate(s): {error}"]
+    for kind, status in missing.items():
         lines += [
             "",
-            f"The {kind} search gave no result: its process ended with a native crash inside "
-            "TensorFlow in both tries (a filter-pruning fine-tune; see the README's known "
-            "limitations).",
+            f"The {kind} search gave no result: its process ended with {status} in both tries.",
         ]
     met = not missing and all(r["met"] for r in rows)
     lines += [
@@ -205,20 +216,28 @@ def _pct(value) -> str:
     return "-" if value is None else f"{value * 100:.2f} %"
 
 
-def _run_isolated(kind, passed) -> dict | None:
-    """One search in a child process, tried twice: a native crash inside TensorFlow (seen now and
-    then in a filter-pruning fine-tune) ends that process, not the benchmark."""
+def _run_isolated(kind, passed):
+    """One search in a child process, tried twice: ``(row, None)`` or ``(None, how it ended)``.
+
+    The search runs its fine-tunes in processes of their own, but the reference training here and
+    the conversions run in this one; a native crash there ends the try, not the benchmark."""
     import subprocess
 
+    from tfedge.stage_worker import describe_exit
+
+    status = None
     for attempt in (1, 2):
         with tempfile.TemporaryDirectory(prefix="tfedge-bench-search-row-") as out:
             argv = [sys.executable, __file__, *passed, "--only", kind, "--out", out]
             status = subprocess.run(argv).returncode
             rows_file = Path(out) / "search.json"
             if rows_file.is_file():
-                return json.loads(rows_file.read_text())["rows"][0]
-            print(f"== search: {kind}: attempt {attempt} ended with exit {status}", file=sys.stderr)
-    return None
+                return json.loads(rows_file.read_text())["rows"][0], None
+            print(
+                f"== search: {kind}: attempt {attempt} ended with {describe_exit(status)}",
+                file=sys.stderr,
+            )
+    return None, describe_exit(status)
 
 
 def main(argv=None) -> int:
@@ -231,18 +250,18 @@ def main(argv=None) -> int:
     parser.add_argument("--runs", type=int, default=200, help="timed runs per candidate")
     parser.add_argument("--out", type=Path, default=HERE / "results")
     args = parser.parse_args(argv)
-    rows, missing = [], []
+    rows, missing = [], {}
     if args.only:
         with tempfile.TemporaryDirectory(prefix="tfedge-bench-search-") as workdir:
             print(f"== search: {args.only}", file=sys.stderr, flush=True)
             rows.append(run(args.only, args, workdir))
     else:
         for kind in ("size", "latency"):
-            row = _run_isolated(kind, sys.argv[1:] if argv is None else argv)
+            row, ended = _run_isolated(kind, sys.argv[1:] if argv is None else argv)
             if row is not None:
                 rows.append(row)
             else:
-                missing.append(kind)
+                missing[kind] = ended
     args.out.mkdir(parents=True, exist_ok=True)
     payload = {
         "machine": platform.machine(),

@@ -15,7 +15,7 @@ from tfedge.backend import keras, tf
 from tfedge.errors import OptimizationError, first_line
 from tfedge.models.rebuild import to_keras2
 
-__all__ = ["clone_model", "trusted_cloning", "flatten_model"]
+__all__ = ["clone_model", "frozen_copy", "trusted_cloning", "flatten_model"]
 
 
 def trusted_cloning():
@@ -50,6 +50,19 @@ def clone_model(model, clone_function=None) -> keras.Model:
         ) from exc
     if clone_function is None:
         copy.set_weights(model.get_weights())
+    return copy
+
+
+def frozen_copy(model) -> keras.Model:
+    """A non-trainable copy of ``model`` with its weights: the teacher the fine-tunes distil from.
+
+    Example:
+        >>> teacher = frozen_copy(model)  # doctest: +SKIP
+        >>> teacher.trainable
+        False
+    """
+    copy = clone_model(model)
+    copy.trainable = False
     return copy
 
 

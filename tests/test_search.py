@@ -298,6 +298,66 @@ def test_the_evaluator_keeps_back_half_of_val_unless_it_is_small(tiny, digits, t
     assert f"--val has {MIN_SPLIT_SAMPLES - 1} samples" in out.out + out.err
 
 
+def _crash_when_training(evaluator, signum):
+    """Send ``signum`` to the evaluator's fine-tune process once it has started a stage."""
+
+    def watch():
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            worker = evaluator._worker
+            process = worker.process if worker is not None else None
+            if process is not None and process.poll() is None and worker.running:
+                time.sleep(1.0)  # well inside the stage's fine-tune
+                os.kill(process.pid, signum)
+                return process.pid
+            time.sleep(0.05)
+        return None
+
+    return watch
+
+
+def test_a_native_crash_in_a_fine_tune_fails_that_candidate_only(tiny, tmp_path):
+    """A SIGSEGV in the fine-tune process (as TensorFlow's native crashes end it) fails the
+    candidate with the signal named; the evaluator's next candidate runs in a new process."""
+    import threading
+
+    from tfedge.search import RecipeEvaluator
+
+    evaluator = RecipeEvaluator(tiny["model"], tiny["train"], tiny["val"], out_dir=tmp_path, runs=5)
+    try:
+        slow = {"stages": [{"name": "prune", "sparsity": 0.5, "epochs": 30}]}
+        killer = threading.Thread(target=_crash_when_training(evaluator, signal.SIGSEGV))
+        killer.start()
+        with pytest.raises(OptimizationError, match="ended with signal SIGSEGV") as info:
+            evaluator(slow)
+        killer.join()
+        assert "prune(0.5)" in info.value.message and info.value.hint
+        assert evaluator._worker.process is None
+        assert not list((tmp_path / "cache").glob("[!b]*.keras"))  # nothing half-written kept
+
+        figures = evaluator({"stages": [{"name": "prune", "sparsity": 0.5, "epochs": 1}]})
+        assert figures["accuracy"] > 0.5 and figures["keras_accuracy"] > 0.5
+        assert Path(figures["model"]).is_file()
+    finally:
+        evaluator.close()
+    assert evaluator._worker.process is None
+
+
+def test_a_stage_error_in_the_fine_tune_process_comes_back_with_its_hint(tiny, tmp_path):
+    from tfedge.search import RecipeEvaluator
+
+    evaluator = RecipeEvaluator(tiny["model"], tiny["train"], tiny["val"], out_dir=tmp_path)
+    try:
+        with pytest.raises(OptimizationError, match="clusters 1 must be") as info:
+            evaluator({"stages": [{"name": "cluster", "clusters": 1, "epochs": 1}]})
+        assert "16" in info.value.hint
+        process = evaluator._worker.process
+        assert process is not None and process.poll() is None  # it serves on after an error
+    finally:
+        evaluator.close()
+    assert process.wait(timeout=30) == 0
+
+
 def auto_argv(tiny, out, *extra, model=None):
     argv = [
         "optimize",

@@ -25,7 +25,7 @@ from tfedge.console import echo
 from tfedge.errors import OptimizationError
 from tfedge.runner import DEFAULT_RUNS
 
-__all__ = ["STAGES", "stages_from_flags", "load_recipe", "optimize"]
+__all__ = ["STAGES", "stages_from_flags", "load_recipe", "optimize", "code_key"]
 
 # stage name -> (module, function); every function is stage(model, train, val, *, epochs, teacher,
 # strategy, **params) -> a trained tf_keras model ready to convert.
@@ -183,8 +183,15 @@ def _content_key(arrays) -> str:
     return digest.hexdigest()[:16]
 
 
-def _code_key(stages) -> str:
-    """tfedge's version and the source of every stage module used: new code retrains."""
+def code_key(stages) -> str:
+    """A digest of tfedge's version and the source of every stage module ``stages`` use.
+
+    Stage checkpoints and the search's stage cache are keyed by it, so new stage code retrains.
+
+    Example:
+        >>> len(code_key([{"name": "qat"}]))
+        16
+    """
     from tfedge.version import __version__
 
     digest = hashlib.sha256(__version__.encode())
@@ -197,15 +204,6 @@ def _code_key(stages) -> str:
 def _label(stage: dict) -> str:
     params = ", ".join(f"{k}={v}" for k, v in stage.items() if k not in ("name", "epochs"))
     return f"{stage['name']}({params})" if params else stage["name"]
-
-
-def _frozen_copy(model):
-    from tfedge.backend import keras
-
-    copy = keras.models.clone_model(model)
-    copy.set_weights(model.get_weights())
-    copy.trainable = False
-    return copy
 
 
 def _accuracy(model, data) -> float:
@@ -258,6 +256,7 @@ def optimize(
     from tfedge.converters import convert, input_shape_of
     from tfedge.data import load_data
     from tfedge.loading import LoadedModel, load_model
+    from tfedge.models.cloning import frozen_copy
     from tfedge.models.rebuild import to_keras2
     from tfedge.report import write_html
 
@@ -298,7 +297,7 @@ def optimize(
 
     # The teacher is a frozen copy: distillation freezes its teacher, and the first stage trains
     # ``base`` itself.
-    teacher = _frozen_copy(base)
+    teacher = frozen_copy(base)
     state_file = checkpoints / "state.json"
     state = json.loads(state_file.read_text()) if resume and state_file.is_file() else {}
     current = base
@@ -314,7 +313,7 @@ def optimize(
                 "source": source_key,
                 "stages": history,
                 "train": train_key,
-                "code": _code_key(history),
+                "code": code_key(history),
             }
         )
         name = f"{index:02d}-{stage['name']}"

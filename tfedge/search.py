@@ -5,7 +5,9 @@
 functions, the same frozen float teacher, so ``tfedge optimize --recipe`` reproduces a candidate),
 converts the result to fully-int8 TFLite and benches it with LiteRT on the validation data, on this
 machine or on an ssh device. Stage outputs are cached by their stage list, so the recipes that share
-a start (prune 80 % → + cluster 16 → + QAT) train it once.
+a start (prune 80 % → + cluster 16 → + QAT) train it once. The fine-tunes run in a child process
+(:class:`tfedge.stage_worker.StageWorker`): a native crash inside TensorFlow fails that candidate,
+and the search goes on.
 
 :func:`auto_optimize` ties both together and writes ``DIR/model.tflite`` (the best on the objective
 within the tolerance, confirmed on held-back validation data), ``DIR/model.keras``, ``DIR/report.json`` (every candidate, in optimize's
@@ -157,6 +159,12 @@ class RecipeEvaluator:
         calib_samples: calibration samples per int8 conversion.
         confirm_fraction: the part of ``val`` kept back for confirmation (0 keeps none; with
             fewer than :data:`MIN_SPLIT_SAMPLES` samples none is kept, with a warning).
+        isolate: run the fine-tunes in a child process (:class:`tfedge.stage_worker.StageWorker`),
+            so a native crash inside TensorFlow fails that candidate instead of ending the
+            search. A ``strategy`` given as an object (not a name) cannot cross to the child:
+            the fine-tunes then run in this process.
+
+    Call :meth:`close` when done (it stops the child process).
 
     Example:
         >>> evaluate = RecipeEvaluator("model.keras", "train.npz", "val.npz", out_dir="out")  # doctest: +SKIP
@@ -178,6 +186,7 @@ class RecipeEvaluator:
         runs: int = 100,
         calib_samples: int = 300,
         confirm_fraction: float = CONFIRM_FRACTION,
+        isolate: bool = True,
     ):
         from tfedge.converters import input_shape_of
         from tfedge.data import load_data
@@ -221,6 +230,9 @@ class RecipeEvaluator:
         )
         self.fingerprint["confirm"] = None if self.confirm is None else _data_digest(self.confirm)
         self._teacher = None
+        self.isolate = isolate and (strategy is None or isinstance(strategy, str))
+        self._worker = None
+        self._base_file = None
 
     def confirm_accuracy(self, candidate: dict) -> float:
         """A candidate's accuracy (LiteRT, on this machine) on the confirmation data.
@@ -250,26 +262,16 @@ class RecipeEvaluator:
     def teacher(self):
         """A frozen copy of the float model, the teacher every fine-tune distils from."""
         if self._teacher is None:
-            from tfedge.backend import keras
+            from tfedge.models.cloning import frozen_copy
 
-            copy = keras.models.clone_model(self.base)
-            copy.set_weights(self.base.get_weights())
-            copy.trainable = False
-            self._teacher = copy
+            self._teacher = frozen_copy(self.base)
         return self._teacher
 
-    def _code_key(self, stages) -> str:
-        from tfedge.optimize import STAGES
-
-        digest = hashlib.sha256(__version__.encode())
-        for stage in stages:
-            module = importlib.import_module(STAGES[stage["name"]][0])
-            digest.update(Path(module.__file__).read_bytes())
-        return digest.hexdigest()[:16]
-
     def _stage_key(self, stages) -> str:
+        from tfedge.optimize import code_key
+
         text = json.dumps(
-            {"model": self.fingerprint, "stages": stages, "code": self._code_key(stages)},
+            {"model": self.fingerprint, "stages": stages, "code": code_key(stages)},
             sort_keys=True,
             default=str,
         )
@@ -281,7 +283,7 @@ class RecipeEvaluator:
         from tfedge.models.training import evaluate
         from tfedge.optimize import STAGES
 
-        current = self.base
+        current, source = self.base, None
         for index, stage in enumerate(stages):
             if stage.get("name") not in STAGES:
                 raise OptimizationError(
@@ -293,23 +295,66 @@ class RecipeEvaluator:
                 current = load_model(path).model
             else:
                 echo(f"  stage {index + 1}/{len(stages)}: {label}")
-                module_name, function = STAGES[stage["name"]]
-                run = getattr(importlib.import_module(module_name), function)
-                params = {k: v for k, v in stage.items() if k != "name"}
-                current = run(
-                    current,
-                    self.train,
-                    self.val,
-                    teacher=self.teacher,
-                    strategy=self.strategy,
-                    **params,
-                )
-                tmp = path.with_name(f".{path.stem}.{os.getpid()}.keras")
-                current.save(tmp)
-                os.replace(tmp, path)
+                worker = self._stage_worker()
+                if worker is not None:
+                    worker.run(source or self._base_file, stage, path, label=f"stage {label}")
+                    current = load_model(path).model
+                else:
+                    current = self._run_here(current, stage, path)
+            source = path
             if on_stage is not None:
                 on_stage(index, evaluate(current, self.val))
         return current
+
+    def _run_here(self, model, stage: dict, path: Path):
+        from tfedge.optimize import STAGES
+
+        module_name, function = STAGES[stage["name"]]
+        run = getattr(importlib.import_module(module_name), function)
+        params = {k: v for k, v in stage.items() if k != "name"}
+        model = run(
+            model, self.train, self.val, teacher=self.teacher, strategy=self.strategy, **params
+        )
+        tmp = path.with_name(f".{path.stem}.{os.getpid()}.keras")
+        model.save(tmp)
+        os.replace(tmp, path)
+        return model
+
+    def _stage_worker(self):
+        """The child process the fine-tunes run in (None: they run here, see ``isolate``)."""
+        if not self.isolate:
+            return None
+        if self._worker is None:
+            from tfedge.stage_worker import StageWorker
+
+            base = self.cache / f"base-{self.fingerprint['model']}.keras"
+            train = self.cache / f"train-{self.fingerprint['train']}.npz"
+            try:
+                if not base.is_file():
+                    tmp = base.with_name(f".{base.stem}.{os.getpid()}.keras")
+                    self.base.save(tmp)
+                    os.replace(tmp, base)
+                if not train.is_file():
+                    tmp = train.with_name(f".{train.stem}.{os.getpid()}.npz")
+                    self.train.save(tmp)
+                    os.replace(tmp, train)
+            except Exception as exc:  # a model Keras cannot save cannot be cached either
+                raise OptimizationError(
+                    f"cannot save the model for the fine-tune process: {exc}",
+                    "register custom layers with keras.utils.register_keras_serializable",
+                ) from exc
+            self._base_file = base
+            self._worker = StageWorker(base, train, self.val_npz, strategy=self.strategy)
+        return self._worker
+
+    def close(self) -> None:
+        """Stop the fine-tune process, if one runs (the evaluator starts a new one when called).
+
+        Example:
+            >>> evaluate.close()  # doctest: +SKIP
+        """
+        if self._worker is not None:
+            self._worker.close()
 
     def __call__(self, recipe: dict, on_stage=None) -> dict:
         from tfedge.bench import bench
@@ -476,25 +521,29 @@ def auto_optimize(
         f"search: objective {objective}, tolerance {_points(tolerance)}, device {device}, "
         f"study {name!r}" + (f", budget {budget_minutes:g} min" if budget_minutes else "")
     )
-    result = search(
-        getattr(measure, "base", model),
-        train,
-        val,
-        evaluator=measure,
-        tolerance=tolerance,
-        objective=objective,
-        budget_minutes=budget_minutes,
-        max_trials=max_trials,
-        storage=url,
-        study_name=name,
-        resume=resume,
-        fingerprint=getattr(measure, "fingerprint", None),
-        epochs=epochs,
-        seed=seed,
-        on_progress=echo,
-        confirm=confirm,
-    )
-    write_outputs(result, out, measure)
+    try:
+        result = search(
+            getattr(measure, "base", model),
+            train,
+            val,
+            evaluator=measure,
+            tolerance=tolerance,
+            objective=objective,
+            budget_minutes=budget_minutes,
+            max_trials=max_trials,
+            storage=url,
+            study_name=name,
+            resume=resume,
+            fingerprint=getattr(measure, "fingerprint", None),
+            epochs=epochs,
+            seed=seed,
+            on_progress=echo,
+            confirm=confirm,
+        )
+        write_outputs(result, out, measure)
+    finally:
+        if evaluator is None:
+            measure.close()
     _echo_result(result)
     if result.best is None:
         raise OptimizationError(

@@ -1,0 +1,246 @@
+"""Run compression stages in a child process, so a native crash fails one candidate, not the search.
+
+TensorFlow's C++ side can abort or crash the whole process (a SIGABRT or SIGSEGV inside tf_keras's
+``fit`` has been seen during filter-pruning fine-tunes), and no ``except`` catches that. The search
+therefore runs every fine-tune in a long-lived child Python process: it loads the base model, the
+frozen teacher and the data once, then runs one stage per request and saves the result where it is
+told. When the child dies, the stage raises an :class:`~tfedge.errors.OptimizationError` naming the
+signal, the candidate is recorded as failed, and the next stage starts a fresh child.
+
+Requests go to the child's stdin and answers come back on a pipe of their own (one JSON object per
+line each way); the child's stdout and stderr are the parent's, so its progress shows as usual.
+The child exits when its stdin closes, and is killed with its parent (Linux's parent-death signal).
+
+Example:
+    >>> worker = StageWorker("cache/base.keras", "cache/train.npz", "val.npz")  # doctest: +SKIP
+    >>> worker.run("cache/base.keras", {"name": "qat", "epochs": 1}, "cache/qat.keras")  # doctest: +SKIP
+    >>> worker.close()  # doctest: +SKIP
+"""
+
+import contextlib
+import importlib
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from tfedge.errors import OptimizationError, first_line
+
+__all__ = ["StageWorker", "describe_exit"]
+
+
+def describe_exit(code: int | None) -> str:
+    """How a process ended, in words: ``"signal SIGSEGV"`` or ``"exit status 3"``.
+
+    Example:
+        >>> describe_exit(-11)
+        'signal SIGSEGV'
+        >>> describe_exit(3)
+        'exit status 3'
+    """
+    if code is None:
+        return "no exit status"
+    if code < 0:
+        try:
+            return f"signal {signal.Signals(-code).name}"
+        except ValueError:
+            return f"signal {-code}"
+    return f"exit status {code}"
+
+
+class StageWorker:
+    """A child process that runs the stages of ``tfedge optimize`` one request at a time.
+
+    Args:
+        base: the float model's saved file; the frozen teacher every fine-tune distils from is a
+            copy of it.
+        train: the training data, an ``.npz`` file.
+        val: the validation data the fine-tunes choose their best epoch on, an ``.npz`` file.
+        strategy: ``None``, ``"mirrored"`` or ``"multiworker"`` (a strategy object cannot cross
+            a process boundary).
+
+    Example:
+        >>> with StageWorker("base.keras", "train.npz", "val.npz") as worker:  # doctest: +SKIP
+        ...     worker.run("base.keras", {"name": "prune", "sparsity": 0.8}, "pruned.keras")
+    """
+
+    def __init__(self, base, train, val, strategy: str | None = None):
+        self.config = {
+            "base": str(base),
+            "train": str(train),
+            "val": str(val),
+            "strategy": strategy,
+            "parent": os.getpid(),
+        }
+        self.process = None
+        self.running = None  # the stage being run, while a request waits for its answer
+        self._replies = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def start(self, what: str = "the fine-tune process") -> None:
+        """Start the child and wait until it has loaded the model and data.
+
+        Args:
+            what: what the start is for, in messages.
+
+        Raises:
+            OptimizationError: the child could not load them (the error it met), or it died.
+        """
+        read_fd, write_fd = os.pipe()
+        config = dict(self.config, reply_fd=write_fd)
+        try:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "tfedge.stage_worker", json.dumps(config)],
+                stdin=subprocess.PIPE,
+                pass_fds=(write_fd,),
+                text=True,
+            )
+        finally:
+            os.close(write_fd)
+        self._replies = os.fdopen(read_fd, "r")
+        self._answer(f"{what} (starting its process)")
+
+    def run(self, source, stage: dict, output, label: str | None = None) -> None:
+        """Run ``stage`` on the model saved at ``source`` and save the result at ``output``.
+
+        Args:
+            source: the input model's file (the ``base`` file or an earlier stage's output).
+            stage: the stage, as in a recipe (``{"name": "prune", "sparsity": 0.8, ...}``).
+            output: where the child saves the stage's result (written atomically).
+            label: the stage's name in messages.
+
+        Raises:
+            OptimizationError: the stage failed (its own error and hint), or the child died (the
+                signal is named; the next call starts a new child).
+        """
+        what = label or stage.get("name", "stage")
+        if self.process is None or self.process.poll() is not None:
+            self.start(what)
+        request = {"source": str(source), "stage": stage, "output": str(output)}
+        self.running = what
+        try:
+            self.process.stdin.write(json.dumps(request) + "\n")
+            self.process.stdin.flush()
+        except (BrokenPipeError, OSError):
+            pass  # the child is gone; _answer reports how it ended
+        try:
+            self._answer(what)
+        finally:
+            self.running = None
+
+    def _answer(self, what: str) -> None:
+        line = self._replies.readline() if self._replies is not None else ""
+        if not line:
+            code = self.process.wait() if self.process is not None else None
+            self._forget()
+            raise OptimizationError(
+                f"{what}: the process running it ended with {describe_exit(code)} "
+                "(a native crash inside TensorFlow or the system running out of memory)",
+                "the candidate is recorded as failed and the search goes on; if every candidate "
+                "fails like this, lower the fine-tune's memory (smaller --train) or rerun with "
+                "--debug to see TensorFlow's own log",
+            )
+        answer = json.loads(line)
+        if answer.get("error"):
+            raise OptimizationError(f"{what}: {answer['error']}", answer.get("hint"))
+
+    def _forget(self) -> None:
+        if self._replies is not None:
+            with contextlib.suppress(OSError):
+                self._replies.close()
+        self._replies = None
+        self.process = None
+
+    def close(self) -> None:
+        """Stop the child (it finishes nothing more); safe to call twice."""
+        process = self.process
+        if process is None:
+            return
+        with contextlib.suppress(OSError):
+            process.stdin.close()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        self._forget()
+
+
+def _die_with_parent(parent: int) -> None:
+    """Ask Linux to kill this process when the parent dies (elsewhere: stdin's end stops it)."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the parent died before the request above
+        os._exit(1)
+
+
+def _error(exc: BaseException) -> dict:
+    message = getattr(exc, "message", None) or first_line(exc)
+    return {"error": str(message), "hint": getattr(exc, "hint", None)}
+
+
+def _serve(config: dict) -> None:
+    reply = os.fdopen(int(config["reply_fd"]), "w", buffering=1)
+
+    def answer(payload: dict) -> None:
+        reply.write(json.dumps(payload) + "\n")
+        reply.flush()
+
+    try:
+        from tfedge.data import load_data
+        from tfedge.loading import load_model
+        from tfedge.models.cloning import frozen_copy
+        from tfedge.models.training import resolve_strategy
+        from tfedge.optimize import STAGES
+
+        base = load_model(config["base"]).model
+        teacher = frozen_copy(base)
+        train = load_data(config["train"], require_labels=True, name="--train")
+        val = load_data(config["val"], require_labels=True, name="--val")
+        strategy = resolve_strategy(config["strategy"])
+    except Exception as exc:  # every failure to start is reported, then the child ends
+        answer(_error(exc))
+        return
+    answer({"ready": True})
+    for line in sys.stdin:
+        if not line.strip():
+            continue
+        try:
+            request = json.loads(line)
+            stage = dict(request["stage"])
+            module_name, function = STAGES[stage.pop("name")]
+            run = getattr(importlib.import_module(module_name), function)
+            source = request["source"]
+            model = base if source == config["base"] else load_model(source).model
+            result = run(model, train, val, teacher=teacher, strategy=strategy, **stage)
+            output = Path(request["output"])
+            tmp = output.with_name(f".{output.stem}.{os.getpid()}{output.suffix}")
+            result.save(tmp)
+            os.replace(tmp, output)
+        except Exception as exc:  # a stage's error goes back to the parent; the child serves on
+            answer(_error(exc))
+            continue
+        answer({"ok": True})
+
+
+def main(argv=None) -> None:
+    """The child's entry point: ``python -m tfedge.stage_worker CONFIG_JSON``."""
+    config = json.loads((argv if argv is not None else sys.argv[1:])[0])
+    _die_with_parent(int(config["parent"]))
+    _serve(config)
+
+
+if __name__ == "__main__":
+    main()
