@@ -36,8 +36,8 @@ from pathlib import Path
 VAL_SIZE = 200
 
 
-def split(train, seed):
-    """Stratified ``(fit, val)`` split of the training digits."""
+def split(train, seed, size=None):
+    """Stratified ``(fit, val)`` split of the training digits (``size`` validation samples)."""
     import numpy as np
 
     from tfedge.data import Dataset
@@ -46,7 +46,7 @@ def split(train, seed):
     val_index = []
     for label in np.unique(train.y):
         index = np.flatnonzero(train.y == label)
-        share = round(VAL_SIZE * len(index) / len(train))
+        share = round((size or VAL_SIZE) * len(index) / len(train))
         val_index.extend(rng.choice(index, share, replace=False))
     mask = np.zeros(len(train), bool)
     mask[val_index] = True

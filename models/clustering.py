@@ -45,7 +45,7 @@ def _init(name: str):
     return table[name]
 
 
-def _clusterable(clusters: int):
+def _clusterable(clusters: int, preserve_sparsity: bool = False):
     registry = tfmot_internal("clustering.keras.clustering_registry").ClusteringRegistry
 
     def check(layer) -> bool:
@@ -60,20 +60,41 @@ def _clusterable(clusters: int):
         weights = [getattr(layer, n, None) for n in names]
         weights = [w for w in weights if w is not None]
         # A kernel with fewer values than clusters gains nothing (tfmot refuses small convs too).
-        return bool(weights) and all(int(np.prod(w.shape)) > clusters for w in weights)
+        # Preserving sparsity, only the non-zero values are clustered (k-means++ fails on fewer
+        # than ``clusters``), and a kernel with that few already holds at most clusters + 1.
+        return bool(weights) and all(_values(w, preserve_sparsity) > clusters for w in weights)
 
     return check
 
 
-def clustering_plan(model, clusters: int = 16, skip=()) -> dict:
+def _too_sparse(model, clusters: int, skip) -> list:
+    """The layers not skipped that could be clustered but hold at most ``clusters`` non-zeros."""
+    dense_check, sparse_check = _clusterable(clusters), _clusterable(clusters, True)
+    skipped = layers.skipped_layers(model, skip)
+    return [
+        layer
+        for layer in model.layers
+        if layer.name not in skipped and dense_check(layer) and not sparse_check(layer)
+    ]
+
+
+def _values(weight, nonzero_only: bool) -> int:
+    if not nonzero_only:
+        return int(np.prod(weight.shape))
+    return int(np.count_nonzero(keras.backend.get_value(weight)))
+
+
+def clustering_plan(model, clusters: int = 16, skip=(), preserve_sparsity: bool = False) -> dict:
     """Which layers :func:`cluster` clusters in ``model`` and which kernels it leaves alone, and why.
+
+    With ``preserve_sparsity`` only a kernel's non-zero values count (as :func:`cluster` does).
 
     Example:
         >>> clustering_plan(build("ds_cnn"), 16)["unclustered"][0]["reason"]  # doctest: +SKIP
         'tfmot does not cluster depthwise kernels'
     """
     flat = cloning.flatten_model(model)
-    check = _clusterable(int(clusters))
+    check = _clusterable(int(clusters), preserve_sparsity)
     skipped = layers.skipped_layers(flat, skip)
     clustered, unclustered = [], []
     for layer in layers.kernel_layers(flat):
@@ -91,8 +112,9 @@ def clustering_plan(model, clusters: int = 16, skip=()) -> dict:
         elif "Depthwise" in kind:
             reason = "tfmot does not cluster depthwise kernels"
         else:
+            values = "non-zero weights" if preserve_sparsity else "weights"
             reason = (
-                f"a {kind} with at most {clusters} weights per kernel, or one tfmot cannot cluster"
+                f"a {kind} with at most {clusters} {values} per kernel, or one tfmot cannot cluster"
             )
         unclustered.append({"layer": layer.name, "weight": None, "reason": reason})
     return {"clustered": clustered, "unclustered": unclustered}
@@ -154,7 +176,8 @@ def cluster(
         per_channel: cluster each output channel of a Conv2D separately (``clusters`` per
             channel: more accurate with per-channel int8 quantization, compresses less).
         skip: layers left unclustered: ``"first"``, ``"last"``, names, type names or classes.
-            Kernels with no more values than ``clusters`` are always left alone.
+            Kernels with no more values than ``clusters`` (non-zero values, when preserving
+            sparsity) are always left alone: they hold few enough distinct values already.
         batch_size: the batch size.
         learning_rate: Adam's initial learning rate (cosine-decayed).
         temperature: the distillation temperature (with a teacher).
@@ -187,7 +210,11 @@ def cluster(
     with training.strategy_scope(strategy):
         work = cloning.clone_model(cloning.flatten_model(model))
         training.check_data(train, "training", work)
-        names = layers.select_layers(work, skip, eligible=_clusterable(clusters))
+        names = layers.select_layers(work, skip, eligible=_clusterable(clusters, preserve_sparsity))
+        # Too sparse to cluster: held as they are, or the fine-tune would fill in their zeros.
+        held = _too_sparse(work, clusters, skip) if preserve_sparsity else []
+        for layer in held:
+            layer.trainable = False
         if not names:
             raise OptimizationError(
                 f"no layer of {work.name!r} can be clustered to {clusters} values "
@@ -232,5 +259,8 @@ def cluster(
         )
         with cloning.trusted_cloning():
             stripped = mot.strip_clustering(wrapped)
+    for layer in held:
+        layer.trainable = True
+        stripped.get_layer(layer.name).trainable = True
     stripped._name = model.name
     return stripped

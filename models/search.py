@@ -41,6 +41,8 @@ import time
 import warnings
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from tfedge.errors import OptimizationError
 
 __all__ = [
@@ -63,6 +65,10 @@ REFERENCE_RECIPE = {"stages": [], "convert": {"mode": "float32"}}
 # A branch is hopeless once one of its stages loses this many tolerances of Keras accuracy: the
 # later stages (clustering, QAT) win back a little, never that much.
 BRANCH_SLACK = 2.0
+# The chosen model's loss on the held-back samples, plus this many (paired) standard errors of
+# it, must be within the tolerance: one standard error turns down the candidates that keep the
+# tolerance there only by the luck of a few samples.
+CONFIRM_MARGIN = 1.0
 DEFAULT_STUDY = "tfedge-auto"
 HEARTBEAT_S = 5
 GRACE_S = 20
@@ -693,14 +699,17 @@ def auto_optimize(
             if earlier.state == optuna.trial.TrialState.COMPLETE:
                 trial.set_user_attr("figures", earlier.user_attrs.get("figures"))
                 return earlier.values
+            if earlier.state == optuna.trial.TrialState.FAIL:
+                trial.set_user_attr(
+                    "pruned", f"same recipe as trial {earlier.number}, which failed"
+                )
             raise optuna.TrialPruned(f"same recipe as trial {earlier.number}")
         state["duplicates_in_a_row"] = 0
         broken = _broken_prefix(study, recipe)
         if broken is not None:
-            trial.set_user_attr(
-                "pruned", f"starts like trial {broken}, whose branch broke the tolerance"
-            )
-            raise optuna.TrialPruned(f"branch of trial {broken}")
+            number, why = broken
+            trial.set_user_attr("pruned", f"starts like trial {number}, {why}")
+            raise optuna.TrialPruned(f"branch of trial {number}")
         stage_floor = float(reference["accuracy"]) - BRANCH_SLACK * tolerance
 
         def on_stage(index, keras_accuracy):
@@ -728,6 +737,9 @@ def auto_optimize(
             trial.set_user_attr("error", _first_line(exc))
             if getattr(exc, "hint", None):
                 trial.set_user_attr("hint", exc.hint)
+            failed = getattr(exc, "stages", None)  # the stages up to the one that failed
+            if isinstance(failed, list) and failed:
+                trial.set_user_attr("failed_prefix", failed)
             raise
         finally:
             state["durations"].append(time.time() - began)
@@ -882,7 +894,8 @@ def _remaining_trials(study, max_trials):
 
 
 def _earlier_result(study, trial, key):
-    """An earlier trial with the same recipe: finished, or running elsewhere (then waited for).
+    """An earlier trial with the same recipe: finished (or failed with an error), or running
+    elsewhere (then waited for).
 
     Of two trials that start the same recipe at once, the lower number runs it and the other
     waits, so no recipe runs twice even across machines.
@@ -890,6 +903,7 @@ def _earlier_result(study, trial, key):
     import optuna
 
     finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    failed = optuna.trial.TrialState.FAIL
     while True:
         running_twin = None
         for other in study.get_trials(deepcopy=False):
@@ -899,6 +913,8 @@ def _earlier_result(study, trial, key):
                 continue
             if other.state in finished:
                 return other
+            if other.state == failed and other.user_attrs.get("error"):
+                return other  # it failed measuring (a worker that died has no error: retried)
             if other.state == optuna.trial.TrialState.RUNNING and other.number < trial.number:
                 running_twin = other
         if running_twin is None:
@@ -909,12 +925,16 @@ def _earlier_result(study, trial, key):
 
 
 def _broken_prefix(study, recipe):
-    """The number of a trial whose broken stage list starts this recipe, or None."""
+    """``(trial number, why)`` of a trial whose broken or failed stage list starts this recipe."""
     stages = recipe["stages"]
     for other in study.get_trials(deepcopy=False):
-        prefix = other.user_attrs.get("broken_prefix")
-        if prefix and stages[: len(prefix)] == prefix:
-            return other.number
+        for attr, why in (
+            ("broken_prefix", "whose branch broke the tolerance"),
+            ("failed_prefix", "whose stages failed at the same point"),
+        ):
+            prefix = other.user_attrs.get(attr)
+            if prefix and stages[: len(prefix)] == prefix:
+                return other.number, why
     return None
 
 
@@ -1028,42 +1048,61 @@ def _ranked(candidates, objective: str) -> list:
     )
 
 
-def confirm_best(result: SearchResult, confirm) -> SearchResult:
+def confirm_best(result: SearchResult, confirm, margin: float = CONFIRM_MARGIN) -> SearchResult:
     """Choose the best candidate that also keeps the tolerance on unseen (confirmation) data.
 
     The search picks among many candidates on the same validation data, and each fine-tune keeps
     its best epoch on it too, so the winner's accuracy there is optimistic. This walks the
-    candidates within the tolerance in objective order and takes the first whose accuracy on
-    the confirmation data is at most ``tolerance`` below the float32 model's on that data.
+    candidates within the tolerance in objective order and takes the first that keeps the
+    tolerance on the confirmation data with room to spare: its accuracy loss against the float32
+    model there, plus ``margin`` standard errors of that loss, must be at most ``tolerance``.
+    The standard error is the paired one, from the samples where the two models disagree: a
+    candidate whose predictions differ from the float model's on many samples needs a clearer
+    win, so one that looks within the tolerance by luck on a few hundred samples is turned down.
     When none holds, the result falls back to post-training int8 (the recipe with no stage).
 
-    ``confirm(candidate) -> accuracy`` measures a candidate (``{"recipe": ..., "figures": ...}``)
-    on the confirmation data; it is called first with the float32 reference
-    (``{"recipe": REFERENCE_RECIPE, "figures": result.reference}``). Each checked candidate gets
-    ``confirm_accuracy`` and ``confirmed``; ``result.extra["confirmation"]`` holds the summary
-    (``reference_accuracy``, ``rejected_trials``, ``fallback``).
+    ``confirm(candidate)`` measures a candidate (``{"recipe": ..., "figures": ...}``) on the
+    confirmation data and returns each sample's correctness (a sequence of 0/1), or only the
+    accuracy (a float: no standard error is known, the margin is 0). It is called first with the
+    float32 reference (``{"recipe": REFERENCE_RECIPE, "figures": result.reference}``). Each
+    checked candidate gets ``confirm_accuracy``, ``confirm_loss`` (the loss plus the margin) and
+    ``confirmed``; ``result.extra["confirmation"]`` holds the summary (``reference_accuracy``,
+    ``samples``, ``margin``, ``rejected_trials``, ``fallback``).
 
     Returns:
         ``result``, with ``best`` replaced.
 
     Example:
-        >>> confirm_best(result, lambda c: 0.97).best["confirmed"]  # doctest: +SKIP
+        >>> confirm_best(result, lambda c: [1, 1, 0, 1]).best["confirmed"]  # doctest: +SKIP
         True
     """
-    summary = {"reference_accuracy": None, "rejected_trials": [], "fallback": False}
+    summary = {
+        "reference_accuracy": None,
+        "samples": None,
+        "margin": margin,
+        "rejected_trials": [],
+        "fallback": False,
+    }
     result.extra["confirmation"] = summary
     ranked = _ranked(result.candidates, result.objective)
     if not ranked:
         return result
-    reference = float(confirm({"recipe": dict(REFERENCE_RECIPE), "figures": result.reference}))
-    summary["reference_accuracy"] = reference
-    floor = reference - result.tolerance
+    reference = _correctness(
+        confirm({"recipe": dict(REFERENCE_RECIPE), "figures": result.reference})
+    )
+    summary["reference_accuracy"] = float(np.mean(reference))
+    summary["samples"] = int(reference.size) if reference.ndim else None
 
     def check(candidate) -> bool:
         if "confirm_accuracy" not in candidate:
-            accuracy = float(confirm(candidate))
-            candidate["confirm_accuracy"] = accuracy
-            candidate["confirmed"] = accuracy >= floor - 1e-9
+            correct = _correctness(confirm(candidate))
+            loss = float(np.mean(reference) - np.mean(correct))
+            if reference.ndim and correct.shape == reference.shape and reference.size > 1:
+                differences = reference.astype(float) - correct.astype(float)
+                loss += margin * float(np.std(differences, ddof=1)) / np.sqrt(reference.size)
+            candidate["confirm_accuracy"] = float(np.mean(correct))
+            candidate["confirm_loss"] = round(float(loss), 6)
+            candidate["confirmed"] = bool(loss <= result.tolerance + 1e-9)
         return candidate["confirmed"]
 
     for candidate in ranked:
@@ -1084,6 +1123,11 @@ def confirm_best(result: SearchResult, confirm) -> SearchResult:
         check(ptq)
     result.best = ptq
     return result
+
+
+def _correctness(value) -> np.ndarray:
+    """A confirm answer as an array: per-sample 0/1 (1-D), or an accuracy (0-D)."""
+    return np.asarray(value, dtype=float)
 
 
 def _dominates(a, b) -> bool:

@@ -59,6 +59,32 @@ def test_preserve_sparsity_keeps_the_zeros_of_a_pruned_model(trained_digits_cnn,
     assert max(unique_weight_values(both, ["conv2", "fc1"]).values()) <= 8
 
 
+def test_a_kernel_pruned_below_the_cluster_count_is_left_alone(trained_digits_cnn, digits):
+    """Preserving sparsity, tfmot's k-means++ clusters only the non-zero values and fails on
+    fewer than ``clusters`` of them ("Expected num_to_sample <= points.rows()"); such a kernel
+    already holds at most clusters + 1 values, so it is left as it is."""
+    from tfedge.models.cloning import clone_model
+    from tfedge.models.clustering import cluster, clustering_plan, unique_weight_values
+
+    model = clone_model(trained_digits_cnn)
+    conv1 = model.get_layer("conv1")
+    kernel, *rest = conv1.get_weights()
+    flat = kernel.reshape(-1).copy()
+    flat[10:] = 0.0  # 10 non-zero values left, fewer than 16 clusters
+    conv1.set_weights([flat.reshape(kernel.shape), *rest])
+
+    plan = clustering_plan(model, 16, preserve_sparsity=True)
+    (left,) = [entry for entry in plan["unclustered"] if entry["layer"] == "conv1"]
+    assert "non-zero weights" in left["reason"]
+    assert "conv1" in clustering_plan(model, 16)["clustered"]  # without preserving sparsity
+
+    both = cluster(model, digits[0], digits[1], clusters=16, preserve_sparsity=True, epochs=1)
+    np.testing.assert_array_equal(
+        both.get_layer("conv1").get_weights()[0], flat.reshape(kernel.shape)
+    )
+    assert max(unique_weight_values(both, ["conv2", "fc1"]).values()) <= 16
+
+
 @pytest.mark.parametrize("init", ["linear", "density"])
 def test_other_initializations_and_skip(trained_digits_cnn, digits, init):
     from tfedge.models.clustering import cluster, unique_weight_values

@@ -322,7 +322,12 @@ class StagePlans:
         elif name == "cluster":
             from tfedge.models.clustering import clustering_plan
 
-            plan = clustering_plan(model, stage.get("clusters", 16), stage.get("skip", ()))
+            plan = clustering_plan(
+                model,
+                stage.get("clusters", 16),
+                stage.get("skip", ()),
+                preserve_sparsity=bool(stage.get("preserve_sparsity", False)),
+            )
             self.plans.update(plan)
         elif name in _RESHAPING:
             self.plans = {}

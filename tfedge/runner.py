@@ -415,6 +415,7 @@ def bench_one(
     runs=DEFAULT_RUNS,
     delegate=None,
     device=None,
+    keep_top1=False,
 ):
     """Measure one model: size, accuracy over ``data``, latency, first inference, init time, peak RSS.
 
@@ -428,6 +429,7 @@ def bench_one(
         runs: timed invocations.
         delegate: ``"edgetpu"`` to run on a Coral EdgeTPU, or None for the CPU.
         device: the device dict to report (defaults to :func:`device_info`).
+        keep_top1: also return each sample's predicted class as ``top1`` (a list).
 
     Returns:
         The result dict of the bench JSON schema (see ``tfedge bench --json``).
@@ -508,6 +510,7 @@ def bench_one(
         first_ms = (time.perf_counter() - start) * 1000.0
         correct = 0
         binary = []
+        kept = []
         labels = _labels(y) if y is not None else None
         for offset in range(0, samples, batch):
             count = min(batch, samples - offset)
@@ -522,6 +525,7 @@ def bench_one(
                 binary.append(values[:, 0])  # thresholded below, once the whole output is seen
                 continue
             predicted = values.argmax(axis=1)
+            kept.append(predicted)
             top1.update(np.asarray(predicted, dtype="<i4").tobytes())
             if labels is not None:
                 correct += int((predicted == labels[offset : offset + count]).sum())
@@ -529,11 +533,14 @@ def bench_one(
             values = np.concatenate(binary)
             threshold = 0.5 if _is_probability(interpreter, outputs[0], values) else 0.0
             predicted = (values > threshold).astype(np.int64)
+            kept[:] = [predicted]
             top1.update(np.asarray(predicted, dtype="<i4").tobytes())
             if labels is not None:
                 correct = int((predicted == labels).sum())
         if labels is not None and samples:
             accuracy = round(correct / samples, 6)
+        if keep_top1:
+            result["top1"] = [int(v) for v in np.concatenate(kept)] if kept else []
         timing_inputs = [first]
     else:
         timing_inputs = [feeder.random(seed) for seed, feeder in enumerate(feeders)]
@@ -593,6 +600,7 @@ def bench_models(
     runs=DEFAULT_RUNS,
     delegate=None,
     device_name="local",
+    keep_top1=False,
 ):
     """Bench several models in one process, one after another, with the same settings and data.
 
@@ -605,6 +613,7 @@ def bench_models(
         runs: timed invocations per model.
         delegate: ``"edgetpu"`` or None.
         device_name: the name reported in ``device.name``.
+        keep_top1: add each sample's predicted class to every result (``top1``).
 
     Yields:
         ``("result", dict)`` or ``("error", {"model", "message", "hint"})`` per model, as each finishes.
@@ -621,7 +630,9 @@ def bench_models(
         try:
             yield (
                 "result",
-                bench_one(runtime, path, name, data, threads, warmup, runs, delegate, device),
+                bench_one(
+                    runtime, path, name, data, threads, warmup, runs, delegate, device, keep_top1
+                ),
             )
         except RunnerError as exc:
             yield (

@@ -234,29 +234,35 @@ class RecipeEvaluator:
         self._worker = None
         self._base_file = None
 
-    def confirm_accuracy(self, candidate: dict) -> float:
-        """A candidate's accuracy (LiteRT, on this machine) on the confirmation data.
+    def confirm_correct(self, candidate: dict) -> np.ndarray:
+        """Which confirmation samples a candidate's int8 model (LiteRT, on this machine) gets right.
 
         Only inference on the candidate's stored ``.tflite``; a candidate measured on another
         worker (its file is not here) is measured again here first.
 
+        Returns:
+            A 0/1 array, one entry per confirmation sample (its mean is the accuracy).
+
         Example:
-            >>> evaluate.confirm_accuracy(result.best)  # doctest: +SKIP
+            >>> evaluate.confirm_correct(result.best).mean()  # doctest: +SKIP
             0.9749
         """
-        from tfedge.bench import bench
+        from tfedge.runner import bench_models
 
         tflite = Path(str((candidate.get("figures") or {}).get("model") or ""))
         if not tflite.is_file():
             tflite = Path(self(candidate["recipe"])["model"])
-        report = bench([tflite], data=self.confirm_npz, devices=["local"], runs=1, warmup=0)
-        (row,) = report["results"]
-        if row.get("accuracy") is None:
+        data = (self.confirm.x, self.confirm.y)
+        ((kind, row),) = list(
+            bench_models([str(tflite)], data=data, warmup=0, runs=1, keep_top1=True)
+        )
+        if kind != "result" or len(row.get("top1") or ()) != len(self.confirm):
             raise OptimizationError(
                 f"cannot measure {tflite.name} on the confirmation data: "
-                f"{row.get('error') or 'no accuracy'}"
+                f"{row.get('message') or 'no prediction per sample'}",
+                row.get("hint"),
             )
-        return float(row["accuracy"])
+        return (np.asarray(row["top1"]) == self.confirm.y).astype(np.int8)
 
     @property
     def teacher(self):
@@ -295,12 +301,16 @@ class RecipeEvaluator:
                 current = load_model(path).model
             else:
                 echo(f"  stage {index + 1}/{len(stages)}: {label}")
-                worker = self._stage_worker()
-                if worker is not None:
-                    worker.run(source or self._base_file, stage, path, label=f"stage {label}")
-                    current = load_model(path).model
-                else:
-                    current = self._run_here(current, stage, path)
+                try:
+                    worker = self._stage_worker()
+                    if worker is not None:
+                        worker.run(source or self._base_file, stage, path, label=f"stage {label}")
+                        current = load_model(path).model
+                    else:
+                        current = self._run_here(current, stage, path)
+                except OptimizationError as exc:
+                    exc.stages = stages[: index + 1]  # the search skips recipes starting so
+                    raise
             source = path
             if on_stage is not None:
                 on_stage(index, evaluate(current, self.val))
@@ -412,17 +422,22 @@ def _echo_result(result) -> None:
     summary = result.extra.get("confirmation")
     if not summary or summary.get("reference_accuracy") is None:
         return
+    samples = summary.get("samples")
     echo(
-        "confirmation on the held-back validation samples (float32 "
-        f"{summary['reference_accuracy'] * 100:.2f}%):"
+        f"confirmation on {samples or 'the'} held-back validation samples (float32 "
+        f"{summary['reference_accuracy'] * 100:.2f}%; the loss plus "
+        f"{summary.get('margin', 0):g} standard error must be within the tolerance):"
     )
     for candidate in result.candidates:
         if "confirm_accuracy" not in candidate:
             continue
-        verdict = "kept" if candidate["confirmed"] else "rejected (breaks the tolerance)"
+        verdict = "kept" if candidate["confirmed"] else "rejected"
+        bound = candidate.get("confirm_loss")
         echo(
             f"  trial {candidate['trial']}: {recipe_label(candidate['recipe'])}: "
-            f"int8 {candidate['confirm_accuracy'] * 100:.2f}% - {verdict}"
+            f"int8 {candidate['confirm_accuracy'] * 100:.2f}%"
+            + ("" if bound is None else f", loss + margin {bound * 100:.2f} points")
+            + f" - {verdict}"
         )
     if summary["fallback"]:
         echo(
@@ -515,7 +530,7 @@ def auto_optimize(
         runs=runs,
         confirm_fraction=confirm_fraction,
     )
-    confirm = measure.confirm_accuracy if getattr(measure, "confirm", None) is not None else None
+    confirm = measure.confirm_correct if getattr(measure, "confirm", None) is not None else None
     name = study_name or f"auto-{objective}"
     echo(
         f"search: objective {objective}, tolerance {_points(tolerance)}, device {device}, "
@@ -584,6 +599,7 @@ def _row(candidate: dict, chosen: bool) -> dict:
         row["pruned"] = candidate["pruned"]
     if "confirm_accuracy" in candidate:
         row["confirm_accuracy"] = candidate["confirm_accuracy"]
+        row["confirm_loss"] = candidate.get("confirm_loss")
         row["confirmed"] = candidate["confirmed"]
     row.setdefault("keras_accuracy", None)
     return row

@@ -4,8 +4,11 @@ TensorFlow's C++ side can abort or crash the whole process (a SIGABRT or SIGSEGV
 ``fit`` has been seen during filter-pruning fine-tunes), and no ``except`` catches that. The search
 therefore runs every fine-tune in a long-lived child Python process: it loads the base model, the
 frozen teacher and the data once, then runs one stage per request and saves the result where it is
-told. When the child dies, the stage raises an :class:`~tfedge.errors.OptimizationError` naming the
-signal, the candidate is recorded as failed, and the next stage starts a fresh child.
+told. When the child dies, the stage is run once more in a fresh child with TensorFlow's oneDNN CPU
+kernels off (``TF_ENABLE_ONEDNN_OPTS=0``): the crashes seen here (``free(): invalid pointer``, then
+SIGABRT or SIGSEGV, in ``fit`` of a ResNet whose filters were pruned) come from oneDNN and do not
+happen without it. Only if that child dies too does the stage raise :class:`StageCrashed`, naming the
+signal; the candidate is recorded as failed, and the next stage starts a fresh child (oneDNN on).
 
 Requests go to the child's stdin and answers come back on a pipe of their own (one JSON object per
 line each way); the child's stdout and stderr are the parent's, so its progress shows as usual.
@@ -26,9 +29,17 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tfedge.console import echo
 from tfedge.errors import OptimizationError, first_line
 
-__all__ = ["StageWorker", "describe_exit"]
+__all__ = ["StageWorker", "StageCrashed", "describe_exit", "WITHOUT_ONEDNN"]
+
+# The environment of the retry after a crash: oneDNN's CPU kernels are where the crashes come from.
+WITHOUT_ONEDNN = {"TF_ENABLE_ONEDNN_OPTS": "0"}
+
+
+class StageCrashed(OptimizationError):
+    """The process running a stage died (a native crash inside TensorFlow, or out of memory)."""
 
 
 def describe_exit(code: int | None) -> str:
@@ -76,6 +87,7 @@ class StageWorker:
         }
         self.process = None
         self.running = None  # the stage being run, while a request waits for its answer
+        self.env = None  # extra environment of the running child
         self._replies = None
 
     def __enter__(self):
@@ -84,11 +96,12 @@ class StageWorker:
     def __exit__(self, *exc):
         self.close()
 
-    def start(self, what: str = "the fine-tune process") -> None:
+    def start(self, what: str = "the fine-tune process", env: dict | None = None) -> None:
         """Start the child and wait until it has loaded the model and data.
 
         Args:
             what: what the start is for, in messages.
+            env: environment variables to set in the child (e.g. :data:`WITHOUT_ONEDNN`).
 
         Raises:
             OptimizationError: the child could not load them (the error it met), or it died.
@@ -101,11 +114,17 @@ class StageWorker:
                 stdin=subprocess.PIPE,
                 pass_fds=(write_fd,),
                 text=True,
+                env={**os.environ, **(env or {})},
             )
         finally:
             os.close(write_fd)
+        self.env = dict(env or {})
         self._replies = os.fdopen(read_fd, "r")
-        self._answer(f"{what} (starting its process)")
+        try:
+            self._answer(f"{what} (starting its process)")
+        except BaseException:  # a child that could not load the model ends on its own
+            self._kill()
+            raise
 
     def run(self, source, stage: dict, output, label: str | None = None) -> None:
         """Run ``stage`` on the model saved at ``source`` and save the result at ``output``.
@@ -117,12 +136,33 @@ class StageWorker:
             label: the stage's name in messages.
 
         Raises:
-            OptimizationError: the stage failed (its own error and hint), or the child died (the
+            OptimizationError: the stage failed (its own error and hint).
+            StageCrashed: the child died, and died again running the stage with oneDNN off (the
                 signal is named; the next call starts a new child).
         """
         what = label or stage.get("name", "stage")
-        if self.process is None or self.process.poll() is not None:
-            self.start(what)
+        try:
+            self._request(source, stage, output, what, env=None)
+            return
+        except StageCrashed as crash:
+            if os.environ.get("TF_ENABLE_ONEDNN_OPTS") == "0":  # it was off already
+                raise
+            echo(f"  {crash.message}: running it again with TensorFlow's oneDNN kernels off")
+        try:
+            self._request(source, stage, output, what, env=WITHOUT_ONEDNN)
+        except StageCrashed as crash:
+            message = f"{crash.message}; it crashed with oneDNN's kernels off too"
+            raise StageCrashed(message, crash.hint) from None
+        finally:
+            self.close()  # the next stage starts a child with oneDNN on again
+
+    def _request(self, source, stage: dict, output, what: str, env) -> None:
+        if self.process is not None and (
+            self.process.poll() is not None or self.env != (env or {})
+        ):
+            self.close()
+        if self.process is None:
+            self.start(what, env)
         request = {"source": str(source), "stage": stage, "output": str(output)}
         self.running = what
         try:
@@ -132,6 +172,11 @@ class StageWorker:
             pass  # the child is gone; _answer reports how it ended
         try:
             self._answer(what)
+        except OptimizationError:
+            raise
+        except BaseException:  # interrupted while the child works: its answer would come late
+            self._kill()
+            raise
         finally:
             self.running = None
 
@@ -140,7 +185,7 @@ class StageWorker:
         if not line:
             code = self.process.wait() if self.process is not None else None
             self._forget()
-            raise OptimizationError(
+            raise StageCrashed(
                 f"{what}: the process running it ended with {describe_exit(code)} "
                 "(a native crash inside TensorFlow or the system running out of memory)",
                 "the candidate is recorded as failed and the search goes on; if every candidate "
@@ -152,6 +197,9 @@ class StageWorker:
             raise OptimizationError(f"{what}: {answer['error']}", answer.get("hint"))
 
     def _forget(self) -> None:
+        if self.process is not None and self.process.stdin is not None:
+            with contextlib.suppress(OSError):
+                self.process.stdin.close()
         if self._replies is not None:
             with contextlib.suppress(OSError):
                 self._replies.close()
@@ -170,6 +218,13 @@ class StageWorker:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+        self._forget()
+
+    def _kill(self) -> None:
+        if self.process is not None:
+            with contextlib.suppress(OSError):
+                self.process.kill()
+            self.process.wait()
         self._forget()
 
 
@@ -238,6 +293,9 @@ def _serve(config: dict) -> None:
 def main(argv=None) -> None:
     """The child's entry point: ``python -m tfedge.stage_worker CONFIG_JSON``."""
     config = json.loads((argv if argv is not None else sys.argv[1:])[0])
+    # Ctrl-C reaches the whole process group: the parent stops this child itself, and a
+    # KeyboardInterrupt here would only print a traceback.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     _die_with_parent(int(config["parent"]))
     _serve(config)
 
