@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from tfedge.errors import OptimizationError
+from tfedge.errors import OptimizationError, TfedgeError
 
 __all__ = [
     "OBJECTIVES",
@@ -612,8 +612,9 @@ def auto_optimize(
         seeds: the first recipes, as :data:`SPACE` choices (default :func:`seed_recipes`).
         seed: the sampler's seed (None: random; workers on a shared storage use their own).
         on_progress: called with a one-line progress text after each trial.
-        confirm: ``confirm(candidate) -> accuracy`` on data the search never used (see
-            :func:`confirm_best`); the final choice must keep the tolerance there too.
+        confirm: ``confirm(candidate) -> per-sample correctness`` (or an accuracy) on data the
+            search never used (see :func:`confirm_best`); the final choice must keep the
+            tolerance there too, with a margin.
 
     Returns:
         A :class:`SearchResult`.
@@ -894,8 +895,8 @@ def _remaining_trials(study, max_trials):
 
 
 def _earlier_result(study, trial, key):
-    """An earlier trial with the same recipe: finished (or failed with an error), or running
-    elsewhere (then waited for).
+    """An earlier trial with the same recipe: finished (or failed in one of its stages), or
+    running elsewhere (then waited for).
 
     Of two trials that start the same recipe at once, the lower number runs it and the other
     waits, so no recipe runs twice even across machines.
@@ -913,8 +914,8 @@ def _earlier_result(study, trial, key):
                 continue
             if other.state in finished:
                 return other
-            if other.state == failed and other.user_attrs.get("error"):
-                return other  # it failed measuring (a worker that died has no error: retried)
+            if other.state == failed and other.user_attrs.get("failed_prefix"):
+                return other  # a stage of it failed; a crash, a device or a dead worker: retried
             if other.state == optuna.trial.TrialState.RUNNING and other.number < trial.number:
                 running_twin = other
         if running_twin is None:
@@ -1094,15 +1095,27 @@ def confirm_best(result: SearchResult, confirm, margin: float = CONFIRM_MARGIN) 
     summary["samples"] = int(reference.size) if reference.ndim else None
 
     def check(candidate) -> bool:
-        if "confirm_accuracy" not in candidate:
+        if "confirm_accuracy" in candidate or "confirm_error" in candidate:
+            return bool(candidate.get("confirmed"))
+        try:
             correct = _correctness(confirm(candidate))
-            loss = float(np.mean(reference) - np.mean(correct))
-            if reference.ndim and correct.shape == reference.shape and reference.size > 1:
-                differences = reference.astype(float) - correct.astype(float)
-                loss += margin * float(np.std(differences, ddof=1)) / np.sqrt(reference.size)
-            candidate["confirm_accuracy"] = float(np.mean(correct))
-            candidate["confirm_loss"] = round(float(loss), 6)
-            candidate["confirmed"] = bool(loss <= result.tolerance + 1e-9)
+        except TfedgeError as exc:  # this candidate cannot be confirmed; the next may be
+            candidate["confirm_error"] = _first_line(exc)
+            candidate["confirmed"] = False
+            return False
+        if correct.shape != reference.shape:
+            raise ValueError(
+                f"confirm() gave {correct.shape} answers for trial {candidate.get('trial')} "
+                f"and {reference.shape} for the reference; expected one per held-back sample "
+                "for each (or an accuracy for each)"
+            )
+        loss = float(np.mean(reference) - np.mean(correct))
+        if reference.ndim and reference.size > 1:
+            differences = reference.astype(float) - correct.astype(float)
+            loss += margin * float(np.std(differences, ddof=1)) / np.sqrt(reference.size)
+        candidate["confirm_accuracy"] = float(np.mean(correct))
+        candidate["confirm_loss"] = round(float(loss), 6)
+        candidate["confirmed"] = bool(loss <= result.tolerance + 1e-9)
         return candidate["confirmed"]
 
     for candidate in ranked:

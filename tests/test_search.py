@@ -352,77 +352,144 @@ def test_the_evaluator_keeps_back_half_of_val_unless_it_is_small(tiny, digits, t
 
 def _crash_when_training(evaluator, signum, times):
     """Send ``signum`` to the evaluator's fine-tune process once it is inside a stage, ``times``
-    times (each to a new process); returns the environments of the processes it crashed."""
-    crashed = []
+    times (each to a new process). Returns the watcher and the extra environment of every
+    process seen inside a stage, ``(env, crashed)`` each."""
+    seen = []
 
     def watch():
         deadline = time.time() + 180
-        seen = set()
-        while time.time() < deadline and len(crashed) < times:
+        pids = set()
+        while time.time() < deadline:
             worker = evaluator._worker
             process = worker.process if worker is not None else None
-            if process is not None and process.pid not in seen and worker.running:
-                seen.add(process.pid)
+            if process is not None and process.pid not in pids and worker.running:
+                pids.add(process.pid)
+                env = dict(worker.env)
+                if sum(crashed for _, crashed in seen) >= times:
+                    seen.append((env, False))
+                    return
                 time.sleep(1.0)  # well inside the stage's fine-tune
-                os.kill(process.pid, signum)
-                crashed.append(dict(worker.env))
+                killed = worker.process is process and bool(worker.running)
+                if killed:
+                    os.kill(process.pid, signum)
+                seen.append((env, killed))
             time.sleep(0.05)
 
-    return watch, crashed
+    return watch, seen
+
+
+@pytest.fixture
+def crashing(monkeypatch):
+    """Run ``call`` while a thread crashes the fine-tune process ``times`` times."""
+    import threading
+
+    monkeypatch.delenv("TF_ENABLE_ONEDNN_OPTS", raising=False)  # the retry turns it off
+
+    def run(evaluator, call, signum, times):
+        watch, seen = _crash_when_training(evaluator, signum, times)
+        killer = threading.Thread(target=watch, daemon=True)
+        killer.start()
+        try:
+            return call(), seen
+        finally:
+            killer.join(timeout=5)
+
+    return run
+
+
+def _stage_outputs(folder: Path) -> list:
+    return [p for p in (folder / "cache").glob("*.keras") if not p.name.startswith("base-")]
 
 
 @pytest.mark.parametrize("signum", [signal.SIGSEGV, signal.SIGABRT])
-def test_a_native_crash_in_a_fine_tune_is_retried_without_onednn(tiny, tmp_path, signum):
-    """A fine-tune process that dies (as TensorFlow's native crashes end it) runs the stage
-    again in a new process with oneDNN's kernels off, where those crashes do not happen."""
-    import threading
-
+def test_a_native_crash_in_a_fine_tune_is_retried_without_onednn(tiny, tmp_path, crashing, signum):
+    """A fine-tune process that dies by a signal (as TensorFlow's native crashes end it) runs
+    the stage again in a new process with oneDNN's kernels off, where those crashes do not
+    happen."""
     from tfedge.search import RecipeEvaluator
     from tfedge.stage_worker import WITHOUT_ONEDNN
 
     evaluator = RecipeEvaluator(tiny["model"], tiny["train"], tiny["val"], out_dir=tmp_path, runs=5)
+    recipe = {"stages": [{"name": "prune", "sparsity": 0.5, "epochs": 8}]}
     try:
-        watch, crashed = _crash_when_training(evaluator, signum, times=1)
-        killer = threading.Thread(target=watch)
-        killer.start()
-        figures = evaluator({"stages": [{"name": "prune", "sparsity": 0.5, "epochs": 5}]})
-        killer.join()
-        assert crashed == [{}]  # the first process ran with oneDNN as the user has it
+        figures, seen = crashing(evaluator, lambda: evaluator(recipe), signum, times=1)
+        # crashed with oneDNN as the user has it, then run again with oneDNN off, and kept
+        assert seen == [({}, True), (WITHOUT_ONEDNN, False)]
         assert figures["accuracy"] > 0.5 and figures["keras_accuracy"] > 0.5
         assert evaluator._worker.process is None  # the oneDNN-off process is not kept
-        assert WITHOUT_ONEDNN == {"TF_ENABLE_ONEDNN_OPTS": "0"}
     finally:
         evaluator.close()
 
 
-def test_a_fine_tune_that_crashes_twice_fails_that_candidate_only(tiny, tmp_path):
+def test_a_fine_tune_that_crashes_twice_fails_that_candidate_only(tiny, tmp_path, crashing):
     """Crashing with oneDNN on and off fails the candidate with the signal named; the
     evaluator's next candidate runs in a new process."""
-    import threading
-
     from tfedge.search import RecipeEvaluator
     from tfedge.stage_worker import WITHOUT_ONEDNN
 
     evaluator = RecipeEvaluator(tiny["model"], tiny["train"], tiny["val"], out_dir=tmp_path, runs=5)
     try:
         slow = {"stages": [{"name": "prune", "sparsity": 0.5, "epochs": 30}]}
-        watch, crashed = _crash_when_training(evaluator, signal.SIGSEGV, times=2)
-        killer = threading.Thread(target=watch)
-        killer.start()
-        with pytest.raises(OptimizationError, match="ended with signal SIGSEGV") as info:
-            evaluator(slow)
-        killer.join()
-        assert crashed == [{}, WITHOUT_ONEDNN]
+
+        def call():
+            with pytest.raises(OptimizationError, match="ended with signal SIGSEGV") as info:
+                evaluator(slow)
+            return info
+
+        info, seen = crashing(evaluator, call, signal.SIGSEGV, times=2)
+        assert seen == [({}, True), (WITHOUT_ONEDNN, True)]
         assert "prune(0.5)" in info.value.message and "oneDNN" in info.value.message
         assert info.value.hint
         assert evaluator._worker.process is None
-        assert not list((tmp_path / "cache").glob("[!b]*.keras"))  # nothing half-written kept
+        assert not _stage_outputs(tmp_path)  # nothing half-written kept
 
         figures = evaluator({"stages": [{"name": "prune", "sparsity": 0.5, "epochs": 1}]})
         assert figures["accuracy"] > 0.5 and Path(figures["model"]).is_file()
+        assert len(_stage_outputs(tmp_path)) == 1
     finally:
         evaluator.close()
     assert evaluator._worker.process is None
+
+
+def test_a_model_the_fine_tune_process_cannot_load_is_trained_here(digits, tmp_path, capsys):
+    """A custom layer registered only in the user's program is unknown to the child process:
+    the fine-tunes then run in the search's own process, with a warning."""
+    from tfedge.backend import keras
+    from tfedge.search import RecipeEvaluator
+
+    @keras.utils.register_keras_serializable(package="tfedge_test_only_here")
+    class Scale(keras.layers.Layer):
+        def __init__(self, factor=1.0, **kwargs):
+            super().__init__(**kwargs)
+            self.factor = factor
+
+        def call(self, inputs):
+            return inputs * self.factor
+
+        def get_config(self):
+            return {**super().get_config(), "factor": self.factor}
+
+    model = keras.Sequential(
+        [
+            keras.Input((16, 16, 1)),
+            Scale(1.0),
+            keras.layers.Conv2D(4, 3, activation="relu"),
+            keras.layers.Flatten(),
+            keras.layers.Dense(10),
+        ]
+    )
+    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(digits[0].x, digits[0].y, epochs=3, verbose=0)
+    evaluator = RecipeEvaluator(model, digits[0], digits[1], out_dir=tmp_path, runs=5)
+    try:
+        figures = evaluator({"stages": [{"name": "prune", "sparsity": 0.5, "epochs": 1}]})
+    finally:
+        evaluator.close()
+    out = capsys.readouterr()
+    assert "cannot run in a process of their own" in out.out
+    assert "Scale" in out.out  # the child's own error says what it could not load
+    assert evaluator.isolate is False and evaluator._worker is None
+    assert figures["accuracy"] > 0.5
 
 
 def test_a_stage_error_in_the_fine_tune_process_comes_back_with_its_hint(tiny, tmp_path):

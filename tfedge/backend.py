@@ -16,6 +16,9 @@ import warnings
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 os.environ.setdefault("ABSL_MIN_LOG_LEVEL", "3")
+# Take GPU memory as needed, not all of it at start: the search's fine-tunes run in a second
+# TensorFlow process beside this one.
+os.environ.setdefault("TF_FORCE_GPU_ALLOW_GROWTH", "true")
 
 warnings.filterwarnings("ignore", category=DeprecationWarning)
 warnings.filterwarnings("ignore", category=FutureWarning)

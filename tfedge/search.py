@@ -41,7 +41,7 @@ from pathlib import Path
 import numpy as np
 
 from tfedge.console import echo
-from tfedge.errors import OptimizationError
+from tfedge.errors import OptimizationError, first_line
 from tfedge.version import __version__
 
 __all__ = [
@@ -238,7 +238,7 @@ class RecipeEvaluator:
         """Which confirmation samples a candidate's int8 model (LiteRT, on this machine) gets right.
 
         Only inference on the candidate's stored ``.tflite``; a candidate measured on another
-        worker (its file is not here) is measured again here first.
+        worker (its file is not here) is trained and converted again here first.
 
         Returns:
             A 0/1 array, one entry per confirmation sample (its mean is the accuracy).
@@ -253,9 +253,15 @@ class RecipeEvaluator:
         if not tflite.is_file():
             tflite = Path(self(candidate["recipe"])["model"])
         data = (self.confirm.x, self.confirm.y)
-        ((kind, row),) = list(
-            bench_models([str(tflite)], data=data, warmup=0, runs=1, keep_top1=True)
-        )
+        try:
+            ((kind, row),) = list(
+                bench_models([str(tflite)], data=data, warmup=0, runs=1, keep_top1=True)
+            )
+        except Exception as exc:  # the runtime's own errors, whatever their type
+            raise OptimizationError(
+                f"cannot run {tflite.name} on the confirmation data: {first_line(exc)}",
+                "check that ai-edge-litert is installed (pip install ai-edge-litert)",
+            ) from exc
         if kind != "result" or len(row.get("top1") or ()) != len(self.confirm):
             raise OptimizationError(
                 f"cannot measure {tflite.name} on the confirmation data: "
@@ -301,20 +307,41 @@ class RecipeEvaluator:
                 current = load_model(path).model
             else:
                 echo(f"  stage {index + 1}/{len(stages)}: {label}")
-                try:
-                    worker = self._stage_worker()
-                    if worker is not None:
-                        worker.run(source or self._base_file, stage, path, label=f"stage {label}")
-                        current = load_model(path).model
-                    else:
-                        current = self._run_here(current, stage, path)
-                except OptimizationError as exc:
-                    exc.stages = stages[: index + 1]  # the search skips recipes starting so
-                    raise
+                current = self._run_stage(current, source, stages[: index + 1], path, label)
             source = path
             if on_stage is not None:
                 on_stage(index, evaluate(current, self.val))
         return current
+
+    def _run_stage(self, current, source, prefix: list, path: Path, label: str):
+        """The last stage of ``prefix``, in the child process if there is one, saved at ``path``.
+
+        An error of the stage itself carries ``stages`` (the recipe up to it), so the search
+        skips the recipes that start the same way; a crash or a child that cannot start does not.
+        """
+        from tfedge.loading import load_model
+        from tfedge.stage_worker import StageFailed, WorkerUnavailable
+
+        stage = prefix[-1]
+        worker = self._stage_worker()
+        if worker is not None:
+            try:
+                worker.run(source or self._base_file, stage, path, label=f"stage {label}")
+                return load_model(path).model
+            except StageFailed as exc:
+                exc.stages = list(prefix)
+                raise
+            except WorkerUnavailable as exc:
+                echo(
+                    f"warning: the fine-tunes cannot run in a process of their own ({exc.message}); "
+                    "they run in this one, where a native crash inside TensorFlow ends the search"
+                )
+                self.isolate, self._worker = False, None
+        try:
+            return self._run_here(current, stage, path)
+        except Exception as exc:
+            exc.stages = list(prefix)
+            raise
 
     def _run_here(self, model, stage: dict, path: Path):
         from tfedge.optimize import STAGES
@@ -429,6 +456,11 @@ def _echo_result(result) -> None:
         f"{summary.get('margin', 0):g} standard error must be within the tolerance):"
     )
     for candidate in result.candidates:
+        if candidate.get("confirm_error"):
+            echo(
+                f"  trial {candidate['trial']}: {recipe_label(candidate['recipe'])}: "
+                f"cannot be measured on them ({candidate['confirm_error']}) - rejected"
+            )
         if "confirm_accuracy" not in candidate:
             continue
         verdict = "kept" if candidate["confirmed"] else "rejected"
@@ -597,6 +629,9 @@ def _row(candidate: dict, chosen: bool) -> dict:
             row["hint"] = candidate["hint"]
     if candidate.get("pruned"):
         row["pruned"] = candidate["pruned"]
+    if candidate.get("confirm_error"):
+        row["confirm_error"] = candidate["confirm_error"]
+        row["confirmed"] = False
     if "confirm_accuracy" in candidate:
         row["confirm_accuracy"] = candidate["confirm_accuracy"]
         row["confirm_loss"] = candidate.get("confirm_loss")

@@ -4,7 +4,7 @@ TensorFlow's C++ side can abort or crash the whole process (a SIGABRT or SIGSEGV
 ``fit`` has been seen during filter-pruning fine-tunes), and no ``except`` catches that. The search
 therefore runs every fine-tune in a long-lived child Python process: it loads the base model, the
 frozen teacher and the data once, then runs one stage per request and saves the result where it is
-told. When the child dies, the stage is run once more in a fresh child with TensorFlow's oneDNN CPU
+told. When a signal ends the child, the stage is run once more in a fresh child with TensorFlow's oneDNN CPU
 kernels off (``TF_ENABLE_ONEDNN_OPTS=0``): the crashes seen here (``free(): invalid pointer``, then
 SIGABRT or SIGSEGV, in ``fit`` of a ResNet whose filters were pruned) come from oneDNN and do not
 happen without it. Only if that child dies too does the stage raise :class:`StageCrashed`, naming the
@@ -12,7 +12,8 @@ signal; the candidate is recorded as failed, and the next stage starts a fresh c
 
 Requests go to the child's stdin and answers come back on a pipe of their own (one JSON object per
 line each way); the child's stdout and stderr are the parent's, so its progress shows as usual.
-The child exits when its stdin closes, and is killed with its parent (Linux's parent-death signal).
+The child exits when its stdin closes, and is killed with its parent (Linux's parent-death signal,
+which follows the thread that started the child: use one worker from one thread).
 
 Example:
     >>> worker = StageWorker("cache/base.keras", "cache/train.npz", "val.npz")  # doctest: +SKIP
@@ -32,14 +33,33 @@ from pathlib import Path
 from tfedge.console import echo
 from tfedge.errors import OptimizationError, first_line
 
-__all__ = ["StageWorker", "StageCrashed", "describe_exit", "WITHOUT_ONEDNN"]
+__all__ = [
+    "StageWorker",
+    "StageCrashed",
+    "StageFailed",
+    "WorkerUnavailable",
+    "describe_exit",
+    "WITHOUT_ONEDNN",
+]
 
 # The environment of the retry after a crash: oneDNN's CPU kernels are where the crashes come from.
 WITHOUT_ONEDNN = {"TF_ENABLE_ONEDNN_OPTS": "0"}
 
 
 class StageCrashed(OptimizationError):
-    """The process running a stage died (a native crash inside TensorFlow, or out of memory)."""
+    """The process running a stage ended without answering (``code``: its exit status)."""
+
+    def __init__(self, message: str, hint: str | None = None, code: int | None = None):
+        super().__init__(message, hint)
+        self.code = code
+
+
+class StageFailed(OptimizationError):
+    """The stage itself raised an error (the child reports it and serves on)."""
+
+
+class WorkerUnavailable(OptimizationError):
+    """The child could not load the model or the data (e.g. a custom layer only the parent knows)."""
 
 
 def describe_exit(code: int | None) -> str:
@@ -104,25 +124,35 @@ class StageWorker:
             env: environment variables to set in the child (e.g. :data:`WITHOUT_ONEDNN`).
 
         Raises:
-            OptimizationError: the child could not load them (the error it met), or it died.
+            WorkerUnavailable: the child could not load them (the error it met).
+            StageCrashed: it died while loading them.
         """
         read_fd, write_fd = os.pipe()
         config = dict(self.config, reply_fd=write_fd)
+        # The child imports what this process imports (a source checkout, a user's path).
+        path = os.pathsep.join(p for p in sys.path if p)
+        child_env = {**os.environ, "PYTHONPATH": path, **(env or {})}
         try:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "tfedge.stage_worker", json.dumps(config)],
                 stdin=subprocess.PIPE,
                 pass_fds=(write_fd,),
                 text=True,
-                env={**os.environ, **(env or {})},
+                env=child_env,
             )
+        except BaseException:
+            os.close(read_fd)
+            raise
         finally:
             os.close(write_fd)
         self.env = dict(env or {})
         self._replies = os.fdopen(read_fd, "r")
         try:
             self._answer(f"{what} (starting its process)")
-        except BaseException:  # a child that could not load the model ends on its own
+        except StageFailed as exc:  # a child that could not load the model ends on its own
+            self._kill()
+            raise WorkerUnavailable(exc.message, exc.hint) from None
+        except BaseException:
             self._kill()
             raise
 
@@ -136,7 +166,8 @@ class StageWorker:
             label: the stage's name in messages.
 
         Raises:
-            OptimizationError: the stage failed (its own error and hint).
+            StageFailed: the stage failed (its own error and hint).
+            WorkerUnavailable: the child could not load the model or the data.
             StageCrashed: the child died, and died again running the stage with oneDNN off (the
                 signal is named; the next call starts a new child).
         """
@@ -145,14 +176,14 @@ class StageWorker:
             self._request(source, stage, output, what, env=None)
             return
         except StageCrashed as crash:
-            if os.environ.get("TF_ENABLE_ONEDNN_OPTS") == "0":  # it was off already
-                raise
+            if os.environ.get("TF_ENABLE_ONEDNN_OPTS") == "0" or not (crash.code or 0) < 0:
+                raise  # oneDNN was off already, or the child exited (not a crash by a signal)
             echo(f"  {crash.message}: running it again with TensorFlow's oneDNN kernels off")
         try:
             self._request(source, stage, output, what, env=WITHOUT_ONEDNN)
         except StageCrashed as crash:
             message = f"{crash.message}; it crashed with oneDNN's kernels off too"
-            raise StageCrashed(message, crash.hint) from None
+            raise StageCrashed(message, crash.hint, crash.code) from None
         finally:
             self.close()  # the next stage starts a child with oneDNN on again
 
@@ -185,16 +216,28 @@ class StageWorker:
         if not line:
             code = self.process.wait() if self.process is not None else None
             self._forget()
+            if code is not None and code < 0:
+                why = (
+                    "the system killed it, most likely for running out of memory"
+                    if code == -signal.SIGKILL
+                    else "a native crash inside TensorFlow"
+                )
+                raise StageCrashed(
+                    f"{what}: the process running it ended with {describe_exit(code)} ({why})",
+                    "the candidate is recorded as failed and the search goes on; if every "
+                    "candidate fails like this, give the fine-tunes more memory (a smaller "
+                    "--train) or rerun with --debug to see TensorFlow's own log",
+                    code,
+                )
             raise StageCrashed(
-                f"{what}: the process running it ended with {describe_exit(code)} "
-                "(a native crash inside TensorFlow or the system running out of memory)",
-                "the candidate is recorded as failed and the search goes on; if every candidate "
-                "fails like this, lower the fine-tune's memory (smaller --train) or rerun with "
-                "--debug to see TensorFlow's own log",
+                f"{what}: the process running it exited with {describe_exit(code)} before "
+                "answering",
+                "its error is printed above; rerun with --debug for TensorFlow's own log",
+                code,
             )
         answer = json.loads(line)
         if answer.get("error"):
-            raise OptimizationError(f"{what}: {answer['error']}", answer.get("hint"))
+            raise StageFailed(f"{what}: {answer['error']}", answer.get("hint"))
 
     def _forget(self) -> None:
         if self.process is not None and self.process.stdin is not None:
@@ -282,8 +325,11 @@ def _serve(config: dict) -> None:
             result = run(model, train, val, teacher=teacher, strategy=strategy, **stage)
             output = Path(request["output"])
             tmp = output.with_name(f".{output.stem}.{os.getpid()}{output.suffix}")
-            result.save(tmp)
-            os.replace(tmp, output)
+            try:
+                result.save(tmp)
+                os.replace(tmp, output)
+            finally:
+                tmp.unlink(missing_ok=True)
         except Exception as exc:  # a stage's error goes back to the parent; the child serves on
             answer(_error(exc))
             continue
