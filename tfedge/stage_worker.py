@@ -4,11 +4,12 @@ TensorFlow's C++ side can abort or crash the whole process (a SIGABRT or SIGSEGV
 ``fit`` has been seen during filter-pruning fine-tunes), and no ``except`` catches that. The search
 therefore runs every fine-tune in a long-lived child Python process: it loads the base model, the
 frozen teacher and the data once, then runs one stage per request and saves the result where it is
-told. When a signal ends the child, the stage is run once more in a fresh child with TensorFlow's oneDNN CPU
-kernels off (``TF_ENABLE_ONEDNN_OPTS=0``): the crashes seen here (``free(): invalid pointer``, then
-SIGABRT or SIGSEGV, in ``fit`` of a ResNet whose filters were pruned) come from oneDNN and do not
-happen without it. Only if that child dies too does the stage raise :class:`StageCrashed`, naming the
-signal; the candidate is recorded as failed, and the next stage starts a fresh child (oneDNN on).
+told. When a signal ends the child, the stage runs once more in a fresh child with TensorFlow's
+oneDNN CPU kernels off (``TF_ENABLE_ONEDNN_OPTS=0``): the crashes seen here (``free(): invalid
+pointer``, then SIGABRT or SIGSEGV, in ``fit`` of a ResNet whose filters were pruned) come from
+oneDNN and do not happen without it. Only if that child dies too does the stage raise
+:class:`StageCrashed`, naming the signal; the candidate is recorded as failed, and the next stage
+starts a fresh child (oneDNN on). A child that exits with a status (not a signal) is not retried.
 
 Requests go to the child's stdin and answers come back on a pipe of their own (one JSON object per
 line each way); the child's stdout and stderr are the parent's, so its progress shows as usual.
