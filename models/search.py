@@ -593,7 +593,9 @@ def auto_optimize(
             which calls ``callback(stage_index, keras_accuracy)`` after each stage (the search
             raises from it to stop a hopeless branch). ``figures`` is a results row: ``accuracy``
             (int8 on the validation data), ``size_gzip_bytes`` and ``latency_ms["p50"]``.
-            ``evaluator(REFERENCE_RECIPE)`` must give the float32 model's figures.
+            ``evaluator(REFERENCE_RECIPE)`` must give the float32 model's figures. An error whose
+            ``stages`` attribute lists the recipe's stages up to the one that failed skips the
+            recipes that start with them.
         tolerance: the accuracy the result may lose against the float32 model, in (0, 1):
             0.01 is one point.
         objective: ``"size"`` (gzip bytes), ``"latency"`` (p50) or ``"balanced"`` (both).

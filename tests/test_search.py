@@ -187,7 +187,7 @@ def test_budget_stops_and_returns_the_best_so_far(tmp_path):
     assert "min left" in lines[-1]
 
 
-def _confirmed_search(tmp_path, confirm):
+def _confirmed_search(tmp_path, confirm, db="s.db"):
     return search.auto_optimize(
         None,
         evaluator=RuleEvaluator(),
@@ -195,7 +195,7 @@ def _confirmed_search(tmp_path, confirm):
         objective="size",
         max_trials=6,
         seeds=[{}, {"qat": True}, {"prune": 0.8}, {"cluster": 16}, {"prune": 0.8, "qat": True}],
-        storage=f"sqlite:///{tmp_path / 's.db'}",
+        storage=f"sqlite:///{tmp_path / db}",
         fingerprint={"model": "confirm"},
         confirm=confirm,
     )
@@ -203,16 +203,7 @@ def _confirmed_search(tmp_path, confirm):
 
 def test_the_choice_must_hold_the_tolerance_on_held_back_data(tmp_path):
     """The smallest candidates lose accuracy on unseen data: the first that holds is chosen."""
-    unconfirmed = search.auto_optimize(
-        None,
-        evaluator=RuleEvaluator(),
-        tolerance=0.01,
-        objective="size",
-        max_trials=6,
-        seeds=[{}, {"qat": True}, {"prune": 0.8}, {"cluster": 16}, {"prune": 0.8, "qat": True}],
-        storage=f"sqlite:///{tmp_path / 'plain.db'}",
-        fingerprint={"model": "confirm"},
-    )
+    unconfirmed = _confirmed_search(tmp_path, None, db="plain.db")
     ranked = sorted(
         (c for c in unconfirmed.candidates if c["within_tolerance"]),
         key=lambda c: c["figures"]["size_gzip_bytes"],

@@ -18,6 +18,7 @@ Example:
 import hashlib
 import importlib
 import json
+import os
 import time
 from pathlib import Path
 
@@ -25,7 +26,15 @@ from tfedge.console import echo
 from tfedge.errors import OptimizationError
 from tfedge.runner import DEFAULT_RUNS
 
-__all__ = ["STAGES", "stages_from_flags", "load_recipe", "optimize", "code_key"]
+__all__ = [
+    "STAGES",
+    "stages_from_flags",
+    "load_recipe",
+    "optimize",
+    "code_key",
+    "run_stage",
+    "save_atomically",
+]
 
 # stage name -> (module, function); every function is stage(model, train, val, *, epochs, teacher,
 # strategy, **params) -> a trained tf_keras model ready to convert.
@@ -166,6 +175,34 @@ def _stage_function(name):
     except ImportError as exc:
         raise OptimizationError(f"stage {name!r} is not available: {exc}") from exc
     return getattr(module, function)
+
+
+def run_stage(stage: dict, model, train, val, *, teacher=None, strategy=None):
+    """Run one recipe stage (``{"name": "prune", "sparsity": 0.8, ...}``) on ``model``.
+
+    Example:
+        >>> pruned = run_stage({"name": "prune", "sparsity": 0.8}, model, train, val)  # doctest: +SKIP
+    """
+    params = {k: v for k, v in stage.items() if k != "name"}
+    function = _stage_function(stage["name"])
+    return function(model, train, val, teacher=teacher, strategy=strategy, **params)
+
+
+def save_atomically(thing, path) -> Path:
+    """``thing.save`` (a Keras model, a Dataset) to a temporary name beside ``path``, then renamed:
+    a reader never sees half a file, and a failed save leaves nothing behind.
+
+    Example:
+        >>> save_atomically(model, "cache/stage.keras")  # doctest: +SKIP
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}{path.suffix}")
+    try:
+        thing.save(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
 
 
 def _key(value) -> str:
@@ -325,9 +362,7 @@ def optimize(
             current = load_model(keras_path).model
         else:
             echo(f"stage {index}/{len(stages)}: {label}")
-            params = {k: v for k, v in stage.items() if k != "name"}
-            function = _stage_function(stage["name"])
-            current = function(current, train, val, teacher=teacher, strategy=strategy, **params)
+            current = run_stage(stage, current, train, val, teacher=teacher, strategy=strategy)
             current.save(keras_path)
             state[name] = key
             state_file.write_text(json.dumps(state, indent=2))

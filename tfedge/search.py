@@ -31,7 +31,6 @@ Example:
 
 import gzip
 import hashlib
-import importlib
 import json
 import os
 import shutil
@@ -344,17 +343,12 @@ class RecipeEvaluator:
             raise
 
     def _run_here(self, model, stage: dict, path: Path):
-        from tfedge.optimize import STAGES
+        from tfedge.optimize import run_stage, save_atomically
 
-        module_name, function = STAGES[stage["name"]]
-        run = getattr(importlib.import_module(module_name), function)
-        params = {k: v for k, v in stage.items() if k != "name"}
-        model = run(
-            model, self.train, self.val, teacher=self.teacher, strategy=self.strategy, **params
+        model = run_stage(
+            stage, model, self.train, self.val, teacher=self.teacher, strategy=self.strategy
         )
-        tmp = path.with_name(f".{path.stem}.{os.getpid()}.keras")
-        model.save(tmp)
-        os.replace(tmp, path)
+        save_atomically(model, path)
         return model
 
     def _stage_worker(self):
@@ -362,19 +356,16 @@ class RecipeEvaluator:
         if not self.isolate:
             return None
         if self._worker is None:
+            from tfedge.optimize import save_atomically
             from tfedge.stage_worker import StageWorker
 
             base = self.cache / f"base-{self.fingerprint['model']}.keras"
             train = self.cache / f"train-{self.fingerprint['train']}.npz"
             try:
                 if not base.is_file():
-                    tmp = base.with_name(f".{base.stem}.{os.getpid()}.keras")
-                    self.base.save(tmp)
-                    os.replace(tmp, base)
+                    save_atomically(self.base, base)
                 if not train.is_file():
-                    tmp = train.with_name(f".{train.stem}.{os.getpid()}.npz")
-                    self.train.save(tmp)
-                    os.replace(tmp, train)
+                    save_atomically(self.train, train)
             except Exception as exc:  # a model Keras cannot save cannot be cached either
                 raise OptimizationError(
                     f"cannot save the model for the fine-tune process: {exc}",

@@ -23,13 +23,11 @@ Example:
 """
 
 import contextlib
-import importlib
 import json
 import os
 import signal
 import subprocess
 import sys
-from pathlib import Path
 
 from tfedge.console import echo
 from tfedge.errors import OptimizationError, first_line
@@ -302,7 +300,7 @@ def _serve(config: dict) -> None:
         from tfedge.loading import load_model
         from tfedge.models.cloning import frozen_copy
         from tfedge.models.training import resolve_strategy
-        from tfedge.optimize import STAGES
+        from tfedge.optimize import run_stage, save_atomically
 
         base = load_model(config["base"]).model
         teacher = frozen_copy(base)
@@ -318,19 +316,12 @@ def _serve(config: dict) -> None:
             continue
         try:
             request = json.loads(line)
-            stage = dict(request["stage"])
-            module_name, function = STAGES[stage.pop("name")]
-            run = getattr(importlib.import_module(module_name), function)
             source = request["source"]
             model = base if source == config["base"] else load_model(source).model
-            result = run(model, train, val, teacher=teacher, strategy=strategy, **stage)
-            output = Path(request["output"])
-            tmp = output.with_name(f".{output.stem}.{os.getpid()}{output.suffix}")
-            try:
-                result.save(tmp)
-                os.replace(tmp, output)
-            finally:
-                tmp.unlink(missing_ok=True)
+            result = run_stage(
+                request["stage"], model, train, val, teacher=teacher, strategy=strategy
+            )
+            save_atomically(result, request["output"])
         except Exception as exc:  # a stage's error goes back to the parent; the child serves on
             answer(_error(exc))
             continue
