@@ -154,3 +154,26 @@ def test_weights_only_h5_is_refused(trained_digits_cnn, tmp_path):
 def test_directory_without_saved_model_is_refused(tmp_path):
     with pytest.raises(InputFileError, match="saved_model.pb"):
         detect_format(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "x, y, message",
+    [
+        (np.full((3, 4), np.nan), None, "sample 0 holds NaN"),
+        (np.array([[0.0, 1.0], [np.inf, 0.0]]), None, "sample 1 holds infinite"),
+        (np.ones((3, 4)), np.array([0.0, 1.5, 2.0]), "label 1 is 1.5, not a class id"),
+        (np.ones((3, 4)), np.array([0, -1, 2]), "label 1 is -1; class ids start at 0"),
+        (np.ones((3, 4)), np.array([0, 1, 12]), "label 2 is 12 but the model has 10 classes"),
+    ],
+)
+def test_bad_values_name_the_first_bad_index(x, y, message):
+    with pytest.raises(DataError, match=message):
+        load_data((x, y) if y is not None else x, num_classes=10, name="--data")
+
+
+def test_bad_values_in_a_file_name_the_file(tmp_path):
+    path = tmp_path / "bad.npz"
+    np.savez(path, x=np.ones((5, 4), np.float32), y=np.array([0, 1, 2, 3, 1]))
+    with pytest.raises(DataError, match=r"--data \(.*bad.npz\) label 2 is 2 .* binary"):
+        load_data(path, num_classes=1, name="--data")
+    assert load_data(path, num_classes=4).y.tolist() == [0, 1, 2, 3, 1]

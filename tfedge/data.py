@@ -19,7 +19,7 @@ import numpy as np
 
 from tfedge.errors import DataError, InputFileError, missing_file
 
-__all__ = ["Dataset", "load_data", "DATA_HINT"]
+__all__ = ["Dataset", "load_data", "check_labels", "DATA_HINT"]
 
 DATA_HINT = (
     "pass an .npz with arrays x (inputs) and y (labels), e.g. numpy.savez('d.npz', x=x, y=y), "
@@ -76,6 +76,7 @@ def load_data(
     require_labels: bool = False,
     limit: int | None = None,
     name: str = "data",
+    num_classes: int | None = None,
 ) -> Dataset:
     """Load a data set from a path, arrays or a ``tf.data.Dataset``, checked against the model.
 
@@ -87,13 +88,17 @@ def load_data(
         require_labels: raise when there is no ``y``.
         limit: keep at most this many samples.
         name: what to call the data in messages (``--calib``, ``--val``...).
+        num_classes: the model's class count (its output width; 1 is a binary classifier with
+            labels 0 and 1); labels outside ``0..num_classes - 1`` are refused.
 
     Returns:
         A :class:`Dataset` with float32 ``x``.
 
     Raises:
         InputFileError: missing or unreadable file.
-        DataError: missing arrays, wrong shapes or labels.
+        DataError: missing arrays, an empty set, a wrong dtype or shape, NaN or infinite
+            inputs, labels that are not class ids or lie outside the model's classes; each
+            names the data and the first bad sample's index.
 
     Example:
         >>> load_data((np.zeros((4, 8)), np.arange(4))).x.dtype
@@ -121,6 +126,8 @@ def load_data(
     else:
         raise DataError(f"{name} of type {type(source).__name__} is not a data set", DATA_HINT)
     data = _checked(data, input_shape, name)
+    if num_classes is not None:
+        check_labels(data, num_classes, name)
     if require_labels and data.y is None:
         raise DataError(
             f"{name} ({data.source}) has no labels (y)",
@@ -162,6 +169,7 @@ def _checked(data: Dataset, input_shape, name: str) -> Dataset:
     if x.ndim < 1 or len(x) == 0:
         raise DataError(f"{name} x is empty (shape {list(x.shape)})", DATA_HINT)
     x = x.astype(np.float32, copy=False)
+    _check_finite(x, name, data.source)
     if input_shape is not None:
         want = tuple(input_shape)
         got = tuple(x.shape[1:])
@@ -185,10 +193,82 @@ def _checked(data: Dataset, input_shape, name: str) -> Dataset:
             )
         if y.ndim > 1 and y.shape[-1] > 1:
             y = y.reshape(len(y), -1).argmax(axis=1)
-        if not np.issubdtype(y.dtype, np.number):
+        if not np.issubdtype(y.dtype, np.number) and y.dtype != bool:
             raise DataError(f"{name} y has dtype {y.dtype}; expected integer class ids", DATA_HINT)
-        y = y.reshape(len(y)).astype(np.int64)
+        y = y.reshape(len(y))
+        if not np.issubdtype(y.dtype, np.integer) and y.dtype != bool:
+            bad = ~np.isfinite(y) | (y != np.round(y)) if len(y) else np.zeros(0, bool)
+            if bad.any():
+                index = int(np.argmax(bad))
+                raise DataError(
+                    f"{_where(name, data.source)} label {index} is {_short(y[index])}, not a class id",
+                    "labels are integer class ids 0..N-1 (one per sample), e.g. y=np.array([3, 0, 7])",
+                )
+        y = y.astype(np.int64)
+        if len(y) and y.min() < 0:
+            index = int(np.argmax(y < 0))
+            raise DataError(
+                f"{_where(name, data.source)} label {index} is {int(y[index])}; class ids start at 0",
+                "labels are integer class ids 0..N-1 (the index of the model's output)",
+            )
     return Dataset(x, y, data.class_names, data.source)
+
+
+def _where(name: str, source: str) -> str:
+    return name if source in (name, "data") else f"{name} ({source})"
+
+
+def _short(value) -> str:
+    return str(value)[:40]
+
+
+def _check_finite(x: np.ndarray, name: str, source: str) -> None:
+    """Refuse NaN or infinite inputs (the quantizer and the accuracy would read them silently).
+
+    The check runs sample by sample in chunks, so a large set costs no second copy.
+    """
+    flat = x.reshape(len(x), -1) if x.ndim > 1 else x.reshape(len(x), 1)
+    for start in range(0, len(flat), 4096):
+        finite = np.isfinite(flat[start : start + 4096]).all(axis=1)
+        if not finite.all():
+            index = start + int(np.argmin(finite))
+            value = "NaN" if np.isnan(flat[index]).any() else "infinite"
+            raise DataError(
+                f"{_where(name, source)} sample {index} holds {value} values",
+                "clean the inputs (e.g. numpy.nan_to_num) or drop those samples",
+            )
+
+
+def check_labels(data: Dataset, num_classes: int, name: str = "data") -> None:
+    """Refuse labels the model cannot predict: accuracy would silently read 0 % for them.
+
+    Args:
+        data: a loaded data set (no labels: nothing to check).
+        num_classes: the model's output width; 1 is a binary classifier (labels 0 and 1).
+        name: what to call the data in messages.
+
+    Raises:
+        DataError: naming the first label outside ``0..classes - 1`` and its index.
+
+    Example:
+        >>> check_labels(Dataset(np.zeros((2, 4)), np.array([0, 12])), 10, "--data")
+        Traceback (most recent call last):
+        ...
+        tfedge.errors.DataError: --data label 1 is 12 but the model has 10 classes (0..9)
+    """
+    if data.y is None or not len(data.y):
+        return
+    classes = max(int(num_classes), 2)
+    kind = "a one-output binary classifier: " if int(num_classes) == 1 else ""
+    bad = (data.y < 0) | (data.y >= classes)
+    if bad.any():
+        index = int(np.argmax(bad))
+        raise DataError(
+            f"{_where(name, data.source)} label {index} is {int(data.y[index])} but the model has "
+            f"{classes} classes ({kind}0..{classes - 1})",
+            f"give labels 0..{classes - 1} (the index of the model's output), or use the model "
+            "the data is labelled for",
+        )
 
 
 def _compatible(got: tuple, want: tuple) -> bool:
