@@ -24,6 +24,7 @@ CORE = {
     "tfedge.digits",
     "tfedge.edgetpu",
     "tfedge.errors",
+    "tfedge.files",
     "tfedge.inspector",
     "tfedge.loading",
     "tfedge.runner",

@@ -10,6 +10,7 @@ Example:
     0
 """
 
+import errno
 import json
 import os
 import sys
@@ -19,6 +20,7 @@ import click
 
 from tfedge.converters import IO_TYPES, MODES
 from tfedge.errors import TfedgeError
+from tfedge.files import refuse_overwrite
 from tfedge.runner import DEFAULT_RUNS, DEFAULT_WARMUP
 from tfedge.version import __version__
 
@@ -94,6 +96,10 @@ def convert(
     output,
 ):
     """Convert a Keras model (.keras/.h5, Keras 2 or 3) or SavedModel to TFLite."""
+    refuse_overwrite(
+        {"-o": output},
+        {"MODEL": model, "--calib": calib, "--labels": labels, "--target": _file(target)},
+    )
     from tfedge.console import echo
     from tfedge.converters import convert_file
 
@@ -232,6 +238,17 @@ def optimize(
     With --auto, search the stages for the smallest (or fastest) fully-int8 model that keeps
     --tolerance, on Optuna; --storage/--study let several machines share one search.
     """
+    _refuse_output_folder(
+        out_dir,
+        {
+            "MODEL": model,
+            "--train": train_data,
+            "--val": val_data,
+            "--recipe": recipe,
+            "--ssh-config": ssh_config,
+            "--target": _file(target),
+        },
+    )
     from tfedge.optimize import load_recipe, stages_from_flags
     from tfedge.optimize import optimize as run_optimize
 
@@ -328,6 +345,10 @@ def analyze(model, calib, data, json_path, explorer, fix, output, calib_samples)
 
     if output and not fix:
         raise click.UsageError("-o goes with --fix (the fixed model)")
+    refuse_overwrite(
+        {"--json": json_path, "--explorer": explorer, "-o": output},
+        {"MODEL": model, "--calib": calib, "--data": data},
+    )
     report = run_analyze(
         model,
         calib,
@@ -453,6 +474,15 @@ def bench(
     from tfedge.bench import failed_rows, format_results
     from tfedge.console import echo
 
+    refuse_overwrite(
+        {"--json": json_path, "--html": html_path},
+        {
+            "MODEL": list(models),
+            "--data": data,
+            "--devices-file": devices_file,
+            "--ssh-config": ssh_config,
+        },
+    )
     urls = list(devices)
     if devices_file:
         urls += _read_devices_file(devices_file)
@@ -501,6 +531,7 @@ def report(inputs, output, title):
     from tfedge.console import echo
     from tfedge.report import build_report
 
+    refuse_overwrite({"-o": output}, {"RESULTS": list(inputs)})
     echo(f"report: {build_report(inputs, output, title=title)}")
 
 
@@ -516,10 +547,48 @@ def compare(model_a, model_b, data, samples, json_path):
     from tfedge.compare import format_comparison, write_json
     from tfedge.console import echo
 
+    refuse_overwrite({"--json": json_path}, {"A": model_a, "B": model_b, "--data": data})
     result = run_compare(model_a, model_b, data=data, samples=samples)
     echo(format_comparison(result))
     if json_path:
         echo(f"comparison: {write_json(json_path, result)}")
+
+
+# What ``optimize -o DIR`` (with or without --auto) writes in DIR, and the folders it rewrites.
+OPTIMIZE_FILES = (
+    "model.keras",
+    "model.h5",
+    "model.tflite",
+    "report.json",
+    "report.html",
+    "recipe.yaml",
+    "val.npz",
+    "confirm.npz",
+    "search.db",
+)
+OPTIMIZE_FOLDERS = ("checkpoints", "cache", "candidates")
+
+
+def _refuse_output_folder(out_dir, inputs: dict) -> None:
+    folder = Path(out_dir)
+    if folder.exists() and not folder.is_dir():
+        raise TfedgeError(
+            f"-o {out_dir} is a file; optimize writes a folder (model.tflite, report.json, ...)",
+            "give -o a new or existing folder, e.g. -o out/",
+        )
+    try:
+        refuse_overwrite(
+            {"-o": [f"{out_dir.rstrip('/')}/{name}" for name in OPTIMIZE_FILES]},
+            inputs,
+            folders={"-o": [folder / name for name in OPTIMIZE_FOLDERS]},
+        )
+    except TfedgeError as exc:
+        raise TfedgeError(exc.message, "give -o another folder, e.g. -o out/") from None
+
+
+def _file(value):
+    """A ``--target`` that names a profile file (not a built-in profile name)."""
+    return value if value and Path(value).is_file() else None
 
 
 def _read_devices_file(path) -> list[str]:
@@ -536,6 +605,32 @@ def _read_devices_file(path) -> list[str]:
     if not urls:
         raise TfedgeError(f"devices file {path} lists no device", "one device URL per line")
     return urls
+
+
+_OS_HINTS = {
+    errno.EACCES: "check the permissions of the path (ls -l), or write somewhere you may",
+    errno.EPERM: "check the permissions of the path (ls -l), or write somewhere you may",
+    errno.EROFS: "the file system is read-only: write the output somewhere else",
+    errno.ENOSPC: "the disk is full: free space (df -h) or write somewhere else",
+    errno.EDQUOT: "the disk quota is used up: free space or write somewhere else",
+    errno.EISDIR: "the path is a folder: give a file name inside it",
+    errno.ENOTDIR: "a part of the path is a file, not a folder: fix the path",
+    errno.ENOENT: "check the path: a folder on it does not exist",
+    errno.ENAMETOOLONG: "use a shorter path",
+}
+
+
+def os_error(exc: OSError) -> tuple[str, str]:
+    """The ``Error:`` line and hint for an operating-system error (permission, disk full...).
+
+    Example:
+        >>> os_error(PermissionError(13, "Permission denied", "/out/m.tflite"))[0]
+        'cannot use /out/m.tflite: Permission denied'
+    """
+    where = exc.filename if exc.filename is not None else "a file"
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    hint = _OS_HINTS.get(exc.errno, "check the path and run again with --debug if it looks right")
+    return f"cannot use {str(where)[:300]}: {reason}", hint
 
 
 def _print_error(message: str, hint: str | None = None) -> None:
@@ -577,6 +672,11 @@ def main(argv=None) -> int:
         return 1
     except KeyboardInterrupt:
         _print_error("interrupted")
+        return 1
+    except OSError as exc:
+        if debug:
+            raise
+        _print_error(*os_error(exc))
         return 1
     except Exception as exc:
         if debug:
