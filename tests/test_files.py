@@ -5,6 +5,7 @@ import os
 import stat
 
 import pytest
+
 from tfedge.cli import main, os_error
 from tfedge.errors import InputFileError
 from tfedge.files import refuse_overwrite, write_atomically
