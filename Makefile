@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.tfedge-installed
 PYTEST_ARGS ?=
 
-.PHONY: install demo test lint bench device-up device-down clean
+.PHONY: install demo test fuzz lint bench device-up device-down clean
 
 $(STAMP): setup.cfg pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,10 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The fuzz tests of `make test`, with many more examples and mutants (about 20 minutes).
+fuzz: $(STAMP)
+	TFEDGE_FUZZ_EXAMPLES=400 TFEDGE_FUZZ_MUTANTS=150 $(PY) -m pytest -m fuzz $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

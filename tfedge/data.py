@@ -164,7 +164,11 @@ def _load_npz(path: Path, name: str) -> Dataset:
 
 def _checked(data: Dataset, input_shape, name: str) -> Dataset:
     x = np.asarray(data.x)
-    if x.dtype == object or not (np.issubdtype(x.dtype, np.number) or x.dtype == bool):
+    if (
+        x.dtype == object
+        or np.issubdtype(x.dtype, np.complexfloating)
+        or not (np.issubdtype(x.dtype, np.number) or x.dtype == bool)
+    ):
         raise DataError(f"{name} x has dtype {x.dtype}; expected numbers (float32)", DATA_HINT)
     if x.ndim < 1 or len(x) == 0:
         raise DataError(f"{name} x is empty (shape {list(x.shape)})", DATA_HINT)
