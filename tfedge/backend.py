@@ -52,7 +52,15 @@ if os.environ.get("TFEDGE_LOGICAL_CPUS", "").isdigit():
 tf.get_logger().setLevel(logging.ERROR)
 tf.autograph.set_verbosity(0)
 
-__all__ = ["tf", "keras", "keras3", "tfmot", "is_keras3_model", "is_keras2_model"]
+__all__ = [
+    "tf",
+    "keras",
+    "keras3",
+    "tfmot",
+    "is_keras3_model",
+    "is_keras2_model",
+    "keras2_safe_mode",
+]
 
 
 def tfmot():
@@ -60,6 +68,23 @@ def tfmot():
     import tensorflow_model_optimization
 
     return tensorflow_model_optimization
+
+
+def keras2_safe_mode(safe: bool = True):
+    """A context in which tf_keras refuses to rebuild a ``Lambda`` holding Python bytecode.
+
+    tf_keras applies its ``safe_mode`` only to the ``.keras`` format; an ``.h5`` file or a Keras 2
+    SavedModel with a ``lambda`` in a Lambda layer runs that code when the model is rebuilt.
+    Keras 2 has no public switch for those formats, so this is tfedge's one use of tf_keras's
+    private ``SafeModeScope`` (``tests/test_loading_safety.py`` fails on an upgrade that moves it).
+
+    Example:
+        >>> with keras2_safe_mode():  # doctest: +SKIP
+        ...     keras.models.load_model("model.h5")
+    """
+    from tf_keras.src.saving.serialization_lib import SafeModeScope
+
+    return SafeModeScope(safe)
 
 
 def is_keras3_model(model) -> bool:

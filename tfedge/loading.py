@@ -146,12 +146,15 @@ def _h5_version(path: Path) -> int:
     return _major(version) or 2
 
 
-def load_model(path, custom_objects: dict | None = None) -> LoadedModel:
+def load_model(path, custom_objects: dict | None = None, safe_mode: bool = True) -> LoadedModel:
     """Load a Keras (2 or 3) model file or a SavedModel directory, uncompiled.
 
     Args:
         path: a ``.keras`` / ``.h5`` file or a SavedModel directory.
         custom_objects: extra classes the model needs (tfedge's own wrappers are always known).
+        safe_mode: refuse a ``Lambda`` layer that holds Python code (a ``lambda`` saved as
+            bytecode), in every format, as Keras 3 does for ``.keras`` files: loading it would
+            run code from the file. Pass False only for a file you trust.
 
     Returns:
         A :class:`LoadedModel`.
@@ -163,27 +166,37 @@ def load_model(path, custom_objects: dict | None = None) -> LoadedModel:
         >>> load_model("digits.keras").model.summary()  # doctest: +SKIP
     """
     fmt, keras_version = detect_format(path)
-    from tfedge.backend import keras, keras3, tf
+    from tfedge.backend import keras, keras2_safe_mode, keras3, tf
     from tfedge.console import quiet
 
     objects = dict(_tfedge_custom_objects())
     objects.update(custom_objects or {})
     path = str(path)
     try:
-        with quiet():
+        with quiet(), keras2_safe_mode(safe_mode):
             if fmt == "savedmodel":
                 if keras_version == 2:
                     model = keras.models.load_model(path, custom_objects=objects, compile=False)
                 else:
                     model = tf.saved_model.load(path)
             elif keras_version == 3:
-                model = keras3.saving.load_model(path, compile=False, safe_mode=True)
+                model = keras3.saving.load_model(path, compile=False, safe_mode=safe_mode)
             else:
                 with _tfmot_scope():
-                    model = keras.models.load_model(path, custom_objects=objects, compile=False)
+                    model = keras.models.load_model(
+                        path, custom_objects=objects, compile=False, safe_mode=safe_mode
+                    )
     except InputFileError:
         raise
     except Exception as exc:
+        if "deserialization of a" in str(exc) and "lambda" in str(exc):  # Keras 2 and 3 words
+            raise InputFileError(
+                f"the model {path} has a Lambda layer holding Python code (a saved `lambda`); "
+                "tfedge does not run code from model files",
+                "rebuild that layer as a custom layer class registered with "
+                "keras.saving.register_keras_serializable, or, for a file you trust, load it in "
+                "Python with tfedge.loading.load_model(path, safe_mode=False)",
+            ) from exc
         message = str(exc).strip().splitlines()
         detail = message[0] if message else type(exc).__name__
         raise InputFileError(
