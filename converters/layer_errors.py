@@ -25,42 +25,13 @@ Example:
 
 from __future__ import annotations
 
-import re
-
 import numpy as np
 
 from tfedge.errors import ConversionError, TfedgeError
 
-__all__ = ["layer_errors", "keras_layer_of", "DEFAULT_SAMPLES"]
+__all__ = ["layer_errors", "DEFAULT_SAMPLES"]
 
 DEFAULT_SAMPLES = 200
-
-
-def keras_layer_of(tensor_name: str, layers, output_names=(), keras3: bool = False) -> str | None:
-    """The Keras layer a converted tensor belongs to, or None.
-
-    A tensor belongs to a layer when the layer name is one of the ``/``-separated parts of its
-    name (``sequential/dense_2/MatMul`` is ``dense_2``). The converter names model outputs
-    ``Identity`` or ``StatefulPartitionedCall:0``: those are given by position in
-    ``output_names`` (the Keras layers of the model's outputs). Keras 3 traces a layer under
-    a numbered scope (``dense`` as ``functional_1/dense_1/...``): with ``keras3`` a part's
-    ``_N`` suffix is dropped first.
-
-    Example:
-        >>> keras_layer_of("sequential/dense_2/MatMul;sequential/dense_2/Relu", ["dense_2"])
-        'dense_2'
-    """
-    position = _output_position(tensor_name)
-    if position is not None and position < len(output_names):
-        return output_names[position]
-    known = set(layers)
-    for part in tensor_name.split(";"):
-        for segment in part.split("/")[1:] or part.split("/"):
-            base = re.sub(r"_\d+$", "", segment)
-            for name in (base, segment) if keras3 else (segment, base):
-                if name in known:
-                    return name
-    return None
 
 
 def layer_errors(model, calib, *, calib_samples: int = DEFAULT_SAMPLES) -> list[dict]:
@@ -72,8 +43,8 @@ def layer_errors(model, calib, *, calib_samples: int = DEFAULT_SAMPLES) -> list[
         calib_samples: how many calibration samples to run (a seeded random choice).
 
     Returns:
-        One dict per quantized operator output, in graph order: ``name`` (Keras layer, else the
-        tensor name), ``tensor`` (the converter's tensor name), ``op``, ``scale``, ``zero_point``,
+        One dict per quantized operator output, in graph order: ``name`` (Keras layer, matched
+        by :class:`~tfedge.converters.tensor_names.LayerMatcher`, else the tensor name), ``tensor`` (the converter's tensor name), ``op``, ``scale``, ``zero_point``,
         ``rmse_over_scale``, ``max_abs_error``, ``cosine``, ``sqnr_db``.
 
     Raises:
@@ -83,9 +54,9 @@ def layer_errors(model, calib, *, calib_samples: int = DEFAULT_SAMPLES) -> list[
     Example:
         >>> worst = min(layer_errors(model, calib=x_train), key=lambda r: r["sqnr_db"])  # doctest: +SKIP
     """
-    from tfedge.backend import is_keras3_model, tf
+    from tfedge.backend import tf
     from tfedge.console import progress, quiet
-    from tfedge.converters.mixed_precision import output_layers
+    from tfedge.converters.tensor_names import LayerMatcher
     from tfedge.converters.tflite import input_shape_of
     from tfedge.data import load_data
     from tfedge.loading import LoadedModel, load_model
@@ -131,14 +102,12 @@ def layer_errors(model, calib, *, calib_samples: int = DEFAULT_SAMPLES) -> list[
         ) from failure
     pairs, values = _run_debug_model(debug_model, data.x)
     pairs = _original_names(pairs, plain_model)
-    layers = [layer.name for layer in getattr(model, "layers", [])]
-    output_names = output_layers(model)
-    keras3 = is_keras3_model(model)
+    matcher = LayerMatcher.of(model)
     result = []
     for (tensor, op, scale, zero_point), errors in zip(pairs, values, strict=True):
         result.append(
             {
-                "name": keras_layer_of(tensor, layers, output_names, keras3=keras3) or tensor,
+                "name": matcher.layer_of(tensor) or tensor,
                 "tensor": tensor,
                 "op": op,
                 "scale": scale,
@@ -222,17 +191,6 @@ def _run_debug_model(debug_model: bytes, x: np.ndarray):
             quants = interpreter.get_tensor(quant).astype(np.float64)
             errors.add(floats, (quants - pair[3]) * pair[2])
     return pairs, kept
-
-
-def _output_position(tensor_name: str) -> int | None:
-    """Which model output a converter-named output tensor is (``Identity_1`` is output 1)."""
-    # The debugger's models append a digit to names it duplicates (``Identity`` -> ``Identity1``).
-    found = re.fullmatch(
-        r"Identity(?:_(\d+?))?\d?|StatefulPartitionedCall(?:_\d+)?:(\d+?)\d?", tensor_name
-    )
-    if found is None:
-        return None
-    return int(found.group(1) or found.group(2) or 0)
 
 
 class _Errors:

@@ -30,14 +30,14 @@ from ai_edge_litert import schema_py_generated as schema
 
 from tfedge.converters.flatbuffer import opcode_names, rewrite, unpack_model
 from tfedge.converters.float_islands import integerize_islands
+from tfedge.converters.tensor_names import LayerMatcher
 from tfedge.errors import ConversionError
 
 __all__ = [
     "WEIGHT_TYPES",
     "check_mixed_options",
     "quantize_mixed",
-    "layer_operators",
-    "output_layers",
+    "int16_selection",
     "with_readers",
 ]
 
@@ -61,105 +61,62 @@ _PASS_THROUGH = {
     "PACK",
     "UNPACK",
 }
-_INT16_HINT = "use the Keras layer names (model.summary() lists them)"
-
-
-def _matches(tensor_name: str, layer: str, keras3: bool = False) -> bool:
-    # Keras 3 traces every layer under a numbered scope: "dense" as "dense_1", "dense_1" as
-    # "dense_1_2"; so a Keras 3 layer matches only its name plus one "_N".
-    suffix = r"_\d+" if keras3 else ""
-    return re.search(rf"(^|[/;]){re.escape(layer)}{suffix}(/|;|:|$)", tensor_name) is not None
-
-
-def output_layers(model) -> list[str]:
-    """The names of the Keras layers that make a model's outputs, in order (Keras 2 or 3).
-
-    Example:
-        >>> output_layers(model)  # doctest: +SKIP
-        ['logits']
-    """
-    names = list(getattr(model, "output_names", None) or [])
-    if names:
-        return names
-    for tensor in getattr(model, "outputs", None) or []:
-        history = getattr(tensor, "_keras_history", None)
-        owner = getattr(history, "operation", None) or getattr(history, "layer", None)
-        if owner is None and isinstance(history, tuple) and history:
-            owner = history[0]
-        if getattr(owner, "name", None):
-            names.append(owner.name)
-    layers = getattr(model, "layers", None) or []
-    return names or ([layers[-1].name] if layers else [])
 
 
 def _name(tensor) -> str:
     return (tensor.name or b"").decode("utf-8", "replace")
 
 
-def layer_operators(
-    blob: bytes,
-    layers: Sequence[str],
-    output_layers: Sequence[str] = (),
-    keras3: bool = False,
-) -> dict[str, list[int]]:
-    """The operators (indexes in subgraph 0) that each Keras layer became in a converted model.
-
-    An operator belongs to a layer when one of its output tensor names has the layer name as a
-    path segment (``model/dense_2/MatMul``); an operator that writes a model output belongs to
-    the Keras layer of that output (the converter names those tensors ``Identity`` or
-    ``StatefulPartitionedCall:0``).
+def int16_selection(blob: bytes, int16: Sequence[str], matcher: LayerMatcher) -> dict[str, dict]:
+    """What ``int16=`` selects in a float ``.tflite``: each layer's operators and their readers.
 
     Args:
-        blob: a converted ``.tflite``.
-        layers: Keras layer names.
-        output_layers: the Keras layers of the model's outputs, in order.
-        keras3: the model is Keras 3 (its layers are traced under numbered scopes).
+        blob: the float32 ``.tflite``.
+        int16: Keras layer names, matched exactly (:class:`LayerMatcher`).
+        matcher: the model's layer matcher.
 
     Returns:
-        ``{layer: [operator index, ...]}``, empty lists for layers not found.
+        ``{layer: {"operators": [index, ...], "ops": [type, ...], "readers": [index, ...],
+        "reader_ops": [type, ...], "reader_layers": [name, ...]}}``: the layer's own operators and
+        those that read its output (through pass-through operators), which run int16 too.
+
+    Raises:
+        ConversionError: a name that is not a layer of the model with operators (the error lists
+            the layers that are).
 
     Example:
-        >>> layer_operators(float_blob, ["dense_2"])  # doctest: +SKIP
-        {'dense_2': [3]}
+        >>> int16_selection(float_blob, ["sensitive"], LayerMatcher.of(model))  # doctest: +SKIP
+        {'sensitive': {'operators': [2], 'ops': ['FULLY_CONNECTED'], 'readers': [3], ...}}
     """
-    graph = unpack_model(blob).subgraphs[0]
-    outputs = [int(i) for i in (graph.outputs if graph.outputs is not None else [])]
-    written = []
-    for index, op in enumerate(graph.operators or []):
-        for tensor in op.outputs if op.outputs is not None else []:
-            written.append((index, int(tensor), _name(graph.tensors[tensor])))
-    found: dict[str, list[int]] = {}
-    for layer in layers:
-        ops = []
-        for index, tensor, name in written:
-            by_output = (
-                tensor in outputs
-                and outputs.index(tensor) < len(output_layers)
-                and output_layers[outputs.index(tensor)] == layer
-            )
-            if (by_output or _matches(name, layer, keras3)) and index not in ops:
-                ops.append(index)
-        found[layer] = ops
-    return found
+    chosen = matcher.select(blob, int16, "int16")
+    model = unpack_model(blob)
+    kinds = opcode_names(model)
+    ops = model.subgraphs[0].operators or []
+    owner = {op: layer for layer, indexes in matcher.operators(blob).items() for op in indexes}
+    result = {}
+    for layer, own in chosen.items():
+        readers = sorted(_readers(model, set(own)) - set(own))
+        result[layer] = {
+            "operators": own,
+            "ops": [kinds[ops[i].opcodeIndex] for i in own],
+            "readers": readers,
+            "reader_ops": [kinds[ops[i].opcodeIndex] for i in readers],
+            "reader_layers": list(dict.fromkeys(owner[i] for i in readers if i in owner)),
+        }
+    return result
 
 
-def with_readers(
-    blob: bytes,
-    layers: Sequence[str],
-    all_layers: Sequence[str],
-    output_layers: Sequence[str] = (),
-    keras3: bool = False,
-) -> list[str]:
+def with_readers(blob: bytes, layers: Sequence[str], matcher: LayerMatcher) -> list[str]:
     """``layers`` and the Keras layers that read their outputs (through pass-through operators).
 
     What must change precision together so that a wide-range output is not requantized to int8
     before it is used (``--keep-float`` of a layer alone leaves its readers int8).
 
     Example:
-        >>> with_readers(float_blob, ["dense_1"], [l.name for l in model.layers])  # doctest: +SKIP
+        >>> with_readers(float_blob, ["dense_1"], LayerMatcher.of(model))  # doctest: +SKIP
         ['dense_1', 'dense_2']
     """
-    found = layer_operators(blob, list(all_layers), output_layers, keras3)
+    found = matcher.operators(blob)
     owner = {op: layer for layer, ops in found.items() for op in ops}
     start = {op for layer in layers for op in found.get(layer, [])}
     chosen = _readers(unpack_model(blob), start)
@@ -382,8 +339,7 @@ def quantize_mixed(
     *,
     int16: Sequence[str] = (),
     weights: str = "int8",
-    output_layers: Sequence[str] = (),
-    keras3: bool = False,
+    matcher: LayerMatcher | None = None,
     calib_samples: int = 300,
 ) -> bytes:
     """Quantize a float ``.tflite`` fully integer: int8 activations, int16 for ``int16`` layers.
@@ -391,20 +347,20 @@ def quantize_mixed(
     Args:
         float_blob: the float32 ``.tflite`` (tfedge's ``convert(mode="float32")``).
         calib: calibration data in any form :func:`tfedge.data.load_data` accepts.
-        int16: Keras layer names whose operators, and the operators that read their output, get
-            int16 activations (int16x8 kernels).
+        int16: Keras layer names (exact) whose operators, and the operators that read their
+            output, get int16 activations (int16x8 kernels).
         weights: ``int8`` or ``int4`` (channel-wise, symmetric) for the weights of every
             operator that has them.
-        output_layers: the Keras layers of the model's outputs, in order (names the output
-            operators, whose tensors the converter calls ``Identity``).
-        keras3: the model is Keras 3 (its layers are traced under numbered scopes).
+        matcher: the Keras model's :class:`~tfedge.converters.tensor_names.LayerMatcher`
+            (needed with ``int16``).
         calib_samples: how many calibration samples to use (a seeded random choice).
 
     Returns:
         The ``.tflite`` bytes, int8 input and output.
 
     Raises:
-        ConversionError: a layer name not in the model, an unknown weight type, or an operator
+        ConversionError: a name that is not a layer of the model (the error lists the layers),
+            an unknown weight type, or an operator
             the LiteRT interpreter cannot run with these types (named).
 
     Example:
@@ -412,7 +368,8 @@ def quantize_mixed(
     """
     if weights not in WEIGHT_TYPES:
         raise ConversionError(
-            f"unknown weight type {weights!r}; expected one of {', '.join(WEIGHT_TYPES)}"
+            f"unknown weight type {str(weights)[:40]!r}; expected one of {', '.join(WEIGHT_TYPES)}",
+            option="weights",
         )
     from ai_edge_quantizer import qtyping, quantizer
 
@@ -432,13 +389,14 @@ def quantize_mixed(
 
     scopes = []
     if int16:
-        found = layer_operators(blob, int16, output_layers, keras3)
-        missing = [layer for layer, ops in found.items() if not ops]
-        if missing:
+        if matcher is None:
             raise ConversionError(
-                f"--int16 names layers not found in the model: {', '.join(missing)}", _INT16_HINT
+                "int16= selects Keras layers and needs the Keras model's layer names",
+                "pass matcher=LayerMatcher.of(model), or use tfedge.converters.convert(model, int16=...)",
+                option="int16",
             )
-        scopes = _int16_scopes(blob, {i for ops in found.values() for i in ops})
+        chosen = int16_selection(blob, int16, matcher)
+        scopes = _int16_scopes(blob, {i for entry in chosen.values() for i in entry["operators"]})
 
     engine = quantizer.Quantizer(blob)
     # The first recipe stays for operators the int16 one does not support (int8, not float).

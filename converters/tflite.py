@@ -14,7 +14,7 @@ import inspect
 import os
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -51,6 +51,11 @@ class Conversion:
             target compiles and the compiler ran.
         compile_skipped: why a target's compilation was skipped (the compiler is not
             installed), with how to install it; None otherwise.
+        selected: what ``int16=`` / ``keep_float=`` selected, one dict per layer: ``option``
+            (``int16`` or ``keep_float``), ``layer``, ``operators`` (their count), ``ops``
+            (their types) and, for int16, ``readers`` (the operators that read the layer's
+            output and run int16 too) and ``reader_layers``;
+            :func:`~tfedge.converters.tensor_names.format_selection` words it.
     """
 
     blob: bytes
@@ -60,6 +65,7 @@ class Conversion:
     path: Path | None = None
     compiled: dict | None = None
     compile_skipped: str | None = None
+    selected: list[dict] = field(default_factory=list)
 
 
 def input_shape_of(model) -> tuple:
@@ -195,24 +201,37 @@ def _conversion(model, options: dict) -> Conversion:
     options = dict(options)
     int16, weights = options.pop("int16"), options.pop("weights")
     if int16 or weights != "int8":
-        from tfedge.backend import is_keras3_model
         from tfedge.converters import mixed_precision as mixed
+        from tfedge.converters.tensor_names import LayerMatcher
         from tfedge.inspector import inspect_model
 
         mixed.check_mixed_options(
             *(options[k] for k in ("mode", "keep_float", "labels", "target", "calib"))
         )
         resolved = _resolve(model)
+        matcher = LayerMatcher.of(resolved)
+        float_blob = convert(resolved, mode="float32", input_shape=options["input_shape"])
+        selected = [
+            {
+                "option": "int16",
+                "layer": layer,
+                "operators": len(entry["operators"]),
+                "ops": entry["ops"],
+                "readers": len(entry["readers"]),
+                "reader_ops": entry["reader_ops"],
+                "reader_layers": entry["reader_layers"],
+            }
+            for layer, entry in mixed.int16_selection(float_blob, int16, matcher).items()
+        ]
         blob = mixed.quantize_mixed(
-            convert(resolved, mode="float32", input_shape=options["input_shape"]),
+            float_blob,
             options["calib"],
             int16=int16,
             weights=weights,
-            output_layers=mixed.output_layers(resolved),
-            keras3=is_keras3_model(resolved),
+            matcher=matcher,
             calib_samples=options["calib_samples"],
         )
-        return Conversion(blob=blob, mode="int8", info=inspect_model(blob))
+        return Conversion(blob=blob, mode="int8", info=inspect_model(blob), selected=selected)
     if options.get("target") is not None:
         from tfedge.converters.targets import load_target
 
@@ -348,13 +367,16 @@ def _convert(
         ]
 
     failure = None
+    selected = []
     with quiet() as log:
         try:
             if keep_float:
-                from tfedge.converters.mixed_precision import output_layers
+                from tfedge.converters.tensor_names import LayerMatcher
 
-                outputs = output_layers(keras_model)
-                blob = _convert_keeping_float(converter, representative, keep_float, outputs)
+                matcher = LayerMatcher.of(keras_model)
+                blob, selected = _convert_keeping_float(
+                    converter, representative, keep_float, matcher
+                )
             else:
                 blob = converter.convert()
         except TfedgeError:
@@ -386,7 +408,7 @@ def _convert(
     _check(info, mode, io, keep_float)
     if profile is not None:
         profile.check(blob, info)
-    return Conversion(blob=blob, mode=mode, info=info, target=profile)
+    return Conversion(blob=blob, mode=mode, info=info, target=profile, selected=selected)
 
 
 def _normalization_from(calib, specs):
@@ -537,37 +559,45 @@ def _concrete_function(model, specs):
         ) from exc
 
 
-def _convert_keeping_float(converter, representative, keep_float, outputs=()):
+def _convert_keeping_float(converter, representative, keep_float, matcher):
     """Quantize everything except the named layers, via TFLite's quantization debugger.
 
-    ``outputs`` are the model's output layers: the converter names their tensors ``Identity``,
-    which no layer name matches, so those are added by position.
+    The layers are matched exactly (:class:`~tfedge.converters.tensor_names.LayerMatcher`) in a
+    float twin of the model; the debugger leaves float the operators whose output tensors it is
+    given.
+
+    Returns:
+        The ``.tflite`` bytes and :attr:`Conversion.selected` for them.
     """
     from tfedge.backend import tf
+    from tfedge.converters.tensor_names import describe_selection
 
     float_model = _float_copy(converter)
-    names = _tensor_names(float_model)
-
-    def tensors_of(layer):
-        # Keras 3 traces layer "x" under the scope "x_1": that one when no exact name matches.
-        exact = [n for n in names if _matches_layer(n, layer)]
-        return exact or [n for n in names if _matches_layer(n, layer, traced=True)]
-
-    denylist = {n for layer in keep_float for n in tensors_of(layer)}
-    ends = _output_tensor_names(float_model)
-    denylist |= {end for end, layer in zip(ends, outputs) if layer in keep_float}
-    denylist = sorted(denylist)
-    missing = [layer for layer in keep_float if not tensors_of(layer) and layer not in outputs]
-    if missing:
-        raise ConversionError(
-            f"--keep-float names layers not found in the model: {', '.join(missing)}",
-            "use the Keras layer names (model.summary() lists them)",
-        )
+    chosen = matcher.select(float_model, keep_float, "keep_float")
+    graph = _unpacked_graph(float_model)
+    denylist = sorted(
+        {
+            (graph.tensors[int(t)].name or b"").decode("utf-8", "replace")
+            for indexes in chosen.values()
+            for i in indexes
+            for t in graph.operators[i].outputs
+        }
+    )
+    selected = [
+        {"option": "keep_float", "layer": layer, **entry}
+        for layer, entry in describe_selection(float_model, chosen).items()
+    ]
     options = tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=denylist)
     debugger = tf.lite.experimental.QuantizationDebugger(
         converter=converter, debug_dataset=representative, debug_options=options
     )
-    return debugger.get_nondebug_quantized_model()
+    return debugger.get_nondebug_quantized_model(), selected
+
+
+def _unpacked_graph(blob):
+    from tfedge.converters.flatbuffer import unpack_model
+
+    return unpack_model(blob).subgraphs[0]
 
 
 def _float_copy(converter):
@@ -584,33 +614,6 @@ def _float_copy(converter):
     twin.inference_input_type = tf.float32
     twin.inference_output_type = tf.float32
     return twin.convert()
-
-
-def _output_tensor_names(blob) -> list[str]:
-    from ai_edge_litert import schema_py_generated as schema
-
-    graph = schema.Model.GetRootAs(blob, 0).Subgraphs(0)
-    return [
-        graph.Tensors(graph.Outputs(i)).Name().decode("utf-8", "replace")
-        for i in range(graph.OutputsLength())
-    ]
-
-
-def _tensor_names(blob):
-    from ai_edge_litert import schema_py_generated as schema
-
-    model = schema.Model.GetRootAs(blob, 0)
-    names = []
-    for s in range(model.SubgraphsLength()):
-        graph = model.Subgraphs(s)
-        for t in range(graph.TensorsLength()):
-            names.append(graph.Tensors(t).Name().decode("utf-8", "replace"))
-    return names
-
-
-def _matches_layer(tensor_name: str, layer: str, traced: bool = False) -> bool:
-    suffix = r"(_\d+)?" if traced else ""
-    return re.search(rf"(^|[/;]){re.escape(layer)}{suffix}(/|;|$)", tensor_name) is not None
 
 
 _OP_PATTERNS = (

@@ -224,8 +224,23 @@ def _run(argv, capsys):
     return status, [line for line in err.splitlines() if line.startswith("Error:")], err
 
 
-@pytest.mark.parametrize("case", ["missing", "corrupt", "shape", "no-data", "no-labels", "layer"])
-def test_bad_input_is_one_error_line(case, sensitive, tmp_path, capsys):
+BAD_INPUT = [
+    "missing",
+    "corrupt",
+    "shape",
+    "no-data",
+    "no-labels",
+    "labels-outside-classes",
+    "nan-calib",
+    "nan-data",
+    "layer",
+    "model-name",
+]
+
+
+@pytest.mark.parametrize("case", BAD_INPUT)
+def test_bad_input_is_one_error_line(case, sensitive, small_digits, tmp_path, capsys):
+    """One ``Error:`` line naming the file and the first bad sample, before any conversion."""
     model, train = str(sensitive["model"]), str(sensitive["train"])
     argv = ["analyze", model, "--calib", train]
     if case == "missing":
@@ -241,14 +256,37 @@ def test_bad_input_is_one_error_line(case, sensitive, tmp_path, capsys):
     elif case == "no-labels":
         np.savez(tmp_path / "x.npz", x=np.zeros((5, 8, 8, 1), np.float32))
         argv += ["--data", str(tmp_path / "x.npz"), "--fix", "-o", str(tmp_path / "out.tflite")]
-    elif case == "layer":
+    elif case == "labels-outside-classes":
+        test = small_digits[1].take(30)
+        np.savez(tmp_path / "labels.npz", x=test.x, y=np.where(np.arange(30) < 4, test.y, 10))
+        argv += [
+            "--data",
+            str(tmp_path / "labels.npz"),
+            "--fix",
+            "-o",
+            str(tmp_path / "out.tflite"),
+        ]
+    elif case == "nan-calib":
+        np.savez(tmp_path / "nan.npz", x=np.full((20, 8, 8, 1), np.nan, np.float32))
+        argv[3] = str(tmp_path / "nan.npz")
+    elif case == "nan-data":
+        test = small_digits[1].take(30)
+        x = test.x.copy()
+        x[7, 2, 2, 0] = np.inf
+        np.savez(tmp_path / "inf.npz", x=x, y=test.y)
+        argv += ["--data", str(tmp_path / "inf.npz"), "--fix", "-o", str(tmp_path / "out.tflite")]
+    elif case in ("layer", "model-name"):
+        from tfedge.loading import load_model
+
+        own = load_model(model).model.name
+        name = "nope" if case == "layer" else own
         argv = [
             "convert",
             model,
             "--calib",
             train,
             "--int16",
-            "nope",
+            name,
             "-o",
             str(tmp_path / "o.tflite"),
         ]
@@ -261,9 +299,15 @@ def test_bad_input_is_one_error_line(case, sensitive, tmp_path, capsys):
         "shape": "16, 16, 1",
         "no-data": "--data",
         "no-labels": "labels",
-        "layer": "nope",
+        "labels-outside-classes": "labels.npz) label 4 is 10 but the model has 10 classes",
+        "nan-calib": "nan.npz) sample 0 holds NaN",
+        "nan-data": "inf.npz) sample 7 holds infinite",
+        "layer": "no layer named 'nope'",
+        "model-name": "is the model's own name, not one of its layers",
     }[case]
     assert expected in errors[0], errors[0]
+    assert "calibrating" not in err, "the data should be refused before any conversion"
+    assert not list(tmp_path.glob("*.tflite"))
 
 
 def test_import_tfedge_does_not_import_tensorflow():

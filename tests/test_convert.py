@@ -171,7 +171,7 @@ def test_keep_float_leaves_the_named_layer_float(trained_digits_cnn, digits):
     info = inspect_model(blob)
     assert not info["fully_integer"]
     assert "FULLY_CONNECTED" in info["float_ops"]
-    with pytest.raises(ConversionError, match="not found"):
+    with pytest.raises(ConversionError, match=r"no layer named 'nope' .* 'fc1'"):
         convert(trained_digits_cnn, calib=digits[0], calib_samples=20, keep_float=["nope"])
 
 

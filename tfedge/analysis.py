@@ -106,15 +106,18 @@ def analyze(
     if isinstance(keras_model, LoadedModel):
         keras_model = keras_model.model
     shape = input_shape_of(keras_model)
-    load_data(calib, input_shape=shape, name="calibration data")  # bad data fails before work
+    # The checks every command shares (tfedge.data): shapes, NaN or infinite inputs, labels the
+    # model cannot predict; each names the data and its first bad sample, before any conversion.
+    load_data(calib, input_shape=shape, name="calibration data")
     evaluation = None
     if data is not None:
-        evaluation = load_data(data, input_shape=shape, name="--data")
-        if fix and evaluation.y is None:
-            raise DataError(
-                f"--data {data} has no labels (y); fixing measures accuracy",
-                "pass an .npz with x and y, or an image folder",
-            )
+        evaluation = load_data(
+            data,
+            input_shape=shape,
+            name="--data",
+            require_labels=fix,
+            num_classes=_num_classes(keras_model),
+        )
 
     rows = layer_errors(keras_model, calib, calib_samples=calib_samples)
     worst = sorted(rows, key=lambda r: r["sqnr_db"])
@@ -166,6 +169,15 @@ def explorer_node_data(rows: Sequence[dict], int8_model) -> dict:
     return {"name": "int8 SQNR (dB)", "results": results, "thresholds": _THRESHOLDS}
 
 
+def _num_classes(keras_model) -> int | None:
+    """The model's output width (its class count), None when it is not known."""
+    outputs = getattr(keras_model, "outputs", None) or []
+    if not outputs:
+        return None
+    width = tuple(outputs[0].shape)[-1:]
+    return int(width[0]) if width and width[0] is not None else None
+
+
 def _worst_layers(worst: Sequence[dict], count: int, known: set) -> list[str]:
     names = []
     for row in worst:
@@ -178,31 +190,25 @@ def _worst_layers(worst: Sequence[dict], count: int, known: set) -> list[str]:
 
 
 def _layers_with_operators(keras_model, float_blob) -> list[str]:
-    from tfedge.backend import is_keras3_model
-    from tfedge.converters.mixed_precision import layer_operators, output_layers
+    from tfedge.converters.tensor_names import LayerMatcher
 
-    known = [layer.name for layer in getattr(keras_model, "layers", [])]
-    found = layer_operators(
-        float_blob, known, output_layers(keras_model), is_keras3_model(keras_model)
-    )
+    found = LayerMatcher.of(keras_model).operators(float_blob)
     return [name for name, ops in found.items() if ops]
 
 
 def _candidates(keras_model, worst, float_blob) -> list[tuple[str, list, dict]]:
-    from tfedge.backend import is_keras3_model
-    from tfedge.converters.mixed_precision import output_layers, with_readers
+    from tfedge.converters.mixed_precision import with_readers
+    from tfedge.converters.tensor_names import LayerMatcher
 
-    known = [layer.name for layer in getattr(keras_model, "layers", [])]
-    outputs = output_layers(keras_model)
-    keras3 = is_keras3_model(keras_model)
+    matcher = LayerMatcher.of(keras_model)
     found = [("int8", [], {})]
     int16, float_ = [], []
     for count in WORST_K:
-        layers = _worst_layers(worst, count, set(known))
+        layers = _worst_layers(worst, count, set(matcher.layers))
         if not layers or any(layers == seen for _, seen, _ in int16):
             continue
         int16.append((f"int16:{','.join(layers)}", layers, {"int16": layers}))
-        keep = with_readers(float_blob, layers, known, outputs, keras3)
+        keep = with_readers(float_blob, layers, matcher)
         if not any(keep == seen for _, seen, _ in float_):
             float_.append((f"keep_float:{','.join(keep)}", keep, {"keep_float": keep}))
     return found + int16 + float_ + [("int16x8", [], {"mode": "int16x8"})]
