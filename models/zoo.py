@@ -10,6 +10,8 @@ the bundled 16x16x1 digits (every builder takes ``input_shape``, ``classes`` and
   reference (its int8 model takes well over 100 us per image on one thread of a server core).
 
 Each has a recipe ``models/recipes/<name>.yaml`` and expected figures in ``models/expected.json``.
+``build`` also builds the real-size references of :mod:`tfedge.models.reference` (MLPerf Tiny's
+four at their published sizes and MobileNetV2 1.0 at 224x224), by name.
 
 Example:
     >>> from tfedge.models.zoo import build
@@ -22,10 +24,13 @@ import json
 from pathlib import Path
 
 from tfedge.backend import keras
+from tfedge.models.reference import ad_autoencoder, kws_ds_cnn, mobilenet_v2, vww_mobilenet
 
 __all__ = [
     "build",
     "ZOO",
+    "REFERENCE",
+    "ic_resnet8",
     "train",
     "digits_cnn",
     "ds_cnn",
@@ -220,6 +225,26 @@ ZOO = {
 }
 
 
+def ic_resnet8(input_shape=(32, 32, 3), classes=10) -> keras.Model:
+    """MLPerf Tiny's image-classification ResNet-8 at its real size: 32x32x3 (CIFAR-10), 10 classes.
+
+    Example:
+        >>> ic_resnet8().count_params()
+        78666
+    """
+    model = resnet8(input_shape=input_shape, classes=classes, width=16)
+    return keras.Model(model.inputs, model.outputs, name="ic_resnet8")
+
+
+# The real-size references (see tfedge.models.reference), built by name with ``build``.
+REFERENCE = {
+    "kws_ds_cnn": kws_ds_cnn,
+    "vww_mobilenet": vww_mobilenet,
+    "ic_resnet8": ic_resnet8,
+    "ad_autoencoder": ad_autoencoder,
+    "mobilenet_v2": mobilenet_v2,
+}
+
 HERE = Path(__file__).resolve().parent
 
 
@@ -271,11 +296,14 @@ def build(name: str, **kwargs) -> keras.Model:
     """
     from tfedge.errors import OptimizationError
 
-    if name not in ZOO:
+    builders = {**ZOO, **REFERENCE}
+    if name not in builders:
         raise OptimizationError(
-            f"unknown zoo model {name!r}; expected one of {', '.join(sorted(ZOO))}"
+            f"unknown zoo model {name!r}; expected one of {', '.join(sorted(builders))}",
+            "the digits references train in seconds; the real-size ones (kws_ds_cnn, "
+            "vww_mobilenet, ic_resnet8, ad_autoencoder, mobilenet_v2) are for measuring costs",
         )
-    return ZOO[name](**kwargs)
+    return builders[name](**kwargs)
 
 
 def train(
