@@ -63,10 +63,6 @@ _PASS_THROUGH = {
 }
 
 
-def _name(tensor) -> str:
-    return (tensor.name or b"").decode("utf-8", "replace")
-
-
 def int16_selection(blob: bytes, int16: Sequence[str], matcher: LayerMatcher) -> dict[str, dict]:
     """What ``int16=`` selects in a float ``.tflite``: each layer's operators and their readers.
 
@@ -147,14 +143,23 @@ def _readers(model: schema.ModelT, operators: set[int]) -> set[int]:
 
 
 def _int16_scopes(blob: bytes, operators: set[int]) -> list[str]:
-    """The output tensor names of ``operators`` and of the operators that read their outputs."""
+    """ai-edge-quantizer's scopes of ``operators`` and of the operators that read their outputs.
+
+    The quantizer matches a recipe's regex against an operator's scope, which its own
+    ``tfl_flatbuffer_utils.get_op_scope`` computes (today: the output tensor names joined by
+    ``;``); the scopes come from that function, so a change of format reaches this code too.
+    """
+    from ai_edge_quantizer.utils.tfl_flatbuffer_utils import get_op_scope
+
     model = unpack_model(blob)
     graph = model.subgraphs[0]
     ops = graph.operators or []
-    names = []
-    for index in sorted(_readers(model, operators)):
-        names += [_name(graph.tensors[t]) for t in ops[index].outputs]
-    return names
+    return [get_op_scope(ops[index], graph.tensors) for index in sorted(_readers(model, operators))]
+
+
+def _scope_regex(scopes: Sequence[str]) -> str:
+    """A recipe regex that matches exactly these operator scopes."""
+    return "^(?:" + "|".join(re.escape(scope) for scope in dict.fromkeys(scopes)) + ")$"
 
 
 def _add_signature(model: schema.ModelT) -> bool:
@@ -404,9 +409,9 @@ def quantize_mixed(
     # word): every weight is int4 and the LiteRT interpreter says which operator it cannot run.
     engine.update_quantization_recipe(".*", "*", _static_config(qtyping, 8, weights))
     if scopes:
-        # ai-edge-quantizer matches an operator by its "scope": its output names joined by ";".
-        regex = "^(" + "|".join(re.escape(name) for name in scopes) + ");"
-        engine.update_quantization_recipe(regex, "*", _static_config(qtyping, 16, weights))
+        engine.update_quantization_recipe(
+            _scope_regex(scopes), "*", _static_config(qtyping, 16, weights)
+        )
     samples = [
         {input_name: x[np.newaxis].astype(np.float32)}
         for x in progress(data.x, desc="calibrating", unit="sample")
