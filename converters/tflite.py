@@ -240,8 +240,8 @@ def _conversion(model, options: dict) -> Conversion:
     try:
         return _convert(model, **options)
     except ConversionError as first:
-        if mode not in INTEGER_MODES:
-            raise
+        if mode not in INTEGER_MODES or first.option == "keep_float":
+            raise  # a --keep-float name that is no layer is one on the rebuild too
         # Some Keras 3 layers (LayerNormalization's NEG, for one) only quantize fully from their
         # tf_keras twin: retry with the rebuild when there is one.
         from tfedge.backend import is_keras3_model
