@@ -15,7 +15,7 @@ Example:
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tfedge.errors import ConversionError
+from tfedge.errors import ConversionError, yaml_problem
 
 __all__ = ["Target", "load_target", "builtin_targets"]
 
@@ -104,18 +104,59 @@ def load_target(target) -> Target:
             f"unknown target {target!r}",
             f"use one of {', '.join(builtin_targets())} or a profile YAML file",
         )
+    if path.stat().st_size > 64 * 1024:
+        raise ConversionError(
+            f"target profile {path} is {path.stat().st_size:,} bytes; a profile is a few lines",
+            "pass a profile YAML file (keys: " + ", ".join(sorted(_TYPES)) + ")",
+        )
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text(errors="replace")) or {}
     except yaml.YAMLError as exc:
-        raise ConversionError(f"target profile {path} is not valid YAML: {exc}") from exc
+        raise ConversionError(
+            f"target profile {path} is not valid YAML: {yaml_problem(exc)}"
+        ) from exc
     if not isinstance(data, dict):
         raise ConversionError(f"target profile {path} must be a YAML mapping of keys to values")
-    known = set(Target.__dataclass_fields__)
-    unknown = sorted(set(data) - known)
+    unknown = sorted(str(key)[:40] for key in set(data) - set(_TYPES))
     if unknown:
         raise ConversionError(
-            f"target profile {path} has unknown keys {unknown}",
-            f"known keys: {', '.join(sorted(known))}",
+            f"target profile {path} has unknown keys {unknown[:10]}",
+            f"known keys: {', '.join(sorted(_TYPES))}",
         )
+    for key, value in data.items():
+        kinds, wording = _TYPES[key]
+        if not isinstance(value, kinds) or (
+            isinstance(value, list) and not all(isinstance(v, str) for v in value)
+        ):
+            raise ConversionError(
+                f"target profile {path}: {key} is {str(value)[:60]!r}; expected {wording}",
+                f"fix {key} in {path}",
+            )
+    if data.get("mode", "int8") not in _MODES:
+        raise ConversionError(
+            f"target profile {path}: mode {data['mode']!r} is not one of {', '.join(_MODES)}",
+            f"fix mode in {path}",
+        )
+    for io in [data.get("io")] + list(data.get("allowed_io") or []):
+        if io is not None and io not in _IO:
+            raise ConversionError(
+                f"target profile {path}: input/output type {io!r} is not one of {', '.join(_IO)}",
+                f"fix io / allowed_io in {path}",
+            )
     data.setdefault("name", path.stem)
     return Target(**data)
+
+
+# What each profile key holds (a YAML file is checked against it before use).
+_TYPES = {
+    "name": (str, "a name"),
+    "description": (str, "a text"),
+    "mode": (str, "a convert mode"),
+    "io": ((str, type(None)), "an input/output type"),
+    "allowed_io": (list, "a list of input/output types"),
+    "supported_ops": ((list, type(None)), "a list of TFLite operator names"),
+    "edgetpu": (bool, "true or false"),
+    "compile": (bool, "true or false"),
+}
+_MODES = ("int8", "int16x8", "float16", "dynamic", "float32")
+_IO = ("int8", "uint8", "float32", "int16")

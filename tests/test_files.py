@@ -124,3 +124,12 @@ def test_refuse_overwrite_passes_distinct_paths(tmp_path):
     refuse_overwrite({"-o": tmp_path / "out.tflite"}, {"--calib": tmp_path / "in.npz"})
     with pytest.raises(InputFileError, match="is the input --data"):
         refuse_overwrite({"-o": tmp_path / "in.npz"}, {"--data": str(tmp_path / "*.npz")})
+
+
+def test_an_error_message_is_always_one_line_of_readable_length(capsys):
+    from tfedge.cli import _print_error
+
+    _print_error("while parsing\n  in line 1\n" + "x" * 5000, "a hint")
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].startswith("Error: while parsing in line 1 xxx") and err[0].endswith(" ...")
+    assert len(err[0]) < 1100 and err[1] == "Hint: a hint"

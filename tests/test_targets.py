@@ -62,7 +62,13 @@ def test_user_profile_with_an_operator_list(tmp_path, trained_digits_cnn, digits
     [
         (None, "unknown target"),
         ("name: x\ncolour: red\n", "unknown keys"),
-        ("[1, 2", "not valid YAML"),
+        ("[1, 2", "not valid YAML: line 1, column 6: expected ',' or ']'"),
+        ("mode: int3\n", "mode 'int3' is not one of int8"),
+        ("edgetpu: yes please\n", "edgetpu is 'yes please'; expected true or false"),
+        ("allowed_io: [uint8, 7]\n", "allowed_io is .*expected a list of input/output types"),
+        ("io: uint9\n", "input/output type 'uint9' is not one of"),
+        ("supported_ops: CONV_2D\n", "supported_ops is 'CONV_2D'; expected a list"),
+        ("# " + "x" * 70000 + "\n", "a profile is a few lines"),
     ],
 )
 def test_bad_profiles(content, needle, tmp_path):

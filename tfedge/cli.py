@@ -634,6 +634,11 @@ def os_error(exc: OSError) -> tuple[str, str]:
 
 
 def _print_error(message: str, hint: str | None = None) -> None:
+    # One line whatever the message quotes (a library's multi-line error, a file's contents),
+    # and of a readable length.
+    message = " ".join(part.strip() for part in str(message).splitlines() if part.strip())
+    if len(message) > 1000:
+        message = message[:1000] + " ..."
     click.echo(f"Error: {message}", err=True)
     if hint:
         click.echo(f"Hint: {hint}", err=True)

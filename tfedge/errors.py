@@ -12,6 +12,7 @@ __all__ = [
     "DeviceError",
     "OptimizationError",
     "first_line",
+    "yaml_problem",
     "missing_file",
 ]
 
@@ -73,6 +74,23 @@ def first_line(exc: BaseException, limit: int = 300) -> str:
         if line.strip():
             return line.strip()[:limit]
     return type(exc).__name__
+
+
+def yaml_problem(exc: BaseException) -> str:
+    """Where and what a YAML parse error is, on one line (PyYAML's own message spans five).
+
+    Example:
+        >>> import yaml
+        >>> try:
+        ...     yaml.safe_load("mode: [")
+        ... except yaml.YAMLError as exc:
+        ...     yaml_problem(exc)
+        "line 1, column 8: expected the node content, but found '<stream end>'"
+    """
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or first_line(exc, 200)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    return f"{where}{str(problem)[:200]}"
 
 
 def missing_file(what: str, path, hint: str | None = None) -> InputFileError:
