@@ -575,6 +575,13 @@ def _convert_keeping_float(converter, representative, keep_float, matcher):
     float_model = _float_copy(converter)
     chosen = matcher.select(float_model, keep_float, "keep_float")
     graph = _unpacked_graph(float_model)
+    if {i for indexes in chosen.values() for i in indexes} >= set(range(len(graph.operators))):
+        raise ConversionError(
+            f"--keep-float covers every operator of the model ({len(graph.operators)}): nothing "
+            "would be quantized",
+            "convert with --mode float32 for a float model, or keep fewer layers float",
+            option="keep_float",
+        )
     denylist = sorted(
         {
             (graph.tensors[int(t)].name or b"").decode("utf-8", "replace")

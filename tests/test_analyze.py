@@ -95,6 +95,11 @@ def test_fix_brings_int8_back_within_one_point_and_keeps_it_fully_integer(
     chosen = next(f for f in fixed["fixes"] if f["fix"] == fixed["chosen"])
     assert chosen["accuracy"] >= fixed["float_accuracy"] - 0.01
     assert chosen["fully_integer"] and chosen["fix"].startswith("int16:")
+    # the record says which operators the chosen layers covered
+    assert [entry["layer"] for entry in chosen["selected"]] == chosen["layers"]
+    assert all(
+        entry["operators"] >= 1 and entry["option"] == "int16" for entry in chosen["selected"]
+    )
     blob = (sensitive["folder"] / "fixed.tflite").read_bytes()
     assert tflite_accuracy(blob, small_digits[1], tmp_path) == chosen["accuracy"]
     for record in (f for f in fixed["fixes"] if "error" not in f):

@@ -221,3 +221,11 @@ def test_layer_errors_name_every_operator_by_its_keras_layer(flavour, calib):
     ], [(row["name"], row["tensor"], row["op"]) for row in rows]
     for row in rows:  # an untrained model's int8 error is about its output rounding
         assert 0 <= row["rmse_over_scale"] < 1.5 and row["cosine"] > 0.9, row
+
+
+def test_keep_float_of_every_layer_is_refused_as_a_float_model(calib):
+    layers = list(EXPECTED["sequential"])
+    layers.remove("drop")
+    with pytest.raises(ConversionError, match="covers every operator of the model") as err:
+        convert(sequential("keras3"), calib=calib, calib_samples=10, keep_float=layers)
+    assert "--mode float32" in err.value.hint

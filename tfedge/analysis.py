@@ -75,7 +75,9 @@ def analyze(
         Keras layer, ``op``, ``rmse_over_scale``, ``max_abs_error``, ``cosine``, ``sqnr_db``,
         ``tensor``), ``worst`` sorted by ``sqnr_db`` (lowest first). With ``fix``: also
         ``float_accuracy``, ``fixes`` (``fix``, ``layers``, ``accuracy``, ``size_bytes``,
-        ``p50_ms``, ``fully_integer``, ``edgetpu_compatible``, ``keeps_accuracy``), ``chosen``
+        ``p50_ms``, ``fully_integer``, ``edgetpu_compatible``, ``keeps_accuracy``, and for the
+        int16 / keep_float fixes ``selected``: the operators each layer covered, as
+        :attr:`tfedge.converters.Conversion.selected`), ``chosen``
         (a ``fix`` name) and ``verdict`` (one sentence).
 
     Raises:
@@ -201,6 +203,7 @@ def _candidates(keras_model, worst, float_blob) -> list[tuple[str, list, dict]]:
     from tfedge.converters.tensor_names import LayerMatcher
 
     matcher = LayerMatcher.of(keras_model)
+    with_operators = {name for name, ops in matcher.operators(float_blob).items() if ops}
     found = [("int8", [], {})]
     int16, float_ = [], []
     for count in WORST_K:
@@ -209,6 +212,8 @@ def _candidates(keras_model, worst, float_blob) -> list[tuple[str, list, dict]]:
             continue
         int16.append((f"int16:{','.join(layers)}", layers, {"int16": layers}))
         keep = with_readers(float_blob, layers, matcher)
+        if set(keep) >= with_operators:
+            continue  # every layer float is the float32 model, measured already
         if not any(keep == seen for _, seen, _ in float_):
             float_.append((f"keep_float:{','.join(keep)}", keep, {"keep_float": keep}))
     return found + int16 + float_ + [("int16x8", [], {"mode": "int16x8"})]
@@ -216,7 +221,7 @@ def _candidates(keras_model, worst, float_blob) -> list[tuple[str, list, dict]]:
 
 def _fix(keras_model, calib, evaluation, worst, calib_samples, runs, output) -> dict:
     from tfedge.console import progress
-    from tfedge.converters import convert
+    from tfedge.converters import convert, convert_file
     from tfedge.inspector import inspect_model
     from tfedge.runner import bench_models
 
@@ -237,13 +242,21 @@ def _fix(keras_model, calib, evaluation, worst, calib_samples, runs, output) -> 
                 )
             return row
 
+        def candidate(options):
+            """The candidate's bytes and what its int16 / keep_float selection covered."""
+            path = Path(tmp) / "converted.tflite"
+            result = convert_file(
+                keras_model, path, calib=calib, calib_samples=calib_samples, **options
+            )
+            return result.blob, result.selected
+
         float_row = measure("float32", float_blob)
         float_accuracy = float_row["accuracy"]
         for name, layers, options in progress(candidates, desc="trying fixes", unit="fix"):
             record = {"fix": name, "layers": layers}
             try:
                 try:
-                    blob = convert(keras_model, calib=calib, calib_samples=calib_samples, **options)
+                    blob, selected = candidate(options)
                 except TfedgeError:
                     if name != "int16x8":
                         raise
@@ -251,9 +264,9 @@ def _fix(keras_model, calib, evaluation, worst, calib_samples, runs, output) -> 
                     # through ai-edge-quantizer is the same precision, and keeps int8 I/O.
                     layers = _layers_with_operators(keras_model, float_blob)
                     record.update(layers=layers, via="ai-edge-quantizer (--int16 every layer)")
-                    blob = convert(
-                        keras_model, calib=calib, calib_samples=calib_samples, int16=layers
-                    )
+                    blob, selected = candidate({"int16": layers})
+                if selected:
+                    record["selected"] = selected
                 row = measure(name, blob)
             except TfedgeError as exc:
                 record["error"] = exc.message
