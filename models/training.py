@@ -215,6 +215,23 @@ def is_binary(model) -> bool:
     return not isinstance(shape, list) and len(shape) == 2 and shape[-1] == 1
 
 
+def num_classes(model) -> int:
+    """The classes a classifier predicts: its (first) output's width; 1 is a binary classifier.
+
+    This is what :func:`tfedge.data.load_data`'s ``num_classes`` checks the labels against.
+
+    Example:
+        >>> num_classes(keras.Sequential([keras.layers.Dense(10, input_shape=(4,))]))
+        10
+    """
+    shape = model.output_shape
+    shape = shape[0] if isinstance(shape, list) else shape
+    count = 1
+    for dim in shape[1:]:
+        count *= int(dim or 1)
+    return count
+
+
 def accuracy_metric(binary: bool, probabilities: bool):
     """The ``accuracy`` metric for a classifier's outputs: top-1, or thresholded when binary.
 

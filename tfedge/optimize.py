@@ -295,6 +295,7 @@ def optimize(
     from tfedge.loading import LoadedModel, load_model
     from tfedge.models.cloning import frozen_copy
     from tfedge.models.rebuild import to_keras2
+    from tfedge.models.training import num_classes
     from tfedge.report import write_html
 
     out = Path(out_dir)
@@ -309,8 +310,11 @@ def optimize(
         )
     base = to_keras2(model) if isinstance(model, LoadedModel) else model
     shape = input_shape_of(base)
-    train = load_data(train, input_shape=shape, require_labels=True, name="--train")
-    val = load_data(val, input_shape=shape, require_labels=True, name="--val")
+    classes = num_classes(base)
+    train = load_data(
+        train, input_shape=shape, require_labels=True, name="--train", num_classes=classes
+    )
+    val = load_data(val, input_shape=shape, require_labels=True, name="--val", num_classes=classes)
     for stage in stages:
         _stage_function(stage["name"])  # fail early on a stage whose module is missing
 

@@ -202,11 +202,17 @@ class RecipeEvaluator:
             model.path if isinstance(model, LoadedModel) else getattr(model, "name", "model")
         )
         from tfedge.models.rebuild import to_keras2
+        from tfedge.models.training import num_classes
 
         self.base = to_keras2(model)
         shape = input_shape_of(self.base)
-        self.train = load_data(train, input_shape=shape, require_labels=True, name="--train")
-        self.val = load_data(val, input_shape=shape, require_labels=True, name="--val")
+        classes = num_classes(self.base)
+        self.train = load_data(
+            train, input_shape=shape, require_labels=True, name="--train", num_classes=classes
+        )
+        self.val = load_data(
+            val, input_shape=shape, require_labels=True, name="--val", num_classes=classes
+        )
         self.confirm = None
         if confirm_fraction and len(self.val) >= MIN_SPLIT_SAMPLES:
             self.val, self.confirm = split_confirmation(self.val, confirm_fraction)
