@@ -49,7 +49,7 @@ __all__ = [
 _LIST_LIMIT = 12
 _NAME_LIMIT = 60
 _SUFFIX = re.compile(r"_\d+$")
-_OUTPUT = re.compile(r"Identity(?:_(\d+?))?\d?|StatefulPartitionedCall(?:_\d+)?:(\d+?)\d?")
+_OUTPUT = re.compile(r"Identity(?:_(\d+))?|StatefulPartitionedCall(?:_\d+)?:(\d+)")
 
 
 def quoted(names: Iterable[str], limit: int = _LIST_LIMIT) -> str:
@@ -66,20 +66,27 @@ def quoted(names: Iterable[str], limit: int = _LIST_LIMIT) -> str:
     return ", ".join(shown)
 
 
-def output_position(tensor_name: str) -> int | None:
+def output_position(tensor_name: str, outputs: int | None = None) -> int | None:
     """Which model output a converter-named output tensor is (``Identity_1`` is output 1), or None.
 
-    QuantizationDebugger's models append a digit to names they duplicate (``Identity`` becomes
-    ``Identity1``); that digit is dropped.
+    A converter that adds an operator after an output (a DEQUANTIZE for float I/O), and
+    QuantizationDebugger's models, append a digit to the name they move aside (``Identity``
+    becomes ``Identity1``, ``Identity_1`` becomes ``Identity_12``); when the number read whole is
+    not below ``outputs`` (the model's output count), that digit is dropped.
 
     Example:
         >>> output_position("Identity_1"), output_position("StatefulPartitionedCall:0")
         (1, 0)
+        >>> output_position("Identity1"), output_position("Identity_12", outputs=2)
+        (0, 1)
     """
-    found = _OUTPUT.fullmatch(tensor_name)
-    if found is None:
-        return None
-    return int(found.group(1) or found.group(2) or 0)
+    for name in (tensor_name, tensor_name[:-1]):
+        found = _OUTPUT.fullmatch(name)
+        if found is not None:
+            position = int(found.group(1) or found.group(2) or 0)
+            if outputs is None or position < outputs or name != tensor_name:
+                return position
+    return None
 
 
 def output_layers(model) -> list[str]:
@@ -153,7 +160,7 @@ class LayerMatcher:
             >>> LayerMatcher(("conv", "bn"), model_name="m").layers_of("m/conv/Conv2D;m/bn/add")
             ['conv', 'bn']
         """
-        position = output_position(tensor_name)
+        position = output_position(tensor_name, len(self.outputs))
         if position is not None:
             return [self.outputs[position]] if position < len(self.outputs) else []
         known = set(self.layers)

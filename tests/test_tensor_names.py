@@ -1,11 +1,13 @@
-"""Shorter tensor names: unique, model I/O untouched, same computation, a smaller file."""
+"""Tensor names: the one layer matcher (exact names only), and shorter names (unique, model I/O
+untouched, same computation, a smaller file)."""
 
 import gzip
 
 import numpy as np
+import pytest
 
 from tfedge.converters.flatbuffer import pack_model, unpack_model
-from tfedge.converters.tensor_names import shorten_tensor_names
+from tfedge.converters.tensor_names import LayerMatcher, quoted, shorten_tensor_names
 
 
 def _with_names(blob: bytes, rename) -> bytes:
@@ -51,3 +53,58 @@ def test_fused_names_keep_their_first_part_and_stay_unique(digits_tflite, digits
 def test_a_model_with_short_names_is_returned_as_is(digits_tflite):
     blob = shorten_tensor_names(digits_tflite["int8"].read_bytes())
     assert shorten_tensor_names(blob) is blob
+
+
+def test_a_model_with_two_outputs_converts_and_keeps_its_output_names():
+    """shorten_names once failed on a model with two outputs (a numpy array has no truth value)."""
+    from tfedge.backend import keras3
+    from tfedge.converters import convert
+
+    inputs = keras3.Input((4,))
+    x = keras3.layers.Dense(4, name="trunk")(inputs)
+    model = keras3.Model(inputs, [keras3.layers.Dense(2)(x), keras3.layers.Dense(3)(x)])
+    graph = unpack_model(convert(model, mode="float32")).subgraphs[0]
+    names = [graph.tensors[int(i)].name for i in graph.outputs]
+    assert names == [b"Identity", b"Identity_1"]
+
+
+MATCHER = LayerMatcher(
+    layers=("conv", "bn", "dense", "dense_1", "inner", "logits"),
+    outputs=("logits", "dense_1"),
+    model_name="net",
+)
+
+
+@pytest.mark.parametrize(
+    ("name", "keras3", "expected"),
+    [
+        ("net/dense/MatMul", False, ["dense"]),
+        ("net/dense_1/MatMul", False, ["dense_1"]),
+        ("net_1/dense_1/MatMul", True, ["dense"]),  # Keras 3 traces dense as dense_1
+        ("net_1/dense_1_2/MatMul", True, ["dense_1"]),
+        ("net_1/dense_3/MatMul", True, ["dense"]),  # dense's second call
+        ("net/conv/Conv2D;net/bn/FusedBatchNormV3;net/conv/Relu", False, ["conv", "bn"]),
+        ("net/inner/dense/MatMul", False, ["inner"]),  # a nested model's layer is its own
+        ("net/MatMul", False, []),  # the model's own scope is no layer
+        ("net", False, []),
+        ("netdense/MatMul", False, []),  # no prefixes
+        ("net/Dense/MatMul", False, []),  # no case folding
+        ("Identity", False, ["logits"]),
+        ("Identity_1", True, ["dense_1"]),
+        ("Identity2", False, ["logits"]),  # QuantizationDebugger's renamed duplicate
+        ("StatefulPartitionedCall:1", False, ["dense_1"]),
+        ("Identity_12", False, ["dense_1"]),  # Identity_1 moved aside: there are 2 outputs
+        ("Identity_7", False, []),
+        ("arith.constant", False, []),
+    ],
+)
+def test_the_matcher_takes_exact_layer_names_only(name, keras3, expected):
+    from dataclasses import replace
+
+    assert replace(MATCHER, keras3=keras3).layers_of(name) == expected
+
+
+def test_quoted_names_are_cut_and_counted():
+    text = quoted(["a" * 500, *[f"l{i}" for i in range(20)]], limit=3)
+    assert text.startswith("'" + "a" * 57 + "...'") and text.endswith("(21 in all)")
+    assert len(text) < 120
