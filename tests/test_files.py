@@ -51,6 +51,7 @@ CASES = [
     ["bench", "a.tflite", "--json", "results.json", "--html", "results.json"],
     ["optimize", "model.keras", "--train", "data.npz", "--val", "data.npz", "--qat", "-o", "."],
     ["optimize", "a.tflite", "--train", "data.npz", "--val", "data.npz", "--qat", "-o", "r.yaml"],
+    ["demo", "-o", "model.keras"],
     ["optimize", "model.keras", "--train", "data.npz", "--val", "data.npz", "--auto"]
     + ["--tolerance", "0.01", "-o", "model.keras"],
 ]

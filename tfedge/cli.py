@@ -50,6 +50,11 @@ def demo(out_dir, epochs):
     """Train the digits reference CNN, convert to int8, bench float32 vs int8, write a report."""
     from tfedge.demo import run_demo
 
+    if Path(out_dir).exists() and not Path(out_dir).is_dir():
+        raise TfedgeError(
+            f"-o {out_dir} is a file; the demo writes a folder (models, report.json, report.html)",
+            "give -o a new or existing folder, e.g. -o demo-out",
+        )
     run_demo(out_dir, epochs=epochs)
 
 
