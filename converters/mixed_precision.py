@@ -13,6 +13,11 @@ int8 operators after them. Input and output stay int8 (a QUANTIZE is added where
 operator touches the model's input or output), so the model is still fully integer; LiteRT runs
 it, the EdgeTPU does not (it has no int16 kernels).
 
+Layers are named exactly (:class:`~tfedge.converters.tensor_names.LayerMatcher`): a name that is
+not a layer with operators of its own (the model's own name, a prefix, a folded BatchNorm) is
+refused with the model's layers listed, and :func:`int16_selection` says which operators a
+selection covers.
+
 Example:
     >>> from tfedge.converters import convert
     >>> blob = convert("model.keras", calib="train.npz", int16=["dense_2"])  # doctest: +SKIP
