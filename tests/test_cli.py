@@ -317,14 +317,22 @@ def test_bench_html_report_in_a_browser(capsys, digits_tflite, test_npz, tmp_pat
     assert "digits_int8.tflite" in shown["dom"]
 
 
-@pytest.mark.parametrize("labels, shown", [(99, "99..99"), (-1, "-1..-1"), (10, "10..10")])
+@pytest.mark.parametrize(
+    "labels, shown",
+    [
+        (99, ("99..99", "10 classes (0..9)")),
+        (10, ("10..10", "10 classes (0..9)")),
+        # a negative label is no class id of any model: refused when the data is read
+        (-1, ("label 0 is -1", "class ids start at 0")),
+    ],
+)
 def test_bench_labels_outside_the_model_classes(
     capsys, digits_tflite, digits, tmp_path, labels, shown
 ):
     data = tmp_path / "labels.npz"
     np.savez(data, x=digits[1].x[:20], y=np.full(20, labels))
     status, out, err = run_cli(capsys, "bench", digits_tflite["int8"], "--data", data, "--runs", 1)
-    assert_clean_error(status, err, shown, "10 classes (0..9)")
+    assert_clean_error(status, err, *shown)
     assert "accuracy" not in out
 
 
