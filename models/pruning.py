@@ -31,6 +31,7 @@ from tfedge.serialization import tfmot_internal
 __all__ = [
     "prune",
     "pruning_plan",
+    "parse_structure",
     "weight_sparsity",
     "layer_sparsity",
     "KeepZeros",
@@ -71,7 +72,7 @@ def _prunable_weights(layer) -> list:
     return [getattr(layer, name) for name in names if getattr(layer, name, None) is not None]
 
 
-def _parse_structure(structure):
+def parse_structure(structure):
     """``None`` → ``(None, None)``; ``"2:4"`` → ``((2, 4), None)``; ``(h, w)`` or ``"HxW"`` → ``(None, (h, w))``."""
     if structure is None:
         return None, None
@@ -168,7 +169,7 @@ def pruning_plan(model, structure=None, skip=DEFAULT_SKIP) -> dict:
         >>> pruning_plan(build("ds_cnn"))["dense"][0]["reason"]  # doctest: +SKIP
         'tfmot does not prune depthwise kernels'
     """
-    m_by_n, block = _parse_structure(structure)
+    m_by_n, block = parse_structure(structure)
     flat = cloning.flatten_model(model)
     skipped = layers.skipped_layers(flat, skip)
     pruned, dense, kernels, pruned_weights, kernel_weights = [], [], [], 0, 0
@@ -388,7 +389,7 @@ def prune(
         )
     if not 0.0 < ramp <= 1.0:
         raise OptimizationError(f"ramp {ramp} must be in (0, 1]", "use 0.6: 60 % of the steps")
-    m_by_n, block = _parse_structure(structure)
+    m_by_n, block = parse_structure(structure)
     training.check_data(train, "training")
     mot = _sparsity_module()
     if epochs is None:

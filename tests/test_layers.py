@@ -25,6 +25,7 @@ CORE = {
     "tfedge.edgetpu",
     "tfedge.errors",
     "tfedge.files",
+    "tfedge.yaml_input",
     "tfedge.inspector",
     "tfedge.loading",
     "tfedge.runner",

@@ -298,10 +298,12 @@ def optimize(
             raise TfedgeError(
                 "give either --recipe or stage flags, not both", "put every stage in the recipe"
             )
-        stages = load_recipe(recipe)["stages"]
+        loaded = load_recipe(recipe)
+        stages, convert_options = loaded["stages"], loaded["convert"]
         if epochs is not None:
             stages = [{**stage, "epochs": epochs} for stage in stages]
     else:
+        convert_options = {}
         stages = stages_from_flags(
             prune, structured, prune_filters, cluster, qat, distill, factorize, epochs
         )
@@ -329,6 +331,7 @@ def optimize(
         ssh_config=ssh_config,
         runs=runs or DEFAULT_RUNS,
         resume=not no_resume,
+        convert_options=convert_options,
     )
 
 

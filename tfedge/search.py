@@ -41,6 +41,7 @@ import numpy as np
 
 from tfedge.console import echo
 from tfedge.errors import OptimizationError, first_line
+from tfedge.models.recipe import validate_recipe
 from tfedge.version import __version__
 
 __all__ = [
@@ -397,7 +398,8 @@ class RecipeEvaluator:
         from tfedge.models.training import evaluate
 
         stages = list(recipe.get("stages", []))
-        mode = (recipe.get("convert") or {}).get("mode", "int8")
+        options = dict(recipe.get("convert") or {})
+        mode = options.pop("mode", "int8")
         key = recipe_key(recipe)
         label = recipe_label(recipe)
         model = self._run_stages(stages, on_stage) if stages else self.base
@@ -409,7 +411,12 @@ class RecipeEvaluator:
             blob = convert(model, mode="float32")
         else:
             blob = convert(
-                model, calib=self.train, calib_samples=self.calib_samples, target=self.target
+                model,
+                mode=mode,
+                calib=self.train,
+                calib_samples=self.calib_samples,
+                target=self.target,
+                **options,
             )
         tflite.write_bytes(blob)
         report = bench(
@@ -676,8 +683,9 @@ def write_outputs(result, out_dir, evaluator=None) -> dict:
         recipe = {
             "model": Path(str(getattr(evaluator, "source", "") or "")).name or None,
             "stages": best["recipe"]["stages"],
-            "convert": {"mode": "int8"},
+            "convert": {"mode": "int8", **(best["recipe"].get("convert") or {})},
         }
+        validate_recipe(recipe, "the recipe found")  # what --recipe will read back
         header = (
             f"# Found by `tfedge optimize --auto --objective {result.objective} --tolerance "
             f"{result.tolerance:g}` (trial {best['trial']} of study {result.study_name!r}):\n"
