@@ -251,3 +251,25 @@ def test_odd_but_valid_values_still_render(capsys, tmp_path):
     assert status == 0, err
     text = out.read_text()
     assert "<td>high</td>" in text and "<svg" not in text and ">conv</td>" in text
+
+
+@pytest.mark.parametrize("name", ["a$b$c.tflite", "bad$\\frac$.tflite", "x$^{2}_y$ & <b>.tflite"])
+def test_file_names_are_text_not_markup(digits_tflite, test_npz, capsys, tmp_path, name):
+    """Dollar signs in a file name are not mathtext; the name comes back verbatim, escaped."""
+    import html
+
+    model = tmp_path / name
+    model.write_bytes(digits_tflite["int8"].read_bytes())
+    results, page = tmp_path / "bench.json", tmp_path / "bench.html"
+    args = ("bench", model, "--data", test_npz, "--runs", 3, "--warmup", 0)
+    status, _, err = run_cli(capsys, *args, "--json", results, "--html", page)
+    assert status == 0, err
+    report = tmp_path / "report.html"
+    status, _, err = run_cli(capsys, "report", results, "-o", report)
+    assert status == 0, err
+    for written in (page, report):
+        text = written.read_text()
+        assert 'id="plot-accuracy-size"' in text and 'id="plot-latency"' in text
+        # every plot label is the plain name (mathtext would split it into pieces)
+        svg = text[text.index("<svg") :]
+        assert f">{html.escape(name, quote=False)}<" in svg

@@ -270,6 +270,13 @@ def format_results(rows) -> str:
     out += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in lines]
     if any((row.get("device") or {}).get("emulated") for row in rows):
         out.append("* emulated device (qemu): not a real device latency; use it for accuracy only")
+    stateful = sorted({Path(row["model"]).name for row in rows if row.get("stateful")})
+    if stateful:
+        out.append(
+            f"note: {', '.join(stateful)} keep{'s' if len(stateful) == 1 else ''} state between "
+            "invocations (resource variables): reset before every sample (a fresh interpreter); "
+            "the timed runs carry it over"
+        )
     out += agreement_lines(rows)
     return "\n".join(out)
 

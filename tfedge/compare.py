@@ -5,7 +5,10 @@ agreement, on dequantized values (int8/int16 outputs go through their own scale 
 When both models come from the same Keras model (their operators' output tensors share names,
 as TFLite's converter derives them from the Keras layers), every intermediate tensor is compared
 too, with LiteRT's ``experimental_preserve_all_tensors`` and its built-in kernels, and the first
-operator whose output differs by more than one quantization step is named.
+operator whose output differs by more than one quantization step is named. A model with custom
+operators that only LiteRT's default delegate runs is compared at its outputs only, and a model
+that keeps state between invocations (resource variables) starts every sample from its initial
+state; the result's ``notes`` say so.
 
 Example:
     >>> result = compare("model_f32.tflite", "model_int8.tflite", data="test.npz")  # doctest: +SKIP
@@ -21,35 +24,51 @@ from pathlib import Path
 import numpy as np
 
 from tfedge.bench import check_tflite
-from tfedge.errors import DataError, InputFileError, first_line
+from tfedge.errors import DataError, InputFileError, first_line, shape_text
+from tfedge.tflite_file import custom_ops, read_model, state_names
 
 __all__ = ["compare", "format_comparison", "write_json"]
 
 RANDOM_SAMPLES = 64
 TFLITE_HINT = "pass two .tflite files written by `tfedge convert` (or any TFLite converter)"
+LOAD_HINT = "check the file with `tfedge inspect`; it may be cut short or need a newer LiteRT"
+CUSTOM_HINT = (
+    "compare runs models on LiteRT's own kernels; run this one in the framework that registers "
+    "its custom operators (e.g. MediaPipe)"
+)
 
 
 class _Model:
-    """One ``.tflite`` model in the LiteRT interpreter, fed float samples, read back as float."""
+    """One ``.tflite`` model in the LiteRT interpreter, fed float samples, read back as float.
 
-    def __init__(self, path: Path, label: str, preserve: bool):
-        from ai_edge_litert.interpreter import Interpreter, OpResolverType
+    A stateful model (``state`` names its variables) gets a fresh interpreter before every
+    sample but the first: LiteRT's ``reset_all_variables()`` does not reset resource variables.
+    """
 
-        options = {}
+    def __init__(self, path: Path, label: str, preserve: bool, state=(), custom=()):
+        from ai_edge_litert.interpreter import OpResolverType
+
+        self.path, self.state, self.fresh = path, list(state), True
+        self.options = {}
         if preserve:
             # The default XNNPACK delegate runs fused subgraphs whose inner tensors are never
             # written; the built-in kernels keep every tensor.
-            options = {
+            self.options = {
                 "experimental_preserve_all_tensors": True,
                 "experimental_op_resolver_type": OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
             }
         try:
-            self.interpreter = Interpreter(model_path=str(path), **options)
-            self.interpreter.allocate_tensors()
+            self._load()
         except Exception as exc:
+            if custom:
+                raise InputFileError(
+                    f"model {label} ({path}) uses custom operators LiteRT has no kernel for "
+                    f"({', '.join(custom)}): {first_line(exc, 200)}",
+                    CUSTOM_HINT,
+                ) from None
             raise InputFileError(
                 f"model {label} ({path}) does not load in LiteRT: {first_line(exc, 200)}",
-                TFLITE_HINT,
+                LOAD_HINT,
             ) from None
         self.inputs = self.interpreter.get_input_details()
         self.outputs = self.interpreter.get_output_details()
@@ -62,7 +81,16 @@ class _Model:
         self.input = self.inputs[0]
         self.batch = int(self.input["shape"][0]) if len(self.input["shape"]) else 1
 
+    def _load(self) -> None:
+        from ai_edge_litert.interpreter import Interpreter
+
+        self.interpreter = Interpreter(model_path=str(self.path), **self.options)
+        self.interpreter.allocate_tensors()
+
     def feed(self, sample: np.ndarray) -> None:
+        if self.state and not self.fresh:
+            self._load()  # the same file loaded before: same tensor indices
+        self.fresh = False
         detail = self.input
         shape = tuple(int(d) for d in detail["shape"])
         x = np.asarray(sample, dtype=np.float64).reshape((1, *shape[1:]))
@@ -152,7 +180,7 @@ def _inputs(data, a: _Model, b: _Model, samples: int | None):
     shape_a, shape_b = _sample_shape(a), _sample_shape(b)
     if int(np.prod(shape_a)) != int(np.prod(shape_b)):
         raise InputFileError(
-            f"the models take different inputs: A {list(shape_a)}, B {list(shape_b)}",
+            f"the models take different inputs: A {shape_text(shape_a)}, B {shape_text(shape_b)}",
             "compare two conversions of the same model",
         )
     if data is None:
@@ -186,11 +214,17 @@ def _matched_tensors(a: _Model, b: _Model) -> list[dict]:
             other = by_name_b.get(detail["name"])
             if other is None or int(np.prod(other["shape"])) != int(np.prod(detail["shape"])):
                 continue
+            if not (_numeric(detail) and _numeric(other)):
+                continue  # a resource variable's handle, a string: no values to compare
             seen.add(detail["name"])
             matched.append(
                 {"op_index": int(op["index"]), "op": op["op_name"], "a": detail, "b": other}
             )
     return matched
+
+
+def _numeric(detail: dict) -> bool:
+    return np.dtype(detail["dtype"]).kind in "biuf"
 
 
 def _step(detail: dict) -> float:
@@ -222,8 +256,11 @@ def compare(
     Returns:
         ``{"a", "b", "inputs", "samples", "outputs": [{"name", "shape", "max_abs_diff",
         "mean_abs_diff", "sqnr_db", "cosine", "top1_agreement"}], "accuracy": {"a", "b"} or None,
-        "same_model", "tensors": [{"op_index", "op", "name", "step", ...}], "first_divergence"}``.
-        ``sqnr_db`` is None where the values are identical.
+        "same_model", "tensors": [{"op_index", "op", "name", "step", ...}], "first_divergence",
+        "layers_skipped", "notes"}``. ``sqnr_db`` is None where the values are identical;
+        ``layers_skipped`` says why no intermediate tensor was compared (custom operators only
+        LiteRT's default delegate runs), else None; ``notes`` are lines for the reader, e.g. that
+        a stateful model (resource variables) starts every sample from its initial state.
 
     Raises:
         InputFileError: a model is missing, not a TFLite model, or the two models' inputs or
@@ -242,10 +279,35 @@ def compare(
         return _compare(path_a, path_b, data, samples, layers)
 
 
+def _traits(path: Path) -> dict:
+    """The model's state and custom operators, read from the flatbuffer (checked whole)."""
+    model = read_model(path)
+    return {"state": state_names(model), "custom": custom_ops(model)}
+
+
+def _state_note(traits: dict) -> list[str]:
+    """One line saying which models keep state, and that every sample starts afresh."""
+    stateful = [
+        f"{label} ({', '.join(t['state'][:3])})" for label, t in traits.items() if t["state"]
+    ]
+    if not stateful:
+        return []
+    models = (
+        "models " + " and ".join(stateful) + " keep"
+        if len(stateful) > 1
+        else (f"model {stateful[0]} keeps")
+    )
+    return [
+        f"{models} state between invocations (resource variables): reset before every sample, "
+        "so each starts from the initial state"
+    ]
+
+
 def _compare(path_a: Path, path_b: Path, data, samples, layers: bool) -> dict:
     from tfedge.console import progress
 
-    a, b = _Model(path_a, "A", False), _Model(path_b, "B", False)
+    traits = {"A": _traits(path_a), "B": _traits(path_b)}
+    a, b = _Model(path_a, "A", False, **traits["A"]), _Model(path_b, "B", False, **traits["B"])
     if len(a.outputs) != len(b.outputs):
         raise InputFileError(
             f"the models have {len(a.outputs)} and {len(b.outputs)} outputs",
@@ -254,9 +316,15 @@ def _compare(path_a: Path, path_b: Path, data, samples, layers: bool) -> dict:
     for number, (out_a, out_b) in enumerate(zip(a.outputs, b.outputs, strict=True)):
         if int(np.prod(out_a["shape"][1:])) != int(np.prod(out_b["shape"][1:])):
             raise InputFileError(
-                f"output {number} has shape {list(out_a['shape'])} in A but "
-                f"{list(out_b['shape'])} in B",
+                f"output {number} has shape {shape_text(out_a['shape'])} in A but "
+                f"{shape_text(out_b['shape'])} in B",
                 "compare two conversions of the same model",
+            )
+        if not (_numeric(out_a) and _numeric(out_b)):
+            raise InputFileError(
+                f"output {number} ({out_a['name']}) holds {np.dtype(out_a['dtype']).name} in A "
+                f"and {np.dtype(out_b['dtype']).name} in B; compare measures numeric outputs",
+                "compare models whose outputs are numbers",
             )
     x, y, source = _inputs(data, a, b, samples)
     if y is not None:
@@ -296,6 +364,8 @@ def _compare(path_a: Path, path_b: Path, data, samples, layers: bool) -> dict:
         "same_model": False,
         "tensors": [],
         "first_divergence": None,
+        "layers_skipped": None,
+        "notes": _state_note(traits),
     }
     if y is not None:
         result["accuracy"] = {
@@ -303,12 +373,28 @@ def _compare(path_a: Path, path_b: Path, data, samples, layers: bool) -> dict:
             "b": round(float((top_b == y).mean()), 6),
         }
     if layers:
-        result.update(_compare_layers(path_a, path_b, x))
+        result.update(_compare_layers(path_a, path_b, x, traits))
     return result
 
 
-def _compare_layers(path_a: Path, path_b: Path, x: np.ndarray) -> dict:
-    a, b = _Model(path_a, "A", True), _Model(path_b, "B", True)
+def _compare_layers(path_a: Path, path_b: Path, x: np.ndarray, traits: dict) -> dict:
+    models = {}
+    for label, path in (("A", path_a), ("B", path_b)):
+        try:
+            models[label] = _Model(path, label, True, traits[label]["state"])
+        except InputFileError as exc:
+            # It ran with the default delegate (the outputs are compared): custom operators
+            # that only the delegate implements, e.g. MediaPipe's Convolution2DTransposeBias.
+            custom = traits[label]["custom"]
+            why = f"custom operators {', '.join(custom)}" if custom else exc.message
+            return {
+                "same_model": False,
+                "tensors": [],
+                "first_divergence": None,
+                "layers_skipped": f"model {label} needs LiteRT's default delegate ({why}), "
+                "whose fused kernels keep no intermediate tensor: outputs compared only",
+            }
+    a, b = models["A"], models["B"]
     matched = _matched_tensors(a, b)
     outputs = {d["name"] for d in a.outputs}
     intermediate = [m for m in matched if m["a"]["name"] not in outputs]
@@ -359,6 +445,7 @@ def format_comparison(result: dict, limit: int = 40) -> str:
         f"A: {result['a']}",
         f"B: {result['b']}",
         f"inputs: {result['inputs']}",
+        *(f"note: {note}" for note in result.get("notes") or []),
         "",
         f"{'output':<32} {'max |diff|':>11} {'mean |diff|':>12} {'SQNR dB':>9} {'top-1 agree':>12}",
     ]
@@ -372,6 +459,9 @@ def format_comparison(result: dict, limit: int = 40) -> str:
         acc = result["accuracy"]
         lines.append(f"accuracy: A {acc['a'] * 100:.2f} %, B {acc['b'] * 100:.2f} %")
     lines.append("")
+    if result.get("layers_skipped"):
+        lines.append(f"per operator: not compared: {result['layers_skipped']}")
+        return "\n".join(lines)
     if not result["same_model"]:
         lines.append(
             "per operator: no intermediate tensor names in common, so the models do not come "

@@ -14,6 +14,7 @@ __all__ = [
     "first_line",
     "yaml_problem",
     "missing_file",
+    "shape_text",
 ]
 
 
@@ -101,3 +102,20 @@ def missing_file(what: str, path, hint: str | None = None) -> InputFileError:
         'model not found: m.tflite'
     """
     return InputFileError(f"{what} not found: {path}", hint)
+
+
+def shape_text(shape) -> str:
+    """A tensor shape as plain integers, ``?`` for an unknown dimension: ``[1, 896, 16]``.
+
+    Takes any sequence of dimensions (numpy integers, ``None`` or -1 for unknown), so messages
+    never print numpy's ``np.int32(896)``.
+
+    Example:
+        >>> import numpy as np
+        >>> shape_text(np.array([1, 896, 16], dtype=np.int32))
+        '[1, 896, 16]'
+        >>> shape_text((None, 28, 28, -1))
+        '[?, 28, 28, ?]'
+    """
+    dims = ["?" if d is None or int(d) < 0 else str(int(d)) for d in shape]
+    return "[" + ", ".join(dims) + "]"

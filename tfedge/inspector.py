@@ -25,9 +25,11 @@ from tfedge.tflite_file import (
     Tensor,
     buffer_bytes,
     const_values,
+    custom_ops,
     op_name,
     op_names,
     read_model,
+    state_names,
     weight_values,
 )
 
@@ -210,6 +212,8 @@ def _analyze(model: Model, label: str, detail: bool) -> dict:
         "signatures": model.signatures,
         "schema_version": model.version,
         "description": model.description,
+        "state": state_names(model),
+        "custom_ops": custom_ops(model),
     }
     detail_info = {
         "tensors": tensor_entries,
@@ -325,7 +329,10 @@ def inspect_model(path_or_bytes, detail: bool = False) -> dict:
         - ``edgetpu``: :func:`tfedge.edgetpu.predict_mapping` of the model;
         - extras: ``metadata_names``, ``min_runtime_version``, ``has_tflite_metadata``,
           ``edgetpu_compiled``, ``subgraphs``, ``operators``, ``signatures``,
-          ``schema_version``, ``description``.
+          ``schema_version``, ``description``;
+        - ``state``: the resource variables (and variable tensors) the model keeps from one
+          invocation to the next, by name; empty for a stateless model;
+        - ``custom_ops``: the custom (not built-in) operators, by custom code.
 
     Raises:
         InputFileError: the file is missing, unreadable, not a TFLite flatbuffer, or truncated
@@ -402,6 +409,16 @@ def format_table(info: dict) -> str:
         f"{'Weight sparsity':<18}{info['weight_sparsity'] * 100:.1f} % zeros; "
         f"at most {info['unique_weight_values_max']} distinct values per weight tensor/channel"
     )
+    if info.get("state"):
+        lines.append(
+            f"{'State':<18}{', '.join(info['state'][:6])} (resource variables: outputs depend on "
+            "earlier inputs; bench and compare reset them before every sample)"
+        )
+    if info.get("custom_ops"):
+        lines.append(
+            f"{'Custom ops':<18}{', '.join(info['custom_ops'])} (not TFLite built-ins: they run "
+            "only where a delegate or the application registers them)"
+        )
     if info.get("metadata_names"):
         meta = ", ".join(info["metadata_names"])
         if info.get("min_runtime_version"):

@@ -31,6 +31,8 @@ DOT_COLOR = "#2171b5"
 MEDIAN_COLOR = "#08306b"
 BAR_COLOR = "#fd8d3c"
 _RC = {
+    # Labels are model and file names: "a$b$c.tflite" is text, not a mathtext formula.
+    "text.parse_math": False,
     "svg.fonttype": "none",
     "svg.hashsalt": "tfedge",
     "font.family": "sans-serif",

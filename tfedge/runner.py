@@ -379,6 +379,16 @@ def _is_probability(interpreter, detail, scores):
     return bool(((scores >= 0) & (scores <= 1)).all())
 
 
+def _stateful(interpreter):
+    """Whether the model keeps state between invocations: it has a resource (variable) tensor."""
+    import numpy as np
+
+    try:
+        return any(np.dtype(d["dtype"]).kind == "O" for d in interpreter.get_tensor_details())
+    except Exception:
+        return False
+
+
 def _labels(y):
     import numpy as np
 
@@ -465,18 +475,30 @@ def bench_one(
                 "install libedgetpu1-std from Coral's package repository and plug in the "
                 "Coral device (https://coral.ai/docs/accelerator/get-started/)",
             ) from exc
-    start = time.perf_counter()
-    try:
-        interpreter = runtime.interpreter(
+
+    def load():
+        loaded = runtime.interpreter(
             model_path=path, num_threads=threads, experimental_delegates=delegates
         )
-        interpreter.allocate_tensors()
+        loaded.allocate_tensors()
+        return loaded
+
+    start = time.perf_counter()
+    try:
+        interpreter = load()
     except Exception as exc:
+        custom = "custom op" in str(exc)
         raise RunnerError(
             "the interpreter cannot load %s: %s" % (path, _short(exc)),
-            "the file may be truncated or use operators this runtime lacks",
+            "the model uses custom operators this runtime has no kernel for; run it where they "
+            "are registered (e.g. MediaPipe)"
+            if custom
+            else "the file may be truncated or use operators this runtime lacks",
         ) from exc
     init_ms = (time.perf_counter() - start) * 1000.0
+    # LiteRT's reset_all_variables() leaves resource variables as they are: a stateful model
+    # gets a fresh interpreter before every batch, so each sample starts from the initial state.
+    stateful = _stateful(interpreter)
     inputs = interpreter.get_input_details()
     outputs = interpreter.get_output_details()
     feeders = [_Feeder(detail) for detail in inputs]
@@ -514,6 +536,8 @@ def bench_one(
         labels = _labels(y) if y is not None else None
         for offset in range(0, samples, batch):
             count = min(batch, samples - offset)
+            if offset and stateful:
+                interpreter = load()
             if offset:
                 set_inputs([feeder(x[offset : offset + count])])
                 invoke()
@@ -574,6 +598,7 @@ def bench_one(
             "first_inference_ms": round(first_ms, 4),
             "init_ms": round(init_ms, 4),
             "peak_rss_mb": _peak_rss_mb(),
+            "stateful": stateful,
             "threads": threads,
             "warmup": warmup,
             "runs": runs,

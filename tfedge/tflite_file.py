@@ -39,6 +39,9 @@ __all__ = [
     "const_values",
     "weight_values",
     "NUMPY_DTYPES",
+    "STATE_OPS",
+    "state_names",
+    "custom_ops",
 ]
 
 _IDENTIFIER = b"TFL3"
@@ -377,6 +380,49 @@ def op_name(model: Model, op: Operator, names: list) -> str:
     if code == _CUSTOM:
         return custom or "CUSTOM"
     return names[code] if code < len(names) else f"BUILTIN_{code}"
+
+
+#: Operators of resource variables: a model with them keeps state from one invocation to the next.
+STATE_OPS = frozenset({"VAR_HANDLE", "READ_VARIABLE", "ASSIGN_VARIABLE"})
+
+
+def state_names(model: Model) -> list:
+    """The state a model keeps between invocations: its resource variables and variable tensors.
+
+    Resource variables (``VAR_HANDLE`` / ``READ_VARIABLE`` / ``ASSIGN_VARIABLE``, as in streaming
+    keyword-spotting models) are named by the tensor their ``VAR_HANDLE`` writes; variable
+    tensors (an LSTM's state) by their own name. Empty for a stateless model.
+
+    Example:
+        >>> state_names(read_model("streaming_kws.tflite"))  # doctest: +SKIP
+        ['state']
+    """
+    names = op_names()
+    handles = [
+        [
+            g.tensors[o].name
+            for op in g.operators
+            if op_name(model, op, names) == "VAR_HANDLE"
+            for o in op.outputs
+            if o >= 0
+        ]
+        for g in model.graphs
+    ]
+    # An initializer subgraph (CALL_ONCE) opens the main subgraph's variables again under other
+    # tensor names: name them as the main subgraph does.
+    found = handles[0] or [name for graph in handles for name in graph]
+    found += [t.name for g in model.graphs for t in g.tensors if t.variable]
+    return list(dict.fromkeys(found))
+
+
+def custom_ops(model: Model) -> list:
+    """The custom operators a model uses, by their custom code, sorted.
+
+    Example:
+        >>> custom_ops(read_model("selfie_segmentation.tflite"))  # doctest: +SKIP
+        ['Convolution2DTransposeBias']
+    """
+    return sorted({custom or "CUSTOM" for code, custom in model.opcodes if code == _CUSTOM})
 
 
 def buffer_bytes(model: Model, t: Tensor):
