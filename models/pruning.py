@@ -25,6 +25,7 @@ import numpy as np
 
 from tfedge.backend import keras, tf, tfmot
 from tfedge.errors import OptimizationError, first_line
+from tfedge.keras_internals import rename_layer, weight_names
 from tfedge.models import cloning, layers, training
 from tfedge.serialization import tfmot_internal
 
@@ -66,7 +67,7 @@ def _prunable_weights(layer) -> list:
     if not registry.supports(layer):
         return []
     try:
-        names = registry._weight_names(layer)
+        names = weight_names(registry, layer)
     except KeyError:  # RNNs: prunable through their cells
         return [w for w in layer.trainable_weights if "kernel" in w.name]
     return [getattr(layer, name) for name in names if getattr(layer, name, None) is not None]
@@ -489,5 +490,5 @@ def prune(
                 desc="polishing",
                 seed=seed,
             )
-    stripped._name = model.name
+    rename_layer(stripped, model.name)
     return stripped

@@ -25,6 +25,7 @@ CORE = {
     "tfedge.edgetpu",
     "tfedge.errors",
     "tfedge.files",
+    "tfedge.keras_internals",
     "tfedge.yaml_input",
     "tfedge.inspector",
     "tfedge.loading",

@@ -206,7 +206,7 @@ def _matched_tensors(a: _Model, b: _Model) -> list[dict]:
         by_name_b.setdefault(detail["name"], detail)
     graph_inputs = {d["index"] for d in a.inputs}
     matched, seen = [], set()
-    for op in a.interpreter._get_ops_details():  # LiteRT's only listing of operators, in order
+    for op in _operators(a.path):
         for index in op["outputs"]:
             detail = details_a.get(int(index))
             if detail is None or index in graph_inputs or detail["name"] in seen:
@@ -221,6 +221,22 @@ def _matched_tensors(a: _Model, b: _Model) -> list[dict]:
                 {"op_index": int(op["index"]), "op": op["op_name"], "a": detail, "b": other}
             )
     return matched
+
+
+def _operators(path) -> list[dict]:
+    """The main subgraph's operators in execution order, read from the flatbuffer.
+
+    The interpreter lists them only through a private method; its tensor indices are the
+    flatbuffer's, so the file says the same.
+    """
+    from tfedge.tflite_file import op_name, op_names, read_model
+
+    model = read_model(path)
+    names = op_names()
+    return [
+        {"index": op.index, "op_name": op_name(model, op, names), "outputs": op.outputs}
+        for op in model.graphs[0].operators
+    ]
 
 
 def _numeric(detail: dict) -> bool:
