@@ -18,6 +18,7 @@ from collections import Counter
 import numpy as np
 
 from tfedge import edgetpu
+from tfedge.errors import shape_text
 from tfedge.tflite_file import (
     Graph,
     Model,
@@ -350,8 +351,7 @@ def inspect_model(path_or_bytes, detail: bool = False) -> dict:
 
 
 def _fmt_shape(entry: dict) -> str:
-    sig = entry.get("shape_signature") or entry["shape"]
-    return "[" + ", ".join("?" if d == -1 else str(d) for d in sig) + "]"
+    return shape_text(entry.get("shape_signature") or entry["shape"])
 
 
 def _fmt_io(entry: dict) -> str:
