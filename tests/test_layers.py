@@ -29,6 +29,7 @@ CORE = {
     "tfedge.loading",
     "tfedge.runner",
     "tfedge.serialization",
+    "tfedge.streams",
     "tfedge.tflite_file",
     "tfedge.version",
 }
