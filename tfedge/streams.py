@@ -63,6 +63,8 @@ __all__ = [
     "IN_MEMORY_BYTES",
     "TFRECORD_FEATURES",
     "SAMPLE_BUFFER_FACTOR",
+    "to_arrays",
+    "write_npz",
 ]
 
 #: Sets up to this size (as float32) are read whole; larger ones stream.
@@ -492,6 +494,31 @@ class _LazyColumn:
         return values if dtype is None else values.astype(dtype)
 
 
+def to_arrays(data, folder=None) -> tuple:
+    """``(x, y)`` of a set: its own arrays when in memory, else an ``.npz`` on disk read by slices.
+
+    A :class:`DataStream` is written batch by batch to ``folder/data.npz`` (default: a temporary
+    folder removed when the process ends) and ``x`` comes back as a
+    :class:`~tfedge.runner.NpzArray` (``len``, ``shape``, slices, iteration; ``x.path`` is the
+    file), so the LiteRT runner reads it a batch at a time.
+
+    Example:
+        >>> x, y = to_arrays(stream_data("shards/*.tfrecord"), tmp)  # doctest: +SKIP
+    """
+    if not isinstance(data, DataStream):
+        return data.x, data.y
+    from tfedge.runner import load_data as runner_data
+
+    if folder is None:
+        import atexit
+        import shutil
+        import tempfile
+
+        folder = tempfile.mkdtemp(prefix="tfedge-data-")
+        atexit.register(shutil.rmtree, folder, True)
+    return runner_data(str(data.save(Path(folder) / "data.npz")))
+
+
 def write_npz(path, batches, count: int, sample_shape) -> Path:
     """Write ``(x, y)`` batches to an uncompressed ``.npz``, holding one batch at a time.
 
@@ -579,18 +606,27 @@ class _ArrayReader(_Reader):
         return len(self.x)
 
     def raw(self, batch_size, order=None):
+        y = self.y
         if order is None:
             for start in range(0, len(self.x), batch_size):
-                yield (
-                    self.x[start : start + batch_size],
-                    None if self.y is None else self.y[start : start + batch_size],
-                    None,
-                )
+                part = slice(start, start + batch_size)
+                yield self._read(part), None if y is None else y[part], None
             return
         order = np.asarray(order)
         for start in range(0, len(order), batch_size):
             ids = order[start : start + batch_size]
-            yield self.x[ids], None if self.y is None else self.y[ids], ids
+            yield self._read(ids), None if y is None else y[ids], ids
+
+    def _read(self, index):
+        """A copy of ``x[index]``; a memory-mapped file's pages are handed back once read (they
+        would otherwise count in the process's resident memory until the kernel needs them)."""
+        values = np.array(self.x[index])
+        mapping = getattr(self.x, "_mmap", None)
+        if mapping is not None and hasattr(mapping, "madvise"):
+            import mmap
+
+            mapping.madvise(mmap.MADV_DONTNEED)
+        return values
 
     def key(self):
         if self.files:
@@ -1033,6 +1069,3 @@ class _TfDatasetReader(_Reader):
 def _stack(xs, ys):
     y = None if ys[0] is None else np.asarray(ys)
     return np.stack(xs), y, None
-
-
-__all__ += ["write_npz"]
