@@ -284,3 +284,17 @@ def test_optimize_fine_tunes_from_streamed_shards(
     assert code in (0, None)
     rows = json.loads((tmp_path / "out" / "report.json").read_text())["results"]
     assert all(row["samples"] == 120 for row in rows)
+
+
+def test_the_runner_reads_a_large_uncompressed_npz_slice_by_slice(tmp_path):
+    from tfedge.runner import NpzArray, _stored_member
+    from tfedge.runner import load_data as runner_data
+
+    x = np.random.default_rng(2).random((2100, 8192), dtype=np.float32)  # 69 MB as float32
+    np.savez(tmp_path / "big.npz", x=x, y=np.arange(2100) % 4)
+    got, y = runner_data(tmp_path / "big.npz")
+    assert isinstance(got, NpzArray) and got.shape == x.shape and len(got) == 2100
+    assert np.array_equal(got[2000:2100], x[2000:]) and np.array_equal(y, np.arange(2100) % 4)
+    assert np.array_equal(np.stack(list(got)[:3]), x[:3])
+    np.savez_compressed(tmp_path / "packed.npz", x=x[:10])
+    assert _stored_member(tmp_path / "packed.npz", "x") is None  # read whole, as before
