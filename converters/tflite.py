@@ -106,7 +106,7 @@ def convert(
         mode: ``int8`` (fully integer, the default), ``int16x8`` (int16 activations, int8 weights),
             ``float16`` (float16 weights), ``dynamic`` (int8 weights, float activations) or
             ``float32``.
-        calib: calibration data for the integer modes, in any form :func:`tfedge.data.load_data`
+        calib: calibration data for the integer modes, in any form :func:`tfedge.streams.stream_data`
             accepts.
         io: input/output type: ``int8`` (default for int8), ``uint8`` or ``float32``.
         calib_samples: how many calibration samples to use (a seeded random choice).
@@ -336,10 +336,9 @@ def _convert(
         converter.target_spec.supported_types = [tf.float16]
     representative = None
     if mode in INTEGER_MODES:
-        from tfedge.data import load_data
+        from tfedge.streams import calibration_samples
 
-        data = load_data(calib, input_shape=tuple(specs[0].shape[1:]), name="calibration data")
-        data = data.take(calib_samples, seed=0)
+        data = calibration_samples(calib, calib_samples, input_shape=tuple(specs[0].shape[1:]))
         if len(specs) != 1:
             raise ConversionError(
                 f"the model has {len(specs)} inputs; calibration data feeds single-input models",
@@ -413,10 +412,12 @@ def _convert(
 
 def _normalization_from(calib, specs):
     """Guess how raw 0-255 pixels map to the model's input from the calibration data's range."""
-    from tfedge.data import load_data
+    from tfedge.streams import stream_data
 
-    x = load_data(calib, input_shape=tuple(specs[0].shape[1:]), name="calibration data").x
-    low, high = float(x.min()), float(x.max())
+    data = stream_data(calib, input_shape=tuple(specs[0].shape[1:]), name="calibration data")
+    low, high = np.inf, -np.inf
+    for x, _ in data.batches():  # the whole set's range, one batch at a time
+        low, high = min(low, float(x.min())), max(high, float(x.max()))
     if low >= 0.0 and high <= 1.0:
         return [0.0], [255.0]
     if low >= -1.0 and high <= 1.0:

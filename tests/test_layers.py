@@ -31,6 +31,7 @@ CORE = {
     "tfedge.loading",
     "tfedge.runner",
     "tfedge.serialization",
+    "tfedge.streams",
     "tfedge.tflite_file",
     "tfedge.version",
 }

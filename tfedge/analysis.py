@@ -93,8 +93,8 @@ def analyze(
     """
     from tfedge.converters.layer_errors import layer_errors
     from tfedge.converters.tflite import input_shape_of
-    from tfedge.data import load_data
     from tfedge.loading import LoadedModel, load_model
+    from tfedge.streams import stream_data
 
     if fix and data is None:
         raise DataError(
@@ -110,10 +110,10 @@ def analyze(
     shape = input_shape_of(keras_model)
     # The checks every command shares (tfedge.data): shapes, NaN or infinite inputs, labels the
     # model cannot predict; each names the data and its first bad sample, before any conversion.
-    load_data(calib, input_shape=shape, name="calibration data")
+    stream_data(calib, input_shape=shape, name="calibration data")
     evaluation = None
     if data is not None:
-        evaluation = load_data(
+        evaluation = stream_data(
             data,
             input_shape=shape,
             name="--data",
@@ -229,13 +229,14 @@ def _fix(keras_model, calib, evaluation, worst, calib_samples, runs, output) -> 
     candidates = _candidates(keras_model, worst, float_blob)
     fixes, blobs = [], {}
     with tempfile.TemporaryDirectory(prefix="tfedge-analyze-") as tmp:
+        from tfedge.streams import to_arrays
+
+        arrays = to_arrays(evaluation, tmp)  # a large set streams through LiteRT from disk
 
         def measure(name, blob):
             path = Path(tmp) / "candidate.tflite"
             path.write_bytes(blob)
-            ((kind, row),) = list(
-                bench_models([str(path)], data=(evaluation.x, evaluation.y), warmup=5, runs=runs)
-            )
+            ((kind, row),) = list(bench_models([str(path)], data=arrays, warmup=5, runs=runs))
             if kind != "result":
                 raise TfedgeError(
                     f"{name}: LiteRT cannot run it: {row['message']}", row.get("hint")

@@ -70,13 +70,12 @@ def prepare_data(data, model_path):
     """Load ``data`` (any accepted form) shaped for the model's input; returns ``(x, y)`` or None."""
     if data is None:
         return None
-    from tfedge.data import load_data
     from tfedge.inspector import inspect_model
+    from tfedge.streams import stream_data, to_arrays
 
     info = inspect_model(model_path)
     shape = tuple(info["input"][0]["shape"][1:]) if info["input"] else None
-    dataset = load_data(data, input_shape=shape, name="--data")
-    return dataset.x, dataset.y
+    return to_arrays(stream_data(data, input_shape=shape, name="--data"))
 
 
 def check_labels(y, model_paths) -> None:
@@ -199,7 +198,9 @@ def bench(
     try:
         with tempfile.TemporaryDirectory(prefix="tfedge-bench-") as tmp:
             npz = None
-            if arrays is not None:
+            if arrays is not None and hasattr(arrays[0], "path"):  # a large set, already on disk
+                npz = Path(arrays[0].path)
+            elif arrays is not None:
                 import numpy as np
 
                 npz = Path(tmp) / "data.npz"

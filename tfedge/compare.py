@@ -192,10 +192,12 @@ def _inputs(data, a: _Model, b: _Model, samples: int | None):
             None,
             f"{len(x)} seeded random inputs in [{span[0]:.3g}, {span[1]:.3g}]",
         )
-    from tfedge.data import load_data
+    from tfedge.streams import stream_data, to_arrays
 
-    dataset = load_data(data, input_shape=shape_a, name="--data", limit=samples)
-    return dataset.x, dataset.y, f"{len(dataset)} samples of {dataset.source}"
+    dataset = stream_data(data, input_shape=shape_a, name="--data")
+    dataset = dataset.take(samples) if samples else dataset
+    x, y = to_arrays(dataset)
+    return x, y, f"{len(x)} samples of {dataset.source}"
 
 
 def _matched_tensors(a: _Model, b: _Model) -> list[dict]:

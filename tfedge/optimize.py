@@ -199,7 +199,12 @@ def _accuracy(model, data) -> float:
     import numpy as np
 
     from tfedge.models.training import outputs_probabilities, predicted_labels
+    from tfedge.streams import DataStream
 
+    if isinstance(data, DataStream):  # streamed: batch by batch
+        from tfedge.models.training import evaluate
+
+        return evaluate(model, data)
     predictions = np.asarray(model.predict(data.x, batch_size=256, verbose=0))
     labels = predicted_labels(predictions, outputs_probabilities(model, data.x))
     return float((labels == data.y).mean())
@@ -247,12 +252,12 @@ def optimize(
     from tfedge.bench import bench, format_results, write_results
     from tfedge.compression_report import StagePlans, format_compression
     from tfedge.converters import convert, input_shape_of
-    from tfedge.data import load_data
     from tfedge.loading import LoadedModel, load_model
     from tfedge.models.cloning import frozen_copy
     from tfedge.models.rebuild import to_keras2
     from tfedge.models.training import num_classes
     from tfedge.report import write_html
+    from tfedge.streams import stream_data
 
     out = Path(out_dir)
     checkpoints = out / "checkpoints"
@@ -267,10 +272,12 @@ def optimize(
     base = to_keras2(model) if isinstance(model, LoadedModel) else model
     shape = input_shape_of(base)
     classes = num_classes(base)
-    train = load_data(
+    train = stream_data(
         train, input_shape=shape, require_labels=True, name="--train", num_classes=classes
     )
-    val = load_data(val, input_shape=shape, require_labels=True, name="--val", num_classes=classes)
+    val = stream_data(
+        val, input_shape=shape, require_labels=True, name="--val", num_classes=classes
+    )
     for stage in stages:
         _stage_function(stage["name"])  # fail early on a stage whose module is missing
     _check_layer_names(convert_options or {}, base)
@@ -305,7 +312,7 @@ def optimize(
     # Checkpoints belong to the model's weights and the training data, not to their paths: a model
     # retrained and saved at the same path retrains every stage.
     source_key = _content_key(base.get_weights())
-    train_key = _content_key([train.x, train.y])
+    train_key = train.key() if hasattr(train, "_reader") else _content_key([train.x, train.y])
     for index, stage in enumerate(stages, start=1):
         history.append(stage)
         key = _key(
