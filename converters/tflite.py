@@ -11,7 +11,6 @@ Example:
 """
 
 import inspect
-import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from tfedge.errors import ConversionError, TfedgeError, first_line
+from tfedge.files import write_atomically
 
 __all__ = [
     "MODES",
@@ -166,11 +166,7 @@ def convert_file(model, output, **options) -> Conversion:
         (True, PosixPath('model.tflite'))
     """
     result = _conversion(model, _with_defaults(options))
-    path = Path(output)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(result.blob)
-    os.replace(tmp, path)
+    path = write_atomically(output, result.blob)
     result.path = path
     if result.target is not None and result.target.compile:
         from tfedge.converters.edgetpu_compiler import CompilerNotFoundError, compile_model

@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from tfedge.errors import DataError, TfedgeError
+from tfedge.files import write_atomically
 
 __all__ = ["analyze", "explorer_node_data", "TOLERANCE", "WORST_K"]
 
@@ -235,7 +236,7 @@ def _fix(keras_model, calib, evaluation, worst, calib_samples, runs, output) -> 
 
         def measure(name, blob):
             path = Path(tmp) / "candidate.tflite"
-            path.write_bytes(blob)
+            write_atomically(path, blob)
             ((kind, row),) = list(bench_models([str(path)], data=arrays, warmup=5, runs=runs))
             if kind != "result":
                 raise TfedgeError(
@@ -292,7 +293,7 @@ def _fix(keras_model, calib, evaluation, worst, calib_samples, runs, output) -> 
     if chosen is not None:
         out = Path(output)
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_bytes(blobs[chosen])
+        write_atomically(out, blobs[chosen])
     return {"float_accuracy": float_accuracy, "fixes": fixes, "chosen": chosen, "verdict": verdict}
 
 
@@ -328,8 +329,4 @@ def _choose(fixes, float_accuracy) -> tuple[str | None, str]:
 
 
 def _write_json(path, payload) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2) + "\n")
-    os.replace(tmp, path)
+    write_atomically(path, json.dumps(payload, indent=2) + "\n")

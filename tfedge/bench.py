@@ -10,12 +10,12 @@ Example:
 """
 
 import json
-import os
 import tempfile
 import threading
 from pathlib import Path
 
 from tfedge.errors import InputFileError, missing_file
+from tfedge.files import write_atomically
 from tfedge.runner import DEFAULT_RUNS, DEFAULT_WARMUP
 from tfedge.version import __version__
 
@@ -122,14 +122,8 @@ def check_labels(y, model_paths) -> None:
 
 def write_results(path, rows) -> None:
     """Write the design's results JSON atomically (readers never see half a file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"tfedge_version": __version__, "results": rows}
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=path.parent)
-    with os.fdopen(fd, "w") as handle:
-        json.dump(payload, handle, indent=2)
-        handle.write("\n")
-    os.replace(tmp, path)
+    write_atomically(path, json.dumps(payload, indent=2) + "\n")
 
 
 def failed_rows(rows) -> list:

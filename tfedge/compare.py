@@ -18,13 +18,13 @@ Example:
 
 import json
 import math
-import os
 from pathlib import Path
 
 import numpy as np
 
 from tfedge.bench import check_tflite
 from tfedge.errors import DataError, InputFileError, first_line, shape_text
+from tfedge.files import write_atomically
 from tfedge.tflite_file import custom_ops, read_model, state_names
 
 __all__ = ["compare", "format_comparison", "write_json"]
@@ -520,9 +520,4 @@ def write_json(path, result: dict) -> Path:
         >>> write_json("cmp.json", compare("a.tflite", "b.tflite"))  # doctest: +SKIP
         PosixPath('cmp.json')
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return write_atomically(path, json.dumps(result, indent=2) + "\n")

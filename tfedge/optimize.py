@@ -24,6 +24,7 @@ from pathlib import Path
 
 from tfedge.console import echo
 from tfedge.errors import OptimizationError
+from tfedge.files import write_atomically
 from tfedge.models.recipe import STAGES, load_recipe
 from tfedge.models.recipe import with_preservation as _with_preservation
 from tfedge.runner import DEFAULT_RUNS
@@ -284,8 +285,8 @@ def optimize(
 
     def tflite(model, name, options=convert_options or {}):
         path = checkpoints / f"{name}.tflite"
-        path.write_bytes(
-            convert(model, calib=train, calib_samples=calib_samples, target=target, **options)
+        write_atomically(
+            path, convert(model, calib=train, calib_samples=calib_samples, target=target, **options)
         )
         return path
 
@@ -296,7 +297,7 @@ def optimize(
     )
     entries = []
     float_path = checkpoints / "00-float32.tflite"
-    float_path.write_bytes(convert(base, mode="float32"))
+    write_atomically(float_path, convert(base, mode="float32"))
     entries.append(("float32", float_path, baseline_accuracy))
     entries.append(("int8", tflite(base, "00-int8", {}), baseline_accuracy))
     plans = StagePlans()  # requested against achieved sparsity and distinct values, per stage
@@ -335,7 +336,7 @@ def optimize(
             current = run_stage(stage, current, train, val, teacher=teacher, strategy=strategy)
             current.save(keras_path)
             state[name] = key
-            state_file.write_text(json.dumps(state, indent=2))
+            write_atomically(state_file, json.dumps(state, indent=2))
         accuracy = _accuracy(current, val)
         echo(f"  Keras accuracy {accuracy * 100:.2f}%")
         entries.append((label, tflite(current, name), accuracy))
@@ -344,7 +345,7 @@ def optimize(
     final_keras = out / "model.keras"
     current.save(final_keras)
     final_tflite = out / "model.tflite"
-    final_tflite.write_bytes(entries[-1][1].read_bytes())
+    write_atomically(final_tflite, entries[-1][1].read_bytes())
     val_npz = val.save(checkpoints / "val.npz")
 
     report = bench(

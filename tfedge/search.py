@@ -32,15 +32,14 @@ Example:
 import gzip
 import hashlib
 import json
-import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from tfedge.console import echo
 from tfedge.errors import OptimizationError, first_line
+from tfedge.files import write_atomically
 from tfedge.models.recipe import validate_recipe
 from tfedge.version import __version__
 
@@ -418,7 +417,7 @@ class RecipeEvaluator:
                 target=self.target,
                 **options,
             )
-        tflite.write_bytes(blob)
+        write_atomically(tflite, blob)
         report = bench(
             [tflite],
             data=self.val_npz,
@@ -702,13 +701,9 @@ def write_outputs(result, out_dir, evaluator=None) -> dict:
             "# Reproduce: tfedge optimize MODEL --train DATA --val DATA --recipe recipe.yaml -o DIR\n"
         )
         text = header + yaml.safe_dump(recipe, sort_keys=False)
-        (out / "recipe.yaml").write_text(text)
+        write_atomically(out / "recipe.yaml", text)
     payload = {"tfedge_version": __version__, "results": rows, "search": result.to_dict()}
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=out)
-    with os.fdopen(fd, "w") as handle:
-        json.dump(payload, handle, indent=2, default=str)
-        handle.write("\n")
-    os.replace(tmp, out / "report.json")
+    write_atomically(out / "report.json", json.dumps(payload, indent=2, default=str) + "\n")
     _write_html(out / "report.html", rows, result)
     return payload
 
