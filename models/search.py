@@ -69,6 +69,8 @@ BRANCH_SLACK = 2.0
 # it, must be within the tolerance: one standard error turns down the candidates that keep the
 # tolerance there only by the luck of a few samples.
 CONFIRM_MARGIN = 1.0
+# Worst layers a near-miss candidate may run in int16 as its final step (auto_optimize).
+INT16_LAYERS = 1
 DEFAULT_STUDY = "tfedge-auto"
 HEARTBEAT_S = 5
 GRACE_S = 20
@@ -269,7 +271,8 @@ def recipe_label(recipe: dict) -> str:
         >>> recipe_label({"stages": [{"name": "prune", "sparsity": 0.8}, {"name": "qat"}]})
         'prune(0.8) + qat'
     """
-    if (recipe.get("convert") or {}).get("mode") == "float32":
+    convert = recipe.get("convert") or {}
+    if convert.get("mode") == "float32":
         return "float32"
     parts = []
     for stage in recipe.get("stages", []):
@@ -282,7 +285,10 @@ def recipe_label(recipe: dict) -> str:
             "factorize": stage.get("energy") or stage.get("rank"),
         }.get(name)
         parts.append(f"{name}({value})" if value is not None else name)
-    return " + ".join(parts) if parts else "int8 (post-training)"
+    label = " + ".join(parts) if parts else "int8 (post-training)"
+    if convert.get("int16"):
+        label += f" + int16({', '.join(convert['int16'])})"
+    return label
 
 
 def _choices_from_trial(trial, objective: str) -> dict:
@@ -580,6 +586,7 @@ def auto_optimize(
     seed: int | None = 0,
     on_progress=None,
     confirm=None,
+    int16_layers: int = INT16_LAYERS,
 ) -> SearchResult:
     """Search the compression stages for the smallest, fastest or best balanced model within a tolerance.
 
@@ -617,6 +624,11 @@ def auto_optimize(
         confirm: ``confirm(candidate) -> per-sample correctness`` (or an accuracy) on data the
             search never used (see :func:`confirm_best`); the final choice must keep the
             tolerance there too, with a margin.
+        int16_layers: a candidate that misses the tolerance by less than the tolerance again
+            gets a final step, int16 activations for its ``int16_layers`` worst layers (the
+            evaluator is given ``convert: {"int16_worst": k}`` and names the layers it chose in
+            ``figures["int16_layers"]``); kept when it is more accurate. Such a model is fully
+            integer but not EdgeTPU-compatible. 0 turns the step off.
 
     Returns:
         A :class:`SearchResult`.
@@ -750,6 +762,11 @@ def auto_optimize(
         if figures.get("error"):
             trial.set_user_attr("error", str(figures["error"])[:300])
             raise OptimizationError(str(figures["error"]), figures.get("hint"))
+        repaired = _with_int16(evaluator, recipe, figures, floor, tolerance, int16_layers)
+        if repaired is not None:
+            recipe, figures = repaired
+            trial.set_user_attr("recipe", recipe)
+            trial.set_user_attr("label", recipe_label(recipe))
         trial.set_user_attr("figures", _jsonable(figures))
         return _values(figures, objective)
 
@@ -801,6 +818,36 @@ def auto_optimize(
         confirm_best(result, confirm)
     result.elapsed_s = time.time() - started
     return result
+
+
+def _with_int16(evaluator, recipe, figures, floor, tolerance, layers):
+    """The final int16 step of a candidate that just misses the tolerance, or None.
+
+    Returns ``(recipe, figures)`` with the layers named in ``recipe["convert"]["int16"]`` (what
+    ``tfedge optimize --recipe`` reproduces) when int16 made the candidate more accurate.
+    """
+    convert = recipe.get("convert") or {}
+    accuracy = figures.get("accuracy")
+    if (
+        layers < 1
+        or accuracy is None
+        or convert.get("mode", "int8") != "int8"
+        or convert.get("int16")
+        or not floor - tolerance <= float(accuracy) < floor
+    ):
+        return None
+    trying = {**recipe, "convert": {**convert, "mode": "int8", "int16_worst": int(layers)}}
+    try:
+        again = dict(evaluator(trying))
+    except Exception:  # the step is a bonus: the candidate stands as it was measured
+        return None
+    names = again.get("int16_layers")
+    if again.get("error") or not names or again.get("accuracy") is None:
+        return None
+    if float(again["accuracy"]) <= float(accuracy):
+        return None
+    again["int16_from_accuracy"] = float(accuracy)
+    return {**recipe, "convert": {**convert, "mode": "int8", "int16": list(names)}}, again
 
 
 def _seed_params(choices_list, objective) -> list[dict]:

@@ -167,6 +167,44 @@ def test_search_rules(tmp_path):
     assert "best size" in lines[-1]
 
 
+class NearMissEvaluator(RuleEvaluator):
+    """QAT ends 0.3 points below the tolerance; int16 for the worst layer wins 0.5 back."""
+
+    def __call__(self, recipe, on_stage=None):
+        figures = super().__call__(recipe, on_stage)
+        convert = recipe.get("convert") or {}
+        if [s["name"] for s in recipe["stages"]] == ["qat"]:
+            figures["accuracy"] = 0.937
+            figures["edgetpu_compatible"] = True
+            if convert.get("int16_worst") == 1:
+                figures.update(accuracy=0.942, int16_layers=["fc1"], edgetpu_compatible=False)
+        return figures
+
+
+def test_a_near_miss_gets_int16_for_its_worst_layer_as_a_final_step(tmp_path):
+    from tfedge.models.recipe import validate_recipe
+
+    evaluator = NearMissEvaluator()
+    result = search.auto_optimize(
+        None,
+        evaluator=evaluator,
+        tolerance=0.01,
+        objective="size",
+        max_trials=2,
+        seeds=[{"qat": True}, {"prune": 0.9}],
+        fingerprint={"model": "near-miss"},
+    )
+    qat, pruned = result.candidates
+    assert qat["label"] == "qat + int16(fc1)"
+    assert qat["recipe"]["convert"] == {"mode": "int8", "int16": ["fc1"]}
+    assert qat["figures"]["accuracy"] == 0.942 and qat["figures"]["int16_from_accuracy"] == 0.937
+    assert qat["within_tolerance"] and not qat["figures"]["edgetpu_compatible"]
+    validate_recipe(qat["recipe"])  # what recipe.yaml will hold
+    # 5 points below the floor is no near miss: no second measurement
+    assert "int16" not in (pruned["recipe"].get("convert") or {})
+    assert len(evaluator.calls) == 1 + 2 + 1  # the reference, two candidates, one int16 step
+
+
 def test_budget_stops_and_returns_the_best_so_far(tmp_path):
     evaluator = RuleEvaluator(delay=0.4)
     lines = []
@@ -410,6 +448,25 @@ def test_a_native_crash_in_a_fine_tune_is_retried_without_onednn(tiny, tmp_path,
         assert evaluator._worker.process is None  # the oneDNN-off process is not kept
     finally:
         evaluator.close()
+
+
+def test_the_evaluator_runs_the_worst_layer_in_int16_and_marks_the_edgetpu(tiny, tmp_path):
+    from tfedge.inspector import inspect_model
+    from tfedge.search import RecipeEvaluator
+
+    evaluator = RecipeEvaluator(tiny["model"], tiny["train"], tiny["val"], out_dir=tmp_path, runs=3)
+    try:
+        plain = evaluator({"stages": []})
+        mixed = evaluator({"stages": [], "convert": {"mode": "int8", "int16_worst": 1}})
+    finally:
+        evaluator.close()
+    assert plain["edgetpu_compatible"] is True and "int16_layers" not in plain
+    (layer,) = mixed["int16_layers"]
+    assert layer in {"conv1", "conv2", "fc1", "logits"}
+    assert mixed["edgetpu_compatible"] is False
+    info = inspect_model(mixed["model"], detail=True)
+    assert "int16" in {t["dtype"] for t in info["tensors"]}
+    assert info["fully_integer"]
 
 
 def test_a_fine_tune_that_crashes_twice_fails_that_candidate_only(tiny, tmp_path, crashing):

@@ -46,6 +46,7 @@ _COLUMNS = (
     ("runs", "runs"),
     ("init_ms", "init ms"),
     ("peak_rss_mb", "peak RSS MB"),
+    ("edgetpu_compatible", "EdgeTPU"),
     ("error", "error"),
 )
 _LATENCY_KEYS = ("p50", "p90", "p99", "init_ms")
@@ -177,6 +178,9 @@ def _cell(row: dict, key: str) -> str:
     value = _value(row, key)
     if value is None or value == "":
         return ""
+    if key == "edgetpu_compatible":
+        layers = row.get("int16_layers")
+        return "yes" if value else "no" + (f" (int16 {', '.join(layers)})" if layers else "")
     if not _is_number(value):
         return str(value)
     if key.endswith("accuracy"):

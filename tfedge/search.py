@@ -393,12 +393,14 @@ class RecipeEvaluator:
     def __call__(self, recipe: dict, on_stage=None) -> dict:
         from tfedge.bench import bench
         from tfedge.converters import convert
+        from tfedge.inspector import inspect_model
         from tfedge.models.search import recipe_key, recipe_label
         from tfedge.models.training import evaluate
 
         stages = list(recipe.get("stages", []))
         options = dict(recipe.get("convert") or {})
         mode = options.pop("mode", "int8")
+        worst = int(options.pop("int16_worst", 0) or 0)
         key = recipe_key(recipe)
         label = recipe_label(recipe)
         model = self._run_stages(stages, on_stage) if stages else self.base
@@ -406,6 +408,8 @@ class RecipeEvaluator:
         if stages:
             model.save(keras_path)
         tflite = self.candidates / f"{key}.tflite"
+        if worst:
+            options["int16"] = self._worst_layers(model, worst)
         if mode == "float32":
             blob = convert(model, mode="float32")
         else:
@@ -431,7 +435,34 @@ class RecipeEvaluator:
         row["keras_accuracy"] = evaluate(model, self.val)
         row["keras_model"] = str(keras_path) if stages else str(self.source)
         row.setdefault("size_gzip_bytes", len(gzip.compress(blob, 9)))
+        if options.get("int16"):
+            row["int16_layers"] = list(options["int16"])
+        row["edgetpu_compatible"] = bool(inspect_model(blob)["edgetpu"]["compatible"])
         return row
+
+    def _worst_layers(self, model, count: int) -> list[str]:
+        """The ``count`` layers with the lowest int8 SQNR (``tfedge analyze``'s ranking)."""
+        from tfedge.converters.layer_errors import layer_errors
+
+        rows = layer_errors(model, self.train, calib_samples=self.calib_samples)
+        layers = {layer.name for layer in model.layers}
+        names = []
+        for row in sorted(rows, key=lambda r: r["sqnr_db"]):
+            if row["name"] in layers and row["name"] not in names:
+                names.append(row["name"])
+            if len(names) == count:
+                break
+        return names
+
+
+def _edgetpu_note(figures: dict) -> str:
+    """``, EdgeTPU: yes`` / ``, not for the EdgeTPU (int16 ...)`` where the row says."""
+    if figures.get("edgetpu_compatible") is None:
+        return ""
+    if figures["edgetpu_compatible"]:
+        return ", EdgeTPU: yes"
+    why = f" (int16 {', '.join(figures['int16_layers'])})" if figures.get("int16_layers") else ""
+    return f", EdgeTPU: no{why}"
 
 
 def _echo_result(result) -> None:
@@ -447,7 +478,7 @@ def _echo_result(result) -> None:
         echo(
             f"  {'*' if candidate is result.best else ' '} trial {candidate['trial']}: "
             f"{recipe_label(candidate['recipe'])}: int8 {figures['accuracy'] * 100:.2f}%, "
-            f"{figures['size_gzip_bytes']:,} B gzip, p50 {p50:.3f} ms"
+            f"{figures['size_gzip_bytes']:,} B gzip, p50 {p50:.3f} ms" + _edgetpu_note(figures)
         )
     summary = result.extra.get("confirmation")
     if not summary or summary.get("reference_accuracy") is None:
