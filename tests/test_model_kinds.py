@@ -254,3 +254,23 @@ def test_shapes_in_messages_are_plain_integers(stateful, custom_op, capsys):
     assert status == 1
     (line,) = error_lines(err)
     assert "shape [1, 4] in A but [1, 8, 8, 3] in B" in line and "np.int" not in err
+
+
+@pytest.mark.parametrize("command", ["inspect", "bench", "compare"])
+def test_a_tensor_name_that_is_not_utf8(stateful, capsys, tmp_path, command):
+    """A damaged name (found by the mutation fuzzer): LiteRT's details raise UnicodeDecodeError."""
+    blob = stateful["int8"].read_bytes()
+    assert blob.count(b"serving_default_x:0") == 1
+    damaged = tmp_path / "damaged.tflite"
+    damaged.write_bytes(blob.replace(b"serving_default_x:0", b"serv\xff\xffg_default_x:0"))
+    args = {
+        "inspect": ("inspect", damaged),
+        "bench": ("bench", damaged, "--runs", 1, "--warmup", 0),
+        "compare": ("compare", stateful["int8"], damaged, "--samples", 2),
+    }[command]
+    status, _, err = run_cli(capsys, *args)
+    assert status in (0, 1) and "Traceback" not in err and "unexpected" not in err, err
+    if status:
+        (line,) = error_lines(err)
+        assert "damaged.tflite" in line and "utf-8" in line
+        assert "stopped" not in line  # the runner reports the model, it does not crash

@@ -48,7 +48,7 @@ class _Model:
     def __init__(self, path: Path, label: str, preserve: bool, state=(), custom=()):
         from ai_edge_litert.interpreter import OpResolverType
 
-        self.path, self.state, self.fresh = path, list(state), True
+        self.path, self.label, self.state, self.fresh = path, label, list(state), True
         self.options = {}
         if preserve:
             # The default XNNPACK delegate runs fused subgraphs whose inner tensors are never
@@ -59,6 +59,9 @@ class _Model:
             }
         try:
             self._load()
+            # inside the try: a damaged tensor name fails here (UnicodeDecodeError)
+            self.inputs = self.interpreter.get_input_details()
+            self.outputs = self.interpreter.get_output_details()
         except Exception as exc:
             if custom:
                 raise InputFileError(
@@ -70,8 +73,6 @@ class _Model:
                 f"model {label} ({path}) does not load in LiteRT: {first_line(exc, 200)}",
                 LOAD_HINT,
             ) from None
-        self.inputs = self.interpreter.get_input_details()
-        self.outputs = self.interpreter.get_output_details()
         if len(self.inputs) != 1:
             raise InputFileError(
                 f"model {label} ({path}) has {len(self.inputs)} inputs; compare feeds "
@@ -103,8 +104,14 @@ class _Model:
                 x = np.round(x / scale) + zero_point
             info = np.iinfo(dtype)
             x = np.clip(x, info.min, info.max)
-        self.interpreter.set_tensor(detail["index"], x.astype(dtype))
-        self.interpreter.invoke()
+        try:
+            self.interpreter.set_tensor(detail["index"], x.astype(dtype))
+            self.interpreter.invoke()
+        except Exception as exc:  # a damaged model that loads but cannot run
+            raise InputFileError(
+                f"model {self.label} ({self.path}) fails to run in LiteRT: {first_line(exc, 200)}",
+                LOAD_HINT,
+            ) from None
 
     def value(self, detail: dict) -> np.ndarray:
         """The first sample of a tensor as float64, dequantized with its scale and zero point."""
