@@ -274,3 +274,26 @@ def test_a_tensor_name_that_is_not_utf8(stateful, capsys, tmp_path, command):
         (line,) = error_lines(err)
         assert "damaged.tflite" in line and "utf-8" in line
         assert "stopped" not in line  # the runner reports the model, it does not crash
+
+
+@pytest.mark.fuzz
+@pytest.mark.parametrize("kind", ["stateful", "custom"])
+def test_mutated_stateful_and_custom_models(stateful, custom_op, tmp_path, kind):
+    """The mutation fuzzer's property on these models too: exit 0, or one Error line, in a real
+    process (a native crash in LiteRT shows as a signal)."""
+    import random
+
+    from test_fuzz import MUTANTS, _mutate, run_process
+
+    source = stateful["int8"] if kind == "stateful" else custom_op["custom"]
+    rng = random.Random(f"kinds-{kind}")
+    blob = source.read_bytes()
+    for index in range(max(MUTANTS // 4, 2)):
+        path = tmp_path / f"mutant{index}.tflite"
+        path.write_bytes(_mutate(blob, rng))
+        for argv in (
+            ["inspect", path],
+            ["bench", path, "--runs", 1, "--warmup", 0],
+            ["compare", source, path, "--samples", 2],
+        ):
+            run_process(argv, [path, source])
