@@ -39,7 +39,7 @@ def layer_errors(model, calib, *, calib_samples: int = DEFAULT_SAMPLES) -> list[
 
     Args:
         model: a Keras model (2 or 3), a :class:`~tfedge.loading.LoadedModel`, or a path.
-        calib: calibration data in any form :func:`tfedge.data.load_data` accepts.
+        calib: calibration data in any form :func:`tfedge.streams.stream_data` accepts.
         calib_samples: how many calibration samples to run (a seeded random choice).
 
     Returns:
@@ -58,15 +58,15 @@ def layer_errors(model, calib, *, calib_samples: int = DEFAULT_SAMPLES) -> list[
     from tfedge.console import progress, quiet
     from tfedge.converters.tensor_names import LayerMatcher
     from tfedge.converters.tflite import input_shape_of
-    from tfedge.data import load_data
     from tfedge.loading import LoadedModel, load_model
+    from tfedge.streams import calibration_samples
 
     if isinstance(model, (str, bytes)) or hasattr(model, "__fspath__"):
         model = load_model(model)
     if isinstance(model, LoadedModel):
         model = model.model
     shape = input_shape_of(model)
-    data = load_data(calib, input_shape=shape, name="calibration data").take(calib_samples, seed=0)
+    data = calibration_samples(calib, calib_samples, input_shape=shape)
     spec = tf.TensorSpec([1, *shape], tf.float32)
 
     @tf.function

@@ -356,7 +356,7 @@ def quantize_mixed(
 
     Args:
         float_blob: the float32 ``.tflite`` (tfedge's ``convert(mode="float32")``).
-        calib: calibration data in any form :func:`tfedge.data.load_data` accepts.
+        calib: calibration data in any form :func:`tfedge.streams.stream_data` accepts.
         int16: Keras layer names (exact) whose operators, and the operators that read their
             output, get int16 activations (int16x8 kernels).
         weights: ``int8`` or ``int4`` (channel-wise, symmetric) for the weights of every
@@ -384,7 +384,7 @@ def quantize_mixed(
     from ai_edge_quantizer import qtyping, quantizer
 
     from tfedge.console import progress, quiet
-    from tfedge.data import load_data
+    from tfedge.streams import calibration_samples
 
     blob = rewrite(float_blob, _add_signature)
     interpreter_inputs = unpack_model(blob).signatureDefs[0].inputs
@@ -395,7 +395,7 @@ def quantize_mixed(
     input_name = interpreter_inputs[0].name.decode()
     graph = unpack_model(blob).subgraphs[0]
     shape = tuple(int(d) for d in graph.tensors[int(graph.inputs[0])].shape[1:])
-    data = load_data(calib, input_shape=shape, name="calibration data").take(calib_samples, seed=0)
+    data = calibration_samples(calib, calib_samples, input_shape=shape)
 
     scopes = []
     if int16:

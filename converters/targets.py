@@ -15,7 +15,8 @@ Example:
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tfedge.errors import ConversionError, yaml_problem
+from tfedge.errors import ConversionError
+from tfedge.yaml_input import read_yaml
 
 __all__ = ["Target", "load_target", "builtin_targets"]
 
@@ -92,8 +93,6 @@ def load_target(target) -> Target:
     Raises:
         ConversionError: unknown name, unreadable file or unknown keys.
     """
-    import yaml
-
     if isinstance(target, Target):
         return target
     path = Path(str(target))
@@ -104,17 +103,8 @@ def load_target(target) -> Target:
             f"unknown target {target!r}",
             f"use one of {', '.join(builtin_targets())} or a profile YAML file",
         )
-    if path.stat().st_size > 64 * 1024:
-        raise ConversionError(
-            f"target profile {path} is {path.stat().st_size:,} bytes; a profile is a few lines",
-            "pass a profile YAML file (keys: " + ", ".join(sorted(_TYPES)) + ")",
-        )
-    try:
-        data = yaml.safe_load(path.read_text(errors="replace")) or {}
-    except yaml.YAMLError as exc:
-        raise ConversionError(
-            f"target profile {path} is not valid YAML: {yaml_problem(exc)}"
-        ) from exc
+    hint = "pass a profile YAML file (keys: " + ", ".join(sorted(_TYPES)) + ")"
+    data = read_yaml(path, "target profile", ConversionError, hint) or {}
     if not isinstance(data, dict):
         raise ConversionError(f"target profile {path} must be a YAML mapping of keys to values")
     unknown = sorted(str(key)[:40] for key in set(data) - set(_TYPES))

@@ -11,7 +11,6 @@ Example:
 """
 
 import inspect
-import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from tfedge.errors import ConversionError, TfedgeError, first_line
+from tfedge.files import write_atomically
 
 __all__ = [
     "MODES",
@@ -106,7 +106,7 @@ def convert(
         mode: ``int8`` (fully integer, the default), ``int16x8`` (int16 activations, int8 weights),
             ``float16`` (float16 weights), ``dynamic`` (int8 weights, float activations) or
             ``float32``.
-        calib: calibration data for the integer modes, in any form :func:`tfedge.data.load_data`
+        calib: calibration data for the integer modes, in any form :func:`tfedge.streams.stream_data`
             accepts.
         io: input/output type: ``int8`` (default for int8), ``uint8`` or ``float32``.
         calib_samples: how many calibration samples to use (a seeded random choice).
@@ -166,11 +166,7 @@ def convert_file(model, output, **options) -> Conversion:
         (True, PosixPath('model.tflite'))
     """
     result = _conversion(model, _with_defaults(options))
-    path = Path(output)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(result.blob)
-    os.replace(tmp, path)
+    path = write_atomically(output, result.blob)
     result.path = path
     if result.target is not None and result.target.compile:
         from tfedge.converters.edgetpu_compiler import CompilerNotFoundError, compile_model
@@ -336,10 +332,9 @@ def _convert(
         converter.target_spec.supported_types = [tf.float16]
     representative = None
     if mode in INTEGER_MODES:
-        from tfedge.data import load_data
+        from tfedge.streams import calibration_samples
 
-        data = load_data(calib, input_shape=tuple(specs[0].shape[1:]), name="calibration data")
-        data = data.take(calib_samples, seed=0)
+        data = calibration_samples(calib, calib_samples, input_shape=tuple(specs[0].shape[1:]))
         if len(specs) != 1:
             raise ConversionError(
                 f"the model has {len(specs)} inputs; calibration data feeds single-input models",
@@ -413,10 +408,12 @@ def _convert(
 
 def _normalization_from(calib, specs):
     """Guess how raw 0-255 pixels map to the model's input from the calibration data's range."""
-    from tfedge.data import load_data
+    from tfedge.streams import stream_data
 
-    x = load_data(calib, input_shape=tuple(specs[0].shape[1:]), name="calibration data").x
-    low, high = float(x.min()), float(x.max())
+    data = stream_data(calib, input_shape=tuple(specs[0].shape[1:]), name="calibration data")
+    low, high = np.inf, -np.inf
+    for x, _ in data.batches():  # the whole set's range, one batch at a time
+        low, high = min(low, float(x.min())), max(high, float(x.max()))
     if low >= 0.0 and high <= 1.0:
         return [0.0], [255.0]
     if low >= -1.0 and high <= 1.0:

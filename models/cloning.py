@@ -13,6 +13,13 @@ import contextlib
 
 from tfedge.backend import keras, tf
 from tfedge.errors import OptimizationError, first_line
+from tfedge.keras_internals import (
+    input_layers,
+    is_graph_network,
+    nodes_by_depth,
+    rename_layer,
+    tensor_usage_count,
+)
 from tfedge.models.rebuild import to_keras2
 
 __all__ = ["clone_model", "frozen_copy", "trusted_cloning", "flatten_model"]
@@ -68,7 +75,7 @@ def frozen_copy(model) -> keras.Model:
 
 def _is_graph_model(layer) -> bool:
     return isinstance(layer, keras.Model) and (
-        isinstance(layer, keras.Sequential) or getattr(layer, "_is_graph_network", False)
+        isinstance(layer, keras.Sequential) or is_graph_network(layer)
     )
 
 
@@ -120,7 +127,7 @@ def flatten_model(model) -> keras.Model:
             new = f"{_owner_name(private, layer)}_{layer.name}"
             while new in used or new in seen:
                 new += "_"
-            layer._name = new
+            rename_layer(layer, new)
         seen.add(layer.name)
     inputs = [
         keras.Input(batch_shape=tensor.shape, dtype=tensor.dtype, name=_input_name(private, i))
@@ -137,7 +144,7 @@ def flatten_model(model) -> keras.Model:
 
 
 def _input_name(model, index: int) -> str:
-    layers = getattr(model, "_input_layers", None)
+    layers = input_layers(model)
     if layers and index < len(layers):
         return layers[index].name
     return f"input_{index}"
@@ -163,13 +170,14 @@ def _owner_name(model, target) -> str:
 
 def _call_graph(model, inputs):
     """Re-run a functional model's graph layer by layer on new tensors, inlining sub-models."""
-    usage = model._tensor_usage_count
+    usage = tensor_usage_count(model)
     tensors = {}
     for x, y in zip(model.inputs, inputs):
         key = str(id(x))
         tensors[key] = [y] * max(1, usage[key])
-    for depth in sorted(model._nodes_by_depth, reverse=True):
-        for node in model._nodes_by_depth[depth]:
+    by_depth = nodes_by_depth(model)
+    for depth in sorted(by_depth, reverse=True):
+        for node in by_depth[depth]:
             if node.is_input:
                 continue
             if any(key not in tensors for key in node.flat_input_ids):

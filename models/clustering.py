@@ -16,6 +16,7 @@ import numpy as np
 
 from tfedge.backend import keras, tfmot
 from tfedge.errors import OptimizationError, first_line
+from tfedge.keras_internals import rename_layer, weight_names
 from tfedge.models import cloning, layers, training
 from tfedge.serialization import tfmot_internal
 
@@ -54,7 +55,7 @@ def _clusterable(clusters: int, preserve_sparsity: bool = False):
         if not registry.supports(layer):
             return False
         try:
-            names = registry._weight_names(layer)
+            names = weight_names(registry, layer)
         except KeyError:
             return False
         weights = [getattr(layer, n, None) for n in names]
@@ -262,5 +263,5 @@ def cluster(
     for layer in held:
         layer.trainable = True
         stripped.get_layer(layer.name).trainable = True
-    stripped._name = model.name
+    rename_layer(stripped, model.name)
     return stripped

@@ -15,6 +15,7 @@ import copy
 
 from tfedge.backend import keras
 from tfedge.errors import OptimizationError, first_line
+from tfedge.keras_internals import rename_layer
 from tfedge.models import cloning, training
 from tfedge.models.distiller import Distiller, ends_in_softmax
 from tfedge.models.rebuild import to_keras2
@@ -229,5 +230,5 @@ def _build(config, width, keep, original, strategy):
             "layers with fixed shapes (Reshape, residual Adds with the input) may need the "
             "student built by hand",
         ) from exc
-    student._name = f"{original.name}_student"
+    rename_layer(student, f"{original.name}_student")
     return student

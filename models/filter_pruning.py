@@ -40,6 +40,7 @@ import numpy as np
 
 from tfedge.backend import keras, tf
 from tfedge.errors import OptimizationError
+from tfedge.keras_internals import keras_history
 from tfedge.models import training
 from tfedge.models.graph import (
     as_functional,
@@ -200,8 +201,8 @@ class _Analysis:
         for node in self.nodes:
             self._visit(node)
         for tensor in self.model.outputs:
-            history = tensor._keras_history
-            self._freeze(self.specs.get((history.layer.name, history.tensor_index)), "model output")
+            layer, _, tensor_index = keras_history(tensor)
+            self._freeze(self.specs.get((layer.name, tensor_index)), "model output")
 
     # -- helpers -------------------------------------------------------------------------------
     def _fixed(self, shape, reason="not prunable"):

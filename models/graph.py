@@ -17,8 +17,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from tfedge.backend import keras, tf
+from tfedge.backend import keras, keras2_safe_mode, tf
 from tfedge.errors import OptimizationError
+from tfedge.keras_internals import (
+    inbound_nodes,
+    is_graph_network,
+    keras_history,
+    network_nodes,
+)
 
 __all__ = [
     "GraphNode",
@@ -92,7 +98,7 @@ def as_functional(model) -> keras.Model:
                 "give its first layer an input_shape=..., or start it with keras.Input(shape)",
             )
         return keras.Model(model.inputs, model.outputs, name=model.name)
-    if not getattr(model, "_is_graph_network", False):
+    if not is_graph_network(model):
         raise OptimizationError(
             f"model {model.name!r} ({type(model).__name__}) is a subclassed model: its graph "
             "cannot be read or rebuilt",
@@ -102,8 +108,8 @@ def as_functional(model) -> keras.Model:
 
 
 def _history(tensor):
-    history = tensor._keras_history
-    return history.layer.name, int(history.tensor_index)
+    layer, _, tensor_index = keras_history(tensor)
+    return layer.name, tensor_index
 
 
 def _shape(tensor) -> tuple:
@@ -125,14 +131,14 @@ def graph_nodes(model) -> list[GraphNode]:
         [('image', 0)]
     """
     model = as_functional(model)
-    network_nodes = getattr(model, "_network_nodes", set())
+    own_nodes = network_nodes(model)
     nodes = []
     by_name = {}
     for layer in model.layers:
         own = [
             node
-            for index, node in enumerate(layer._inbound_nodes)
-            if f"{layer.name}_ib-{index}" in network_nodes
+            for index, node in enumerate(inbound_nodes(layer))
+            if f"{layer.name}_ib-{index}" in own_nodes
         ]
         node = GraphNode(layer.name, layer, type(layer).__name__, shared=len(own) > 1)
         if own:
@@ -153,7 +159,7 @@ def graph_nodes(model) -> list[GraphNode]:
 
 def output_names(model) -> set[str]:
     """Names of the layers whose outputs are the model's outputs."""
-    return {tensor._keras_history.layer.name for tensor in as_functional(model).outputs}
+    return {keras_history(tensor)[0].name for tensor in as_functional(model).outputs}
 
 
 def rebuild(model, config: dict, weights: dict, name: str | None = None) -> keras.Model:
@@ -179,7 +185,7 @@ def rebuild(model, config: dict, weights: dict, name: str | None = None) -> kera
         config["name"] = name
     # The model is already in memory (nothing untrusted is read): its Lambda layers may be rebuilt.
     try:
-        with keras.src.saving.serialization_lib.SafeModeScope(False):
+        with keras2_safe_mode(False):
             new = keras.Model.from_config(config)
     except (ValueError, TypeError) as exc:
         raise OptimizationError(

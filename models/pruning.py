@@ -25,12 +25,14 @@ import numpy as np
 
 from tfedge.backend import keras, tf, tfmot
 from tfedge.errors import OptimizationError, first_line
+from tfedge.keras_internals import rename_layer, weight_names
 from tfedge.models import cloning, layers, training
 from tfedge.serialization import tfmot_internal
 
 __all__ = [
     "prune",
     "pruning_plan",
+    "parse_structure",
     "weight_sparsity",
     "layer_sparsity",
     "KeepZeros",
@@ -65,13 +67,13 @@ def _prunable_weights(layer) -> list:
     if not registry.supports(layer):
         return []
     try:
-        names = registry._weight_names(layer)
+        names = weight_names(registry, layer)
     except KeyError:  # RNNs: prunable through their cells
         return [w for w in layer.trainable_weights if "kernel" in w.name]
     return [getattr(layer, name) for name in names if getattr(layer, name, None) is not None]
 
 
-def _parse_structure(structure):
+def parse_structure(structure):
     """``None`` → ``(None, None)``; ``"2:4"`` → ``((2, 4), None)``; ``(h, w)`` or ``"HxW"`` → ``(None, (h, w))``."""
     if structure is None:
         return None, None
@@ -168,7 +170,7 @@ def pruning_plan(model, structure=None, skip=DEFAULT_SKIP) -> dict:
         >>> pruning_plan(build("ds_cnn"))["dense"][0]["reason"]  # doctest: +SKIP
         'tfmot does not prune depthwise kernels'
     """
-    m_by_n, block = _parse_structure(structure)
+    m_by_n, block = parse_structure(structure)
     flat = cloning.flatten_model(model)
     skipped = layers.skipped_layers(flat, skip)
     pruned, dense, kernels, pruned_weights, kernel_weights = [], [], [], 0, 0
@@ -388,7 +390,7 @@ def prune(
         )
     if not 0.0 < ramp <= 1.0:
         raise OptimizationError(f"ramp {ramp} must be in (0, 1]", "use 0.6: 60 % of the steps")
-    m_by_n, block = _parse_structure(structure)
+    m_by_n, block = parse_structure(structure)
     training.check_data(train, "training")
     mot = _sparsity_module()
     if epochs is None:
@@ -488,5 +490,5 @@ def prune(
                 desc="polishing",
                 seed=seed,
             )
-    stripped._name = model.name
+    rename_layer(stripped, model.name)
     return stripped

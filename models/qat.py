@@ -23,6 +23,7 @@ import numpy as np
 
 from tfedge.backend import keras, tfmot
 from tfedge.errors import OptimizationError, first_line
+from tfedge.keras_internals import OUTPUT_QUANTIZERS, quantize_wrapper_parts, rename_layer
 from tfedge.models import cloning, layers, training
 from tfedge.models.graph import fold_batch_norms
 from tfedge.models.structure import HoldStructure
@@ -151,16 +152,19 @@ def _swap_activation_quantizers(model, seen: dict) -> list:
         return type(quantizer).__name__ in _RANGE_QUANTIZERS
 
     for layer in model.layers:
-        for activation in getattr(layer, "_quantize_activations", None) or []:
+        parts = quantize_wrapper_parts(layer)
+        for activation in parts["activations"]:
             if is_range(getattr(activation, "quantizer", None)):
                 undo.append((activation, "quantizer", activation.quantizer))
                 activation.quantizer = _RangeRecorder(activation.quantizer, seen)
-        outputs = getattr(layer, "_output_quantizers", None)
+        outputs = parts["outputs"]
         if outputs and any(is_range(q) for q in outputs):
-            undo.append((layer, "_output_quantizers", outputs))
-            layer._output_quantizers = [
-                _RangeRecorder(q, seen) if is_range(q) else q for q in outputs
-            ]
+            undo.append((layer, OUTPUT_QUANTIZERS, outputs))
+            setattr(
+                layer,
+                OUTPUT_QUANTIZERS,
+                [_RangeRecorder(q, seen) if is_range(q) else q for q in outputs],
+            )
         if is_range(getattr(layer, "quantizer", None)):  # QuantizeLayer
             undo.append((layer, "quantizer", layer.quantizer))
             layer.quantizer = _RangeRecorder(layer.quantizer, seen)
@@ -190,7 +194,7 @@ def calibrate_ranges(model, x, batch_size: int = 64, samples: int = 512) -> int:
         6
     """
     for layer in model.layers:
-        for weight, quantizer, variables in getattr(layer, "_weight_vars", None) or []:
+        for weight, quantizer, variables in quantize_wrapper_parts(layer)["weights"]:
             quantizer(weight, True, weights=variables)  # LastValue: the weights' exact range
     seen = {}
     undo = _swap_activation_quantizers(model, seen)
@@ -303,7 +307,7 @@ def quantize_aware(
             seed=seed,
         )
         hold.project()
-    quantized._name = model.name
+    rename_layer(quantized, model.name)
     return quantized
 
 

@@ -23,6 +23,12 @@ import numpy as np
 
 from tfedge.backend import is_keras2_model, is_keras3_model, keras, keras3
 from tfedge.errors import OptimizationError
+from tfedge.keras_internals import (
+    has_node_graph,
+    keras_history,
+    nodes_by_depth,
+    sequential_functional,
+)
 
 __all__ = ["to_keras2", "VERIFY_TOLERANCE"]
 
@@ -180,7 +186,7 @@ def _is_functional(model) -> bool:
 def _check_functional(model):
     """The Keras 3 functional graph of ``model`` (a Sequential's inner functional)."""
     if isinstance(model, keras3.Sequential):
-        functional = getattr(model, "_functional", None)
+        functional = sequential_functional(model)
         if functional is None:
             raise OptimizationError(
                 f"the Keras 3 Sequential model {model.name!r} has no defined input, so it cannot "
@@ -188,7 +194,7 @@ def _check_functional(model):
                 "start it with keras.Input(shape=...) or build it with model.build(input_shape)",
             )
         return functional
-    if not _is_functional(model) or not hasattr(model, "_nodes_by_depth"):
+    if not _is_functional(model) or not has_node_graph(model):
         raise OptimizationError(
             f"model {model.name!r} ({type(model).__name__}) is a subclassed Keras 3 model: it has "
             "no layer graph that tf_keras could rebuild",
@@ -231,7 +237,7 @@ def _rebuild_model(model, verify: bool):
     tensors = {}
     new_inputs = []
     for tensor in functional.inputs:
-        layer = tensor._keras_history.operation
+        layer = keras_history(tensor)[0]
         shape = tuple(tensor.shape)
         new = keras.Input(
             shape=shape[1:],
@@ -241,8 +247,9 @@ def _rebuild_model(model, verify: bool):
         tensors[id(tensor)] = new
         new_inputs.append(new)
     rebuilt = {}
-    for depth in sorted(functional._nodes_by_depth, reverse=True):
-        for node in functional._nodes_by_depth[depth]:
+    by_depth = nodes_by_depth(functional)
+    for depth in sorted(by_depth, reverse=True):
+        for node in by_depth[depth]:
             operation = node.operation
             if operation is None or node.is_input:
                 continue

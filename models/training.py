@@ -416,8 +416,9 @@ def fit(
 
     Args:
         model: the tf_keras model to train (wrapped or not); trained in place.
-        train: training :class:`~tfedge.data.Dataset` with labels.
-        val: validation :class:`~tfedge.data.Dataset` with labels, or None.
+        train: training :class:`~tfedge.data.Dataset` with labels, or a
+            :class:`~tfedge.streams.DataStream` (fitted from its prefetched ``tf.data`` view).
+        val: validation :class:`~tfedge.data.Dataset` or stream with labels, or None.
         epochs: the number of epochs.
         batch_size: the batch size.
         learning_rate: Adam's initial learning rate.
@@ -486,19 +487,29 @@ def fit(
     all_callbacks = [*callbacks, EpochProgress(epochs, desc)]
     if val is not None and (restore_best or patience is not None):
         all_callbacks.append(best)
-    validation = None if val is None else (val.x, val.y)
+    streamed = _streamed(train) or _streamed(val)
+    if streamed:  # a tf.data pipeline with prefetch: the set is never held whole
+        inputs = {"x": train.as_tf_dataset(batch_size, shuffle=True, seed=seed or 0)}
+        validation = None if val is None else val.as_tf_dataset(batch_size)
+    else:
+        inputs = {"x": train.x, "y": train.y, "batch_size": batch_size, "shuffle": True}
+        validation = None if val is None else (val.x, val.y)
     with quiet():
         trainer.fit(
-            train.x,
-            train.y,
-            batch_size=batch_size,
+            **inputs,
             epochs=epochs,
             validation_data=validation,
-            shuffle=True,
             callbacks=all_callbacks,
             verbose=0,
         )
     return best
+
+
+def _streamed(data) -> bool:
+    """True for a :class:`~tfedge.streams.DataStream` (read in batches, not held in memory)."""
+    from tfedge.streams import DataStream
+
+    return isinstance(data, DataStream)
 
 
 def fine_tune_rebuilt(model, train, val=None, *, epochs: int, desc: str, **fit_options):
@@ -524,6 +535,13 @@ def evaluate(model, data, batch_size: int = 256) -> float:
         0.9849
     """
     check_data(data, "evaluation")
-    predictions = model.predict(data.x, batch_size=batch_size, verbose=0)
     probabilities = outputs_probabilities(model, data.x) if is_binary(model) else None
+    if _streamed(data):
+        correct = total = 0
+        for x, y in data.batches(batch_size):
+            predictions = model.predict_on_batch(x)
+            correct += int((predicted_labels(predictions, probabilities) == y).sum())
+            total += len(y)
+        return correct / max(total, 1)
+    predictions = model.predict(data.x, batch_size=batch_size, verbose=0)
     return float(np.mean(predicted_labels(predictions, probabilities) == data.y))

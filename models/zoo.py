@@ -335,13 +335,15 @@ def train(
 
 
 def train_settings(name: str) -> dict:
-    """The ``train`` section of a zoo model's recipe (``epochs``, ``batch_size``, ``learning_rate``).
+    """How the zoo trains ``name`` from scratch (``epochs``, ``batch_size``, ``learning_rate``).
+
+    They are the ``model`` section of the model's recipe (``model: {name, epochs, ...}``).
 
     Example:
         >>> train_settings("resnet8")["epochs"]
         20
     """
-    import yaml
+    from tfedge.models.recipe import load_recipe
 
-    recipe = yaml.safe_load(recipe_path(name).read_text())
-    return dict(recipe.get("train") or {})
+    model = load_recipe(recipe_path(name))["model"]
+    return {k: v for k, v in model.items() if k != "name"} if isinstance(model, dict) else {}

@@ -302,7 +302,7 @@ YAML_PIECES = st.sampled_from(
 @FUZZ
 def test_recipes(tmp_path_factory, pieces):
     from tfedge.errors import TfedgeError
-    from tfedge.optimize import load_recipe
+    from tfedge.models.recipe import load_recipe
 
     path = tmp_path_factory.mktemp("recipe") / "recipe.yaml"
     path.write_text("\n".join(pieces))

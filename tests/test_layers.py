@@ -25,10 +25,13 @@ CORE = {
     "tfedge.edgetpu",
     "tfedge.errors",
     "tfedge.files",
+    "tfedge.keras_internals",
+    "tfedge.yaml_input",
     "tfedge.inspector",
     "tfedge.loading",
     "tfedge.runner",
     "tfedge.serialization",
+    "tfedge.streams",
     "tfedge.tflite_file",
     "tfedge.version",
 }

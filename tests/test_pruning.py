@@ -224,9 +224,9 @@ def test_keras3_model_is_rebuilt_and_pruned(digits):
     ],
 )
 def test_structure_forms(structure, expected):
-    from tfedge.models.pruning import _parse_structure
+    from tfedge.models.pruning import parse_structure
 
-    assert _parse_structure(structure) == expected
+    assert parse_structure(structure) == expected
 
 
 def test_skipped_layers_stay_dense_and_are_not_made_up_for(digits):

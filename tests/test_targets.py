@@ -68,7 +68,7 @@ def test_user_profile_with_an_operator_list(tmp_path, trained_digits_cnn, digits
         ("allowed_io: [uint8, 7]\n", "allowed_io is .*expected a list of input/output types"),
         ("io: uint9\n", "input/output type 'uint9' is not one of"),
         ("supported_ops: CONV_2D\n", "supported_ops is 'CONV_2D'; expected a list"),
-        ("# " + "x" * 70000 + "\n", "a profile is a few lines"),
+        ("# " + "x" * 70000 + "\n", "a target profile is a few lines"),
     ],
 )
 def test_bad_profiles(content, needle, tmp_path):

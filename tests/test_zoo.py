@@ -80,9 +80,9 @@ def test_recipe_and_expected_figures(name):
     from tfedge.optimize import STAGES, load_recipe
 
     recipe = load_recipe(zoo.recipe_path(name))
-    assert recipe["model"] == name
+    assert recipe["model"]["name"] == name
     assert all(stage["name"] in STAGES for stage in recipe["stages"])
-    assert set(recipe["train"]) == {"epochs", "batch_size", "learning_rate"}
+    assert set(zoo.train_settings(name)) == {"epochs", "batch_size", "learning_rate"}
     assert recipe["convert"] == {"mode": "int8"}
     expected = zoo.expected(name)
     assert EXPECTED_KEYS <= set(expected)

@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from tfedge.errors import DataError, TfedgeError
+from tfedge.files import write_atomically
 
 __all__ = ["analyze", "explorer_node_data", "TOLERANCE", "WORST_K"]
 
@@ -93,8 +94,8 @@ def analyze(
     """
     from tfedge.converters.layer_errors import layer_errors
     from tfedge.converters.tflite import input_shape_of
-    from tfedge.data import load_data
     from tfedge.loading import LoadedModel, load_model
+    from tfedge.streams import stream_data
 
     if fix and data is None:
         raise DataError(
@@ -110,10 +111,10 @@ def analyze(
     shape = input_shape_of(keras_model)
     # The checks every command shares (tfedge.data): shapes, NaN or infinite inputs, labels the
     # model cannot predict; each names the data and its first bad sample, before any conversion.
-    load_data(calib, input_shape=shape, name="calibration data")
+    stream_data(calib, input_shape=shape, name="calibration data")
     evaluation = None
     if data is not None:
-        evaluation = load_data(
+        evaluation = stream_data(
             data,
             input_shape=shape,
             name="--data",
@@ -229,13 +230,14 @@ def _fix(keras_model, calib, evaluation, worst, calib_samples, runs, output) -> 
     candidates = _candidates(keras_model, worst, float_blob)
     fixes, blobs = [], {}
     with tempfile.TemporaryDirectory(prefix="tfedge-analyze-") as tmp:
+        from tfedge.streams import to_arrays
+
+        arrays = to_arrays(evaluation, tmp)  # a large set streams through LiteRT from disk
 
         def measure(name, blob):
             path = Path(tmp) / "candidate.tflite"
-            path.write_bytes(blob)
-            ((kind, row),) = list(
-                bench_models([str(path)], data=(evaluation.x, evaluation.y), warmup=5, runs=runs)
-            )
+            write_atomically(path, blob)
+            ((kind, row),) = list(bench_models([str(path)], data=arrays, warmup=5, runs=runs))
             if kind != "result":
                 raise TfedgeError(
                     f"{name}: LiteRT cannot run it: {row['message']}", row.get("hint")
@@ -291,7 +293,7 @@ def _fix(keras_model, calib, evaluation, worst, calib_samples, runs, output) -> 
     if chosen is not None:
         out = Path(output)
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_bytes(blobs[chosen])
+        write_atomically(out, blobs[chosen])
     return {"float_accuracy": float_accuracy, "fixes": fixes, "chosen": chosen, "verdict": verdict}
 
 
@@ -327,8 +329,4 @@ def _choose(fixes, float_accuracy) -> tuple[str | None, str]:
 
 
 def _write_json(path, payload) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2) + "\n")
-    os.replace(tmp, path)
+    write_atomically(path, json.dumps(payload, indent=2) + "\n")

@@ -10,12 +10,12 @@ Example:
 """
 
 import json
-import os
 import tempfile
 import threading
 from pathlib import Path
 
 from tfedge.errors import InputFileError, missing_file
+from tfedge.files import write_atomically
 from tfedge.runner import DEFAULT_RUNS, DEFAULT_WARMUP
 from tfedge.version import __version__
 
@@ -70,13 +70,12 @@ def prepare_data(data, model_path):
     """Load ``data`` (any accepted form) shaped for the model's input; returns ``(x, y)`` or None."""
     if data is None:
         return None
-    from tfedge.data import load_data
     from tfedge.inspector import inspect_model
+    from tfedge.streams import stream_data, to_arrays
 
     info = inspect_model(model_path)
     shape = tuple(info["input"][0]["shape"][1:]) if info["input"] else None
-    dataset = load_data(data, input_shape=shape, name="--data")
-    return dataset.x, dataset.y
+    return to_arrays(stream_data(data, input_shape=shape, name="--data"))
 
 
 def check_labels(y, model_paths) -> None:
@@ -123,14 +122,8 @@ def check_labels(y, model_paths) -> None:
 
 def write_results(path, rows) -> None:
     """Write the design's results JSON atomically (readers never see half a file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"tfedge_version": __version__, "results": rows}
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=path.parent)
-    with os.fdopen(fd, "w") as handle:
-        json.dump(payload, handle, indent=2)
-        handle.write("\n")
-    os.replace(tmp, path)
+    write_atomically(path, json.dumps(payload, indent=2) + "\n")
 
 
 def failed_rows(rows) -> list:
@@ -199,7 +192,9 @@ def bench(
     try:
         with tempfile.TemporaryDirectory(prefix="tfedge-bench-") as tmp:
             npz = None
-            if arrays is not None:
+            if arrays is not None and hasattr(arrays[0], "path"):  # a large set, already on disk
+                npz = Path(arrays[0].path)
+            elif arrays is not None:
                 import numpy as np
 
                 npz = Path(tmp) / "data.npz"

@@ -60,7 +60,10 @@ def demo(out_dir, epochs):
 
 @cli.command()
 @click.argument("model", type=click.Path())
-@click.option("--calib", help="Calibration data: .npz (x[, y]) or an image folder.")
+@click.option(
+    "--calib",
+    help="Calibration data: .npz (x[, y]), an image folder or TFRecord shards ('shards/*.tfrecord').",
+)
 @click.option("--calib-samples", default=300, show_default=True, type=click.IntRange(1, 100000))
 @click.option(
     "--mode", type=click.Choice(MODES), default=None, help="Default int8 (fully integer)."
@@ -160,9 +163,14 @@ def _floats(text, option):
 @cli.command()
 @click.argument("model", type=click.Path())
 @click.option(
-    "--train", "train_data", required=True, help="Training data with labels (.npz or image folder)."
+    "--train",
+    "train_data",
+    required=True,
+    help="Training data with labels (.npz, image folder or 'shards/*.tfrecord'), streamed.",
 )
-@click.option("--val", "val_data", required=True, help="Validation data with labels.")
+@click.option(
+    "--val", "val_data", required=True, help="Validation data with labels (any DATA form)."
+)
 @click.option("--recipe", type=click.Path(), help="A YAML recipe of stages (instead of the flags).")
 @click.option("--prune", type=float, help="Magnitude pruning to this sparsity (e.g. 0.8).")
 @click.option("--structured", help="Structured sparsity: 2:4 (N:M) or a block such as 1x4.")
@@ -298,10 +306,12 @@ def optimize(
             raise TfedgeError(
                 "give either --recipe or stage flags, not both", "put every stage in the recipe"
             )
-        stages = load_recipe(recipe)["stages"]
+        loaded = load_recipe(recipe)
+        stages, convert_options = loaded["stages"], loaded["convert"]
         if epochs is not None:
             stages = [{**stage, "epochs": epochs} for stage in stages]
     else:
+        convert_options = {}
         stages = stages_from_flags(
             prune, structured, prune_filters, cluster, qat, distill, factorize, epochs
         )
@@ -329,13 +339,18 @@ def optimize(
         ssh_config=ssh_config,
         runs=runs or DEFAULT_RUNS,
         resume=not no_resume,
+        convert_options=convert_options,
     )
 
 
 @cli.command()
 @click.argument("model", type=click.Path())
-@click.option("--calib", required=True, help="Calibration data: .npz (x[, y]) or an image folder.")
-@click.option("--data", help="Labelled evaluation data (needed with --fix).")
+@click.option(
+    "--calib",
+    required=True,
+    help="Calibration data: .npz (x[, y]), an image folder or TFRecord shards ('shards/*.tfrecord').",
+)
+@click.option("--data", help="Labelled evaluation data, any DATA form (needed with --fix).")
 @click.option("--json", "json_path", type=click.Path(), help="Write the analysis JSON here.")
 @click.option(
     "--explorer", type=click.Path(), help="Write per-operator SQNR as Model Explorer node data."
@@ -444,7 +459,9 @@ def inspect_command(model, as_json):
 
 @cli.command()
 @click.argument("models", nargs=-1, required=True, type=click.Path())
-@click.option("--data", help="Evaluation data: .npz (x, y) or an image folder.")
+@click.option(
+    "--data", help="Evaluation data: .npz (x, y), an image folder or 'shards/*.tfrecord'."
+)
 @click.option(
     "--device",
     "devices",
@@ -543,7 +560,10 @@ def report(inputs, output, title):
 @cli.command()
 @click.argument("model_a", type=click.Path())
 @click.argument("model_b", type=click.Path())
-@click.option("--data", help="Inputs (.npz or image folder); default: seeded random inputs.")
+@click.option(
+    "--data",
+    help="Inputs (.npz, image folder or 'shards/*.tfrecord'); default: seeded random inputs.",
+)
 @click.option("--samples", type=click.IntRange(1, 1000000), help="Use at most N samples.")
 @click.option("--json", "json_path", type=click.Path(), help="Write the comparison JSON here.")
 def compare(model_a, model_b, data, samples, json_path):

@@ -18,13 +18,13 @@ Example:
 
 import json
 import math
-import os
 from pathlib import Path
 
 import numpy as np
 
 from tfedge.bench import check_tflite
 from tfedge.errors import DataError, InputFileError, first_line, shape_text
+from tfedge.files import write_atomically
 from tfedge.tflite_file import custom_ops, read_model, state_names
 
 __all__ = ["compare", "format_comparison", "write_json"]
@@ -199,10 +199,12 @@ def _inputs(data, a: _Model, b: _Model, samples: int | None):
             None,
             f"{len(x)} seeded random inputs in [{span[0]:.3g}, {span[1]:.3g}]",
         )
-    from tfedge.data import load_data
+    from tfedge.streams import stream_data, to_arrays
 
-    dataset = load_data(data, input_shape=shape_a, name="--data", limit=samples)
-    return dataset.x, dataset.y, f"{len(dataset)} samples of {dataset.source}"
+    dataset = stream_data(data, input_shape=shape_a, name="--data")
+    dataset = dataset.take(samples) if samples else dataset
+    x, y = to_arrays(dataset)
+    return x, y, f"{len(x)} samples of {dataset.source}"
 
 
 def _matched_tensors(a: _Model, b: _Model) -> list[dict]:
@@ -213,7 +215,7 @@ def _matched_tensors(a: _Model, b: _Model) -> list[dict]:
         by_name_b.setdefault(detail["name"], detail)
     graph_inputs = {d["index"] for d in a.inputs}
     matched, seen = [], set()
-    for op in a.interpreter._get_ops_details():  # LiteRT's only listing of operators, in order
+    for op in _operators(a.path):
         for index in op["outputs"]:
             detail = details_a.get(int(index))
             if detail is None or index in graph_inputs or detail["name"] in seen:
@@ -228,6 +230,22 @@ def _matched_tensors(a: _Model, b: _Model) -> list[dict]:
                 {"op_index": int(op["index"]), "op": op["op_name"], "a": detail, "b": other}
             )
     return matched
+
+
+def _operators(path) -> list[dict]:
+    """The main subgraph's operators in execution order, read from the flatbuffer.
+
+    The interpreter lists them only through a private method; its tensor indices are the
+    flatbuffer's, so the file says the same.
+    """
+    from tfedge.tflite_file import op_name, op_names, read_model
+
+    model = read_model(path)
+    names = op_names()
+    return [
+        {"index": op.index, "op_name": op_name(model, op, names), "outputs": op.outputs}
+        for op in model.graphs[0].operators
+    ]
 
 
 def _numeric(detail: dict) -> bool:
@@ -509,9 +527,4 @@ def write_json(path, result: dict) -> Path:
         >>> write_json("cmp.json", compare("a.tflite", "b.tflite"))  # doctest: +SKIP
         PosixPath('cmp.json')
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return write_atomically(path, json.dumps(result, indent=2) + "\n")

@@ -19,7 +19,7 @@ import numpy as np
 
 from tfedge.errors import DataError, InputFileError, missing_file
 
-__all__ = ["Dataset", "load_data", "check_labels", "DATA_HINT"]
+__all__ = ["Dataset", "load_data", "check_labels", "is_tfrecord", "DATA_HINT"]
 
 DATA_HINT = (
     "pass an .npz with arrays x (inputs) and y (labels), e.g. numpy.savez('d.npz', x=x, y=y), "
@@ -58,6 +58,67 @@ class Dataset:
             index = np.sort(np.random.default_rng(seed).choice(len(self), count, replace=False))
         y = None if self.y is None else self.y[index]
         return Dataset(self.x[index], y, self.class_names, self.source)
+
+    @property
+    def has_labels(self) -> bool:
+        return self.y is not None
+
+    @property
+    def input_shape(self) -> tuple:
+        return tuple(np.shape(self.x)[1:])
+
+    def batches(self, batch_size: int = 256, *, limit: int | None = None, order=None):
+        """Yield ``(x, y)`` batches (y None without labels), as a stream does.
+
+        Example:
+            >>> [len(x) for x, _ in Dataset(np.zeros((5, 2))).batches(2)]
+            [2, 2, 1]
+        """
+        index = np.arange(len(self) if limit is None else min(limit, len(self)))
+        if order is not None:
+            index = np.asarray(order)
+        contiguous = order is None
+        for start in range(0, len(index), batch_size):
+            part = (
+                slice(start, start + batch_size)
+                if contiguous
+                else index[start : start + batch_size]
+            )
+            yield self.x[part], None if self.y is None else self.y[part]
+
+    def sample(self, count: int | None, seed: int | None = 0) -> "Dataset":
+        """``count`` samples, a seeded random choice (what calibration uses)."""
+        return self.take(count, seed=seed)
+
+    def head(self, count: int) -> np.ndarray:
+        """The first ``count`` inputs."""
+        return self.x[:count]
+
+    def key(self) -> str:
+        """A short digest of the contents (for checkpoints that belong to this data)."""
+        import hashlib
+
+        digest = hashlib.sha256(np.ascontiguousarray(self.x).tobytes())
+        if self.y is not None:
+            digest.update(np.ascontiguousarray(self.y).tobytes())
+        return digest.hexdigest()[:16]
+
+    def as_tf_dataset(
+        self, batch_size: int = 32, *, shuffle: bool = False, seed: int = 0, prefetch: bool = True
+    ):
+        """A batched ``tf.data.Dataset`` of ``(x, y)`` (``x`` alone without labels).
+
+        Example:
+            >>> Dataset(np.zeros((4, 2)), np.arange(4)).as_tf_dataset(2).cardinality()  # doctest: +SKIP
+        """
+        from tfedge.backend import tf
+
+        tensors = self.x if self.y is None else (self.x, self.y)
+        dataset = tf.data.Dataset.from_tensor_slices(tensors)
+        if shuffle:
+            dataset = dataset.shuffle(len(self), seed=seed, reshuffle_each_iteration=True)
+        dataset = dataset.batch(batch_size)
+        return dataset.prefetch(tf.data.AUTOTUNE) if prefetch else dataset
 
     def save(self, path) -> Path:
         """Write the data as an ``.npz`` (``x`` and, when known, ``y``)."""
@@ -106,6 +167,18 @@ def load_data(
     """
     if isinstance(source, Dataset):
         data = source
+    elif hasattr(source, "batches") and hasattr(source, "as_tf_dataset"):  # a DataStream
+        if require_labels and not source.has_labels:
+            raise DataError(
+                f"{_where(name, source.source)} has no labels (y)",
+                "add integer labels (an .npz's y, class sub-folders, a TFRecord label feature)",
+            )
+        return source
+    elif isinstance(source, (str, Path)) and is_tfrecord(source):
+        raise DataError(
+            f"{name} {source} is TFRecord shards, which are read as a stream",
+            "open them with tfedge.streams.stream_data(...) (the command line does)",
+        )
     elif isinstance(source, (str, Path)):
         path = Path(source)
         if not path.exists():
@@ -136,6 +209,25 @@ def load_data(
     return data.take(limit)
 
 
+def is_tfrecord(source) -> bool:
+    """True for a TFRecord glob or file name (``'shards/*.tfrecord'``, ``'a.tfrecord#image=k'``).
+
+    Example:
+        >>> is_tfrecord("shards/train-*.tfrecord"), is_tfrecord("digits.npz")
+        (True, False)
+    """
+    import glob
+    import os
+
+    if not isinstance(source, (str, os.PathLike)):
+        return False
+    text = str(source).split("#", 1)[0]
+    name = text.rsplit("/", 1)[-1].lower()
+    if ".tfrecord" in name or name.endswith((".tfrec", ".record")):
+        return True
+    return glob.has_magic(text) and not Path(text).exists()
+
+
 def _optional(y):
     return None if y is None else np.asarray(y)
 
@@ -162,7 +254,19 @@ def _load_npz(path: Path, name: str) -> Dataset:
     return Dataset(x, y, source=str(path))
 
 
-def _checked(data: Dataset, input_shape, name: str) -> Dataset:
+def _index(i: int, offset: int = 0, locate=None, index_of=None) -> str:
+    """A sample's index in the whole set (and, where known, the file or record it comes from)."""
+    index = int(index_of[i]) if index_of is not None else offset + int(i)
+    where = locate(i) if locate is not None and index_of is not None else None
+    if locate is not None and index_of is None:
+        where = locate(index)
+    return f"{index} ({where})" if where else str(index)
+
+
+def _checked(
+    data: Dataset, input_shape, name: str, *, offset: int = 0, locate=None, index_of=None
+) -> Dataset:
+    """Check and convert one set or one batch; ``offset``/``index_of`` give the indexes in messages."""
     x = np.asarray(data.x)
     if (
         x.dtype == object
@@ -173,7 +277,7 @@ def _checked(data: Dataset, input_shape, name: str) -> Dataset:
     if x.ndim < 1 or len(x) == 0:
         raise DataError(f"{name} x is empty (shape {list(x.shape)})", DATA_HINT)
     x = x.astype(np.float32, copy=False)
-    _check_finite(x, name, data.source)
+    _check_finite(x, name, data.source, offset=offset, locate=locate, index_of=index_of)
     if input_shape is not None:
         want = tuple(input_shape)
         got = tuple(x.shape[1:])
@@ -204,15 +308,17 @@ def _checked(data: Dataset, input_shape, name: str) -> Dataset:
             bad = ~np.isfinite(y) | (y != np.round(y)) if len(y) else np.zeros(0, bool)
             if bad.any():
                 index = int(np.argmax(bad))
+                at = _index(index, offset, locate, index_of)
                 raise DataError(
-                    f"{_where(name, data.source)} label {index} is {_short(y[index])}, not a class id",
+                    f"{_where(name, data.source)} label {at} is {_short(y[index])}, not a class id",
                     "labels are integer class ids 0..N-1 (one per sample), e.g. y=np.array([3, 0, 7])",
                 )
         y = y.astype(np.int64)
         if len(y) and y.min() < 0:
             index = int(np.argmax(y < 0))
+            at = _index(index, offset, locate, index_of)
             raise DataError(
-                f"{_where(name, data.source)} label {index} is {int(y[index])}; class ids start at 0",
+                f"{_where(name, data.source)} label {at} is {int(y[index])}; class ids start at 0",
                 "labels are integer class ids 0..N-1 (the index of the model's output)",
             )
     return Dataset(x, y, data.class_names, data.source)
@@ -226,7 +332,9 @@ def _short(value) -> str:
     return str(value)[:40]
 
 
-def _check_finite(x: np.ndarray, name: str, source: str) -> None:
+def _check_finite(
+    x: np.ndarray, name: str, source: str, *, offset: int = 0, locate=None, index_of=None
+) -> None:
     """Refuse NaN or infinite inputs (the quantizer and the accuracy would read them silently).
 
     The check runs sample by sample in chunks, so a large set costs no second copy.
@@ -237,19 +345,31 @@ def _check_finite(x: np.ndarray, name: str, source: str) -> None:
         if not finite.all():
             index = start + int(np.argmin(finite))
             value = "NaN" if np.isnan(flat[index]).any() else "infinite"
+            at = _index(index, offset, locate, index_of)
             raise DataError(
-                f"{_where(name, source)} sample {index} holds {value} values",
+                f"{_where(name, source)} sample {at} holds {value} values",
                 "clean the inputs (e.g. numpy.nan_to_num) or drop those samples",
             )
 
 
-def check_labels(data: Dataset, num_classes: int, name: str = "data") -> None:
+def check_labels(
+    data: Dataset,
+    num_classes: int,
+    name: str = "data",
+    *,
+    offset: int = 0,
+    locate=None,
+    index_of=None,
+) -> None:
     """Refuse labels the model cannot predict: accuracy would silently read 0 % for them.
 
     Args:
         data: a loaded data set (no labels: nothing to check).
         num_classes: the model's output width; 1 is a binary classifier (labels 0 and 1).
         name: what to call the data in messages.
+        offset: the index of the first sample (for one batch of a stream).
+        locate: ``index -> str``, the file or record a sample comes from (for messages).
+        index_of: the sample indexes of a batch read out of order (instead of ``offset``).
 
     Raises:
         DataError: naming the first label outside ``0..classes - 1`` and its index.
@@ -267,8 +387,9 @@ def check_labels(data: Dataset, num_classes: int, name: str = "data") -> None:
     bad = (data.y < 0) | (data.y >= classes)
     if bad.any():
         index = int(np.argmax(bad))
+        at = _index(index, offset, locate, index_of)
         raise DataError(
-            f"{_where(name, data.source)} label {index} is {int(data.y[index])} but the model has "
+            f"{_where(name, data.source)} label {at} is {int(data.y[index])} but the model has "
             f"{classes} classes ({kind}0..{classes - 1})",
             f"give labels 0..{classes - 1} (the index of the model's output), or use the model "
             "the data is labelled for",
@@ -281,7 +402,8 @@ def _compatible(got: tuple, want: tuple) -> bool:
     )
 
 
-def _load_folder(path: Path, input_shape, name: str) -> Dataset:
+def _folder_files(path: Path, name: str):
+    """The class names and the ``(file, label)`` pairs of a class-per-folder image tree."""
     classes = sorted(p.name for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not classes:
         raise DataError(
@@ -299,6 +421,11 @@ def _load_folder(path: Path, input_shape, name: str) -> Dataset:
             f"{name} folder {path} has class folders {classes[:5]} but no images in them",
             f"supported image types: {', '.join(sorted(IMAGE_SUFFIXES))}",
         )
+    return classes, files
+
+
+def _load_folder(path: Path, input_shape, name: str) -> Dataset:
+    classes, files = _folder_files(path, name)
     from tfedge.backend import tf
 
     height = width = None

@@ -12,6 +12,7 @@ Example:
 from pathlib import Path
 
 from tfedge.console import echo
+from tfedge.files import write_atomically
 from tfedge.runner import DEFAULT_RUNS
 
 __all__ = ["run_demo"]
@@ -43,7 +44,7 @@ def run_demo(
     paths = {}
     for mode in ("float32", "int8"):
         path = out / f"digits_{mode}.tflite"
-        path.write_bytes(convert(model, mode=mode, calib=train_data))
+        write_atomically(path, convert(model, mode=mode, calib=train_data))
         paths[mode] = path
         steps.update(1)
     if compress:
@@ -61,7 +62,7 @@ def run_demo(
         small.save(out / "model_pruned_qat.keras")
         stage = "pruned 80% + QAT int8"
         paths[stage] = out / "digits_pruned_qat_int8.tflite"
-        paths[stage].write_bytes(convert(small, calib=train_data))
+        write_atomically(paths[stage], convert(small, calib=train_data))
         keras_accuracy[stage] = _accuracy(small, test_data)
         steps.update(1)
     report = bench(list(paths.values()), data=test_npz, runs=runs)

@@ -24,6 +24,9 @@ from pathlib import Path
 
 from tfedge.console import echo
 from tfedge.errors import OptimizationError
+from tfedge.files import write_atomically
+from tfedge.models.recipe import STAGES, load_recipe
+from tfedge.models.recipe import with_preservation as _with_preservation
 from tfedge.runner import DEFAULT_RUNS
 
 __all__ = [
@@ -35,22 +38,6 @@ __all__ = [
     "run_stage",
     "save_atomically",
 ]
-
-# stage name -> (module, function); every function is stage(model, train, val, *, epochs, teacher,
-# strategy, **params) -> a trained tf_keras model ready to convert.
-STAGES = {
-    "distill": ("tfedge.models.distillation", "distill"),
-    "factorize": ("tfedge.models.factorization", "factorize"),
-    "prune_filters": ("tfedge.models.filter_pruning", "prune_filters"),
-    "prune": ("tfedge.models.pruning", "prune"),
-    "cluster": ("tfedge.models.clustering", "cluster"),
-    "qat": ("tfedge.models.qat", "quantize_aware"),
-}
-STAGE_ORDER = list(STAGES)
-RECIPE_HINT = (
-    "a recipe is YAML like:\n  stages:\n    - {name: prune, sparsity: 0.8}\n    - {name: qat}\n"
-    f"with stage names {', '.join(STAGES)}"
-)
 
 
 def stages_from_flags(
@@ -121,53 +108,6 @@ def _fraction(value, flag) -> float:
     return value
 
 
-def _with_preservation(stages: list[dict]) -> list[dict]:
-    """Make clustering keep earlier sparsity, and QAT keep earlier sparsity and clusters."""
-    seen = set()
-    out = []
-    for stage in stages:
-        stage = dict(stage)
-        name = stage["name"]
-        if name == "cluster" and "prune" in seen:
-            stage.setdefault("preserve_sparsity", True)
-        if name == "qat" and "preserve" not in stage:
-            kept = [k for k, s in (("sparsity", "prune"), ("clusters", "cluster")) if s in seen]
-            if kept:
-                stage["preserve"] = "+".join(kept)
-        seen.add(name)
-        out.append(stage)
-    return out
-
-
-def load_recipe(path) -> dict:
-    """Read a YAML recipe: ``stages`` (required), optional ``train``, ``convert``, ``model``.
-
-    Raises:
-        OptimizationError: unreadable YAML, no stages, or an unknown stage name.
-    """
-    import yaml
-
-    path = Path(path)
-    if not path.is_file():
-        raise OptimizationError(f"recipe not found: {path}", RECIPE_HINT)
-    try:
-        recipe = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise OptimizationError(f"recipe {path} is not valid YAML: {exc}", RECIPE_HINT) from exc
-    # ``stages: []`` is post-training int8 alone (what ``optimize --auto`` may find best).
-    if not isinstance(recipe, dict) or not isinstance(recipe.get("stages"), list):
-        raise OptimizationError(f"recipe {path} has no list of stages", RECIPE_HINT)
-    stages = []
-    for item in recipe["stages"]:
-        if isinstance(item, str):
-            item = {"name": item}
-        if not isinstance(item, dict) or item.get("name") not in STAGES:
-            raise OptimizationError(f"recipe {path}: unknown stage {item!r}", RECIPE_HINT)
-        stages.append(dict(item))
-    recipe["stages"] = _with_preservation(stages)
-    return recipe
-
-
 def _stage_function(name):
     module_name, function = STAGES[name]
     try:
@@ -203,6 +143,19 @@ def save_atomically(thing, path) -> Path:
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def _check_layer_names(options: dict, model) -> None:
+    """Refuse a recipe's ``convert: {int16: ..., keep_float: ...}`` name that is no layer."""
+    layers = [layer.name for layer in model.layers]
+    for option in ("int16", "keep_float"):
+        for name in options.get(option) or ():
+            if name not in layers:
+                shown = ", ".join(layers[:20]) + (", ..." if len(layers) > 20 else "")
+                raise OptimizationError(
+                    f"recipe convert: {option} names {name!r}, which is no layer of the model",
+                    f"layers are matched by exact name; the model's layers are {shown}",
+                )
 
 
 def _key(value) -> str:
@@ -247,7 +200,12 @@ def _accuracy(model, data) -> float:
     import numpy as np
 
     from tfedge.models.training import outputs_probabilities, predicted_labels
+    from tfedge.streams import DataStream
 
+    if isinstance(data, DataStream):  # streamed: batch by batch
+        from tfedge.models.training import evaluate
+
+        return evaluate(model, data)
     predictions = np.asarray(model.predict(data.x, batch_size=256, verbose=0))
     labels = predicted_labels(predictions, outputs_probabilities(model, data.x))
     return float((labels == data.y).mean())
@@ -267,6 +225,7 @@ def optimize(
     calib_samples: int = 300,
     runs: int = DEFAULT_RUNS,
     resume: bool = True,
+    convert_options: dict | None = None,
 ) -> dict:
     """Run the stages, convert each result to int8, bench everything in one run, write the report.
 
@@ -284,6 +243,9 @@ def optimize(
         calib_samples: calibration samples for each int8 conversion.
         runs: timed runs per model in the bench.
         resume: reuse checkpoints of finished stages with the same settings.
+        convert_options: what each stage's model is converted with (a recipe's ``convert``:
+            ``mode``, ``io``, ``weights``, ``int16``, ``keep_float``); the post-training int8
+            baseline is converted plainly.
 
     Returns:
         The report dict (also written to ``out_dir/report.json``).
@@ -291,12 +253,12 @@ def optimize(
     from tfedge.bench import bench, format_results, write_results
     from tfedge.compression_report import StagePlans, format_compression
     from tfedge.converters import convert, input_shape_of
-    from tfedge.data import load_data
     from tfedge.loading import LoadedModel, load_model
     from tfedge.models.cloning import frozen_copy
     from tfedge.models.rebuild import to_keras2
     from tfedge.models.training import num_classes
     from tfedge.report import write_html
+    from tfedge.streams import stream_data
 
     out = Path(out_dir)
     checkpoints = out / "checkpoints"
@@ -311,16 +273,21 @@ def optimize(
     base = to_keras2(model) if isinstance(model, LoadedModel) else model
     shape = input_shape_of(base)
     classes = num_classes(base)
-    train = load_data(
+    train = stream_data(
         train, input_shape=shape, require_labels=True, name="--train", num_classes=classes
     )
-    val = load_data(val, input_shape=shape, require_labels=True, name="--val", num_classes=classes)
+    val = stream_data(
+        val, input_shape=shape, require_labels=True, name="--val", num_classes=classes
+    )
     for stage in stages:
         _stage_function(stage["name"])  # fail early on a stage whose module is missing
+    _check_layer_names(convert_options or {}, base)
 
-    def tflite(model, name):
+    def tflite(model, name, options=convert_options or {}):
         path = checkpoints / f"{name}.tflite"
-        path.write_bytes(convert(model, calib=train, calib_samples=calib_samples, target=target))
+        write_atomically(
+            path, convert(model, calib=train, calib_samples=calib_samples, target=target, **options)
+        )
         return path
 
     started = time.time()
@@ -330,9 +297,9 @@ def optimize(
     )
     entries = []
     float_path = checkpoints / "00-float32.tflite"
-    float_path.write_bytes(convert(base, mode="float32"))
+    write_atomically(float_path, convert(base, mode="float32"))
     entries.append(("float32", float_path, baseline_accuracy))
-    entries.append(("int8", tflite(base, "00-int8"), baseline_accuracy))
+    entries.append(("int8", tflite(base, "00-int8", {}), baseline_accuracy))
     plans = StagePlans()  # requested against achieved sparsity and distinct values, per stage
     compression = {str(path): plans.entry(path, base) for _, path, _ in entries}
 
@@ -346,7 +313,7 @@ def optimize(
     # Checkpoints belong to the model's weights and the training data, not to their paths: a model
     # retrained and saved at the same path retrains every stage.
     source_key = _content_key(base.get_weights())
-    train_key = _content_key([train.x, train.y])
+    train_key = train.key() if hasattr(train, "_reader") else _content_key([train.x, train.y])
     for index, stage in enumerate(stages, start=1):
         history.append(stage)
         key = _key(
@@ -369,7 +336,7 @@ def optimize(
             current = run_stage(stage, current, train, val, teacher=teacher, strategy=strategy)
             current.save(keras_path)
             state[name] = key
-            state_file.write_text(json.dumps(state, indent=2))
+            write_atomically(state_file, json.dumps(state, indent=2))
         accuracy = _accuracy(current, val)
         echo(f"  Keras accuracy {accuracy * 100:.2f}%")
         entries.append((label, tflite(current, name), accuracy))
@@ -378,7 +345,7 @@ def optimize(
     final_keras = out / "model.keras"
     current.save(final_keras)
     final_tflite = out / "model.tflite"
-    final_tflite.write_bytes(entries[-1][1].read_bytes())
+    write_atomically(final_tflite, entries[-1][1].read_bytes())
     val_npz = val.save(checkpoints / "val.npz")
 
     report = bench(

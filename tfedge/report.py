@@ -18,12 +18,11 @@ Example:
 
 import html
 import json
-import os
 import re
-import tempfile
 from pathlib import Path
 
 from tfedge.errors import InputFileError, missing_file
+from tfedge.files import write_atomically
 from tfedge.version import __version__
 
 __all__ = ["load_inputs", "build_report", "render_html", "write_html"]
@@ -578,10 +577,4 @@ def write_html(path, rows, title: str = "tfedge report", analyses=()) -> Path:
     """
     path = Path(path)
     page = render_html(rows, title, analyses)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".html", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(page)
-    os.chmod(tmp, 0o644)  # mkstemp makes it owner-only; a report is meant to be shared
-    os.replace(tmp, path)
-    return path
+    return write_atomically(path, page)

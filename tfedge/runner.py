@@ -27,7 +27,15 @@ import platform
 import sys
 import time
 
-__all__ = ["RunnerError", "find_runtime", "device_info", "load_data", "bench_models", "main"]
+__all__ = [
+    "RunnerError",
+    "NpzArray",
+    "find_runtime",
+    "device_info",
+    "load_data",
+    "bench_models",
+    "main",
+]
 
 DEFAULT_WARMUP = 20
 DEFAULT_RUNS = 200
@@ -203,14 +211,95 @@ def device_info(name="local"):
     }
 
 
+class NpzArray:
+    """An uncompressed ``.npz`` member read slice by slice from the file (never held whole).
+
+    Only what the runner needs: ``shape``, ``dtype``, ``len()`` and ``[start:stop]``. Plain file
+    reads, not a memory map, so the pages read do not stay in the process's resident memory.
+    """
+
+    def __init__(self, path, offset, dtype, shape):
+        import numpy as np
+
+        self.path, self.offset, self.dtype, self.shape = path, offset, np.dtype(dtype), tuple(shape)
+        self.row = int(np.prod(self.shape[1:], dtype=np.int64)) * self.dtype.itemsize
+
+    def __len__(self):
+        return self.shape[0]
+
+    def __getitem__(self, key):
+        import numpy as np
+
+        if not isinstance(key, slice):
+            return self[key : key + 1][0]
+        start, stop, _ = key.indices(len(self))
+        count = max(0, stop - start)
+        with open(self.path, "rb") as handle:
+            handle.seek(self.offset + start * self.row)
+            data = handle.read(count * self.row)
+        return np.frombuffer(data, self.dtype).reshape((count,) + self.shape[1:])
+
+    def __iter__(self):
+        for start in range(0, len(self), 256):
+            yield from self[start : start + 256]
+
+    def __array__(self, dtype=None, copy=None):
+        values = self[:]
+        return values if dtype is None else values.astype(dtype)
+
+
+def _stored_member(path, name):
+    """An :class:`NpzArray` for an uncompressed C-order member of an ``.npz``, else None."""
+    import zipfile
+
+    import numpy as np
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            info = archive.getinfo(name + ".npy")
+            if info.compress_type != zipfile.ZIP_STORED:
+                return None
+            with archive.open(info) as member:
+                version = np.lib.format.read_magic(member)
+                read = (
+                    np.lib.format.read_array_header_1_0
+                    if version == (1, 0)
+                    else np.lib.format.read_array_header_2_0
+                )
+                shape, fortran, dtype = read(member)
+                header = member.tell()
+        with open(path, "rb") as raw:
+            raw.seek(info.header_offset)
+            local = raw.read(30)
+        if fortran or dtype.hasobject or not shape:
+            return None
+        start = info.header_offset + 30 + int.from_bytes(local[26:28], "little")
+        start += int.from_bytes(local[28:30], "little") + header
+        return NpzArray(path, start, dtype, shape)
+    except Exception:
+        return None
+
+
 def load_data(path):
     """Read ``x`` (and ``y`` when present) from an ``.npz`` file.
+
+    An uncompressed ``x`` of more than 64 MB is read slice by slice (:class:`NpzArray`).
 
     Raises:
         RunnerError: when the file is unreadable or has no ``x`` array.
     """
     import numpy as np
 
+    large = _stored_member(path, "x")
+    if large is not None and len(large) * large.row > 64 * 2**20:
+        with np.load(path, allow_pickle=False) as npz:
+            y = np.asarray(npz["y"]) if "y" in npz.files else None
+        if y is not None and len(y) != len(large):
+            raise RunnerError(
+                "data file %s has %d inputs but %d labels" % (path, len(large), len(y)),
+                "x and y must have the same first dimension",
+            )
+        return large, y
     try:
         with np.load(path, allow_pickle=False) as npz:
             names = list(npz.files)

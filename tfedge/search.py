@@ -32,15 +32,15 @@ Example:
 import gzip
 import hashlib
 import json
-import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from tfedge.console import echo
 from tfedge.errors import OptimizationError, first_line
+from tfedge.files import write_atomically
+from tfedge.models.recipe import validate_recipe
 from tfedge.version import __version__
 
 __all__ = [
@@ -397,7 +397,8 @@ class RecipeEvaluator:
         from tfedge.models.training import evaluate
 
         stages = list(recipe.get("stages", []))
-        mode = (recipe.get("convert") or {}).get("mode", "int8")
+        options = dict(recipe.get("convert") or {})
+        mode = options.pop("mode", "int8")
         key = recipe_key(recipe)
         label = recipe_label(recipe)
         model = self._run_stages(stages, on_stage) if stages else self.base
@@ -409,9 +410,14 @@ class RecipeEvaluator:
             blob = convert(model, mode="float32")
         else:
             blob = convert(
-                model, calib=self.train, calib_samples=self.calib_samples, target=self.target
+                model,
+                mode=mode,
+                calib=self.train,
+                calib_samples=self.calib_samples,
+                target=self.target,
+                **options,
             )
-        tflite.write_bytes(blob)
+        write_atomically(tflite, blob)
         report = bench(
             [tflite],
             data=self.val_npz,
@@ -676,8 +682,9 @@ def write_outputs(result, out_dir, evaluator=None) -> dict:
         recipe = {
             "model": Path(str(getattr(evaluator, "source", "") or "")).name or None,
             "stages": best["recipe"]["stages"],
-            "convert": {"mode": "int8"},
+            "convert": {"mode": "int8", **(best["recipe"].get("convert") or {})},
         }
+        validate_recipe(recipe, "the recipe found")  # what --recipe will read back
         header = (
             f"# Found by `tfedge optimize --auto --objective {result.objective} --tolerance "
             f"{result.tolerance:g}` (trial {best['trial']} of study {result.study_name!r}):\n"
@@ -694,13 +701,9 @@ def write_outputs(result, out_dir, evaluator=None) -> dict:
             "# Reproduce: tfedge optimize MODEL --train DATA --val DATA --recipe recipe.yaml -o DIR\n"
         )
         text = header + yaml.safe_dump(recipe, sort_keys=False)
-        (out / "recipe.yaml").write_text(text)
+        write_atomically(out / "recipe.yaml", text)
     payload = {"tfedge_version": __version__, "results": rows, "search": result.to_dict()}
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=out)
-    with os.fdopen(fd, "w") as handle:
-        json.dump(payload, handle, indent=2, default=str)
-        handle.write("\n")
-    os.replace(tmp, out / "report.json")
+    write_atomically(out / "report.json", json.dumps(payload, indent=2, default=str) + "\n")
     _write_html(out / "report.html", rows, result)
     return payload
 

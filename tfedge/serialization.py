@@ -13,6 +13,8 @@ Example:
 
 import importlib
 
+from tfedge.keras_internals import own_variables
+
 __all__ = ["custom_objects", "tfmot_internal", "patch_tfmot_saving"]
 
 _MODULES = (
@@ -56,7 +58,7 @@ def _serializable_classes(module) -> dict:
 def _keyed_variables(layer) -> list:
     """A layer's own variables (each once) keyed by their short name: ``kernel_min``, ``bias``..."""
     seen, keyed, counts = set(), [], {}
-    for variable in [*layer._trainable_weights, *layer._non_trainable_weights]:
+    for variable in own_variables(layer):
         if id(variable) in seen:
             continue
         seen.add(id(variable))

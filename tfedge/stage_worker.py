@@ -296,16 +296,16 @@ def _serve(config: dict) -> None:
         reply.flush()
 
     try:
-        from tfedge.data import load_data
         from tfedge.loading import load_model
         from tfedge.models.cloning import frozen_copy
         from tfedge.models.training import resolve_strategy
         from tfedge.optimize import run_stage, save_atomically
+        from tfedge.streams import stream_data
 
         base = load_model(config["base"]).model
         teacher = frozen_copy(base)
-        train = load_data(config["train"], require_labels=True, name="--train")
-        val = load_data(config["val"], require_labels=True, name="--val")
+        train = stream_data(config["train"], require_labels=True, name="--train")
+        val = stream_data(config["val"], require_labels=True, name="--val")
         strategy = resolve_strategy(config["strategy"])
     except Exception as exc:  # every failure to start is reported, then the child ends
         answer(_error(exc))
