@@ -490,20 +490,20 @@ def format_comparison(result: dict, limit: int = 40) -> str:
     if not result["same_model"]:
         lines.append(
             "per operator: no intermediate tensor names in common, so the models do not come "
-            "from the same Keras model (or a tool renamed their tensors)"
+            "from the same source model (or a tool renamed their tensors)"
         )
         return "\n".join(lines)
     tensors = result["tensors"]
     first = result["first_divergence"]
     if first is None:
         lines.append(
-            f"same Keras model ({len(tensors)} tensors matched by name): no operator output "
+            f"same source model ({len(tensors)} tensors matched by name): no operator output "
             "differs by more than one quantization step"
         )
     else:
         step = f"one step {first['step']:.4g}" if first["step"] else "float rounding"
         lines.append(
-            f"same Keras model ({len(tensors)} tensors matched by name); first divergence at "
+            f"same source model ({len(tensors)} tensors matched by name); first divergence at "
             f"operator {first['op_index']} {first['op']} -> {first['name']}: max |diff| "
             f"{first['max_abs_diff']:.4g} (> {step}), SQNR {_db(first)} dB"
         )
