@@ -297,3 +297,24 @@ def test_mutated_stateful_and_custom_models(stateful, custom_op, tmp_path, kind)
             ["compare", source, path, "--samples", 2],
         ):
             run_process(argv, [path, source])
+
+
+def test_compare_refuses_a_string_model_in_one_line(tmp_path, capsys):
+    """A model that takes and returns strings: bench runs it, compare says it feeds numbers."""
+    from tfedge.backend import tf
+
+    class Strings(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([1], tf.string)])
+        def __call__(self, x):
+            return tf.reshape(x, [1, 1])
+
+    module = Strings()
+    fn = module.__call__.get_concrete_function()
+    path = tmp_path / "strings.tflite"
+    path.write_bytes(tf.lite.TFLiteConverter.from_concrete_functions([fn], module).convert())
+    status, _, err = run_cli(capsys, "compare", path, path)
+    assert status == 1
+    (line,) = error_lines(err)
+    assert "takes string input" in line and "compare feeds numbers" in line
+    status, _, err = run_cli(capsys, "bench", path, "--runs", 2, "--warmup", 0)
+    assert status == 0, err

@@ -80,6 +80,12 @@ class _Model:
                 "export a single-input model",
             )
         self.input = self.inputs[0]
+        if not _numeric(self.input):
+            raise InputFileError(
+                f"model {label} ({path}) takes {_type_name(self.input)} input "
+                f"({self.input['name']}); compare feeds numbers",
+                "compare models whose input is a numeric tensor",
+            )
         self.batch = int(self.input["shape"][0]) if len(self.input["shape"]) else 1
 
     def _load(self) -> None:
@@ -252,6 +258,11 @@ def _numeric(detail: dict) -> bool:
     return np.dtype(detail["dtype"]).kind in "biuf"
 
 
+def _type_name(detail: dict) -> str:
+    dtype = np.dtype(detail["dtype"])
+    return {"S": "string", "U": "string", "O": "resource"}.get(dtype.kind, dtype.name)
+
+
 def _step(detail: dict) -> float:
     scale, _ = detail.get("quantization", (0.0, 0))
     return float(scale) if scale and np.dtype(detail["dtype"]).kind in "iu" else 0.0
@@ -347,8 +358,8 @@ def _compare(path_a: Path, path_b: Path, data, samples, layers: bool) -> dict:
             )
         if not (_numeric(out_a) and _numeric(out_b)):
             raise InputFileError(
-                f"output {number} ({out_a['name']}) holds {np.dtype(out_a['dtype']).name} in A "
-                f"and {np.dtype(out_b['dtype']).name} in B; compare measures numeric outputs",
+                f"output {number} ({out_a['name']}) holds {_type_name(out_a)} in A and "
+                f"{_type_name(out_b)} in B; compare measures numeric outputs",
                 "compare models whose outputs are numbers",
             )
     x, y, source = _inputs(data, a, b, samples)
