@@ -254,3 +254,67 @@ def test_shapes_in_messages_are_plain_integers(stateful, custom_op, capsys):
     assert status == 1
     (line,) = error_lines(err)
     assert "shape [1, 4] in A but [1, 8, 8, 3] in B" in line and "np.int" not in err
+
+
+@pytest.mark.parametrize("command", ["inspect", "bench", "compare"])
+def test_a_tensor_name_that_is_not_utf8(stateful, capsys, tmp_path, command):
+    """A damaged name (found by the mutation fuzzer): LiteRT's details raise UnicodeDecodeError."""
+    blob = stateful["int8"].read_bytes()
+    assert blob.count(b"serving_default_x:0") == 1
+    damaged = tmp_path / "damaged.tflite"
+    damaged.write_bytes(blob.replace(b"serving_default_x:0", b"serv\xff\xffg_default_x:0"))
+    args = {
+        "inspect": ("inspect", damaged),
+        "bench": ("bench", damaged, "--runs", 1, "--warmup", 0),
+        "compare": ("compare", stateful["int8"], damaged, "--samples", 2),
+    }[command]
+    status, _, err = run_cli(capsys, *args)
+    assert status in (0, 1) and "Traceback" not in err and "unexpected" not in err, err
+    if status:
+        (line,) = error_lines(err)
+        assert "damaged.tflite" in line and "utf-8" in line
+        assert "stopped" not in line  # the runner reports the model, it does not crash
+
+
+@pytest.mark.fuzz
+@pytest.mark.parametrize("kind", ["stateful", "custom"])
+def test_mutated_stateful_and_custom_models(stateful, custom_op, tmp_path, kind):
+    """The mutation fuzzer's property on these models too: exit 0, or one Error line, in a real
+    process (a native crash in LiteRT shows as a signal)."""
+    import random
+
+    from test_fuzz import MUTANTS, _mutate, run_process
+
+    source = stateful["int8"] if kind == "stateful" else custom_op["custom"]
+    rng = random.Random(f"kinds-{kind}")
+    blob = source.read_bytes()
+    for index in range(max(MUTANTS // 4, 2)):
+        path = tmp_path / f"mutant{index}.tflite"
+        path.write_bytes(_mutate(blob, rng))
+        for argv in (
+            ["inspect", path],
+            ["bench", path, "--runs", 1, "--warmup", 0],
+            ["compare", source, path, "--samples", 2],
+        ):
+            run_process(argv, [path, source])
+
+
+def test_compare_refuses_a_string_model_in_one_line(tmp_path, capsys):
+    """A model that takes and returns strings: bench runs it, compare says it feeds numbers."""
+    from tfedge.backend import tf
+
+    class Strings(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([1], tf.string)])
+        def __call__(self, x):
+            return tf.reshape(x, [1, 1])
+
+    module = Strings()
+    fn = module.__call__.get_concrete_function()
+    path = tmp_path / "strings.tflite"
+    path.write_bytes(tf.lite.TFLiteConverter.from_concrete_functions([fn], module).convert())
+    status, _, err = run_cli(capsys, "compare", path, path)
+    assert status == 1
+    (line,) = error_lines(err)
+    assert "takes string input" in line and "compare feeds numbers" in line
+    status, _, err = run_cli(capsys, "bench", path, "--runs", 2, "--warmup", 0)
+    assert status == 0, err

@@ -48,7 +48,7 @@ class _Model:
     def __init__(self, path: Path, label: str, preserve: bool, state=(), custom=()):
         from ai_edge_litert.interpreter import OpResolverType
 
-        self.path, self.state, self.fresh = path, list(state), True
+        self.path, self.label, self.state, self.fresh = path, label, list(state), True
         self.options = {}
         if preserve:
             # The default XNNPACK delegate runs fused subgraphs whose inner tensors are never
@@ -59,6 +59,9 @@ class _Model:
             }
         try:
             self._load()
+            # inside the try: a damaged tensor name fails here (UnicodeDecodeError)
+            self.inputs = self.interpreter.get_input_details()
+            self.outputs = self.interpreter.get_output_details()
         except Exception as exc:
             if custom:
                 raise InputFileError(
@@ -70,8 +73,6 @@ class _Model:
                 f"model {label} ({path}) does not load in LiteRT: {first_line(exc, 200)}",
                 LOAD_HINT,
             ) from None
-        self.inputs = self.interpreter.get_input_details()
-        self.outputs = self.interpreter.get_output_details()
         if len(self.inputs) != 1:
             raise InputFileError(
                 f"model {label} ({path}) has {len(self.inputs)} inputs; compare feeds "
@@ -79,6 +80,12 @@ class _Model:
                 "export a single-input model",
             )
         self.input = self.inputs[0]
+        if not _numeric(self.input):
+            raise InputFileError(
+                f"model {label} ({path}) takes {_type_name(self.input)} input "
+                f"({self.input['name']}); compare feeds numbers",
+                "compare models whose input is a numeric tensor",
+            )
         self.batch = int(self.input["shape"][0]) if len(self.input["shape"]) else 1
 
     def _load(self) -> None:
@@ -103,8 +110,14 @@ class _Model:
                 x = np.round(x / scale) + zero_point
             info = np.iinfo(dtype)
             x = np.clip(x, info.min, info.max)
-        self.interpreter.set_tensor(detail["index"], x.astype(dtype))
-        self.interpreter.invoke()
+        try:
+            self.interpreter.set_tensor(detail["index"], x.astype(dtype))
+            self.interpreter.invoke()
+        except Exception as exc:  # a damaged model that loads but cannot run
+            raise InputFileError(
+                f"model {self.label} ({self.path}) fails to run in LiteRT: {first_line(exc, 200)}",
+                LOAD_HINT,
+            ) from None
 
     def value(self, detail: dict) -> np.ndarray:
         """The first sample of a tensor as float64, dequantized with its scale and zero point."""
@@ -245,6 +258,11 @@ def _numeric(detail: dict) -> bool:
     return np.dtype(detail["dtype"]).kind in "biuf"
 
 
+def _type_name(detail: dict) -> str:
+    dtype = np.dtype(detail["dtype"])
+    return {"S": "string", "U": "string", "O": "resource"}.get(dtype.kind, dtype.name)
+
+
 def _step(detail: dict) -> float:
     scale, _ = detail.get("quantization", (0.0, 0))
     return float(scale) if scale and np.dtype(detail["dtype"]).kind in "iu" else 0.0
@@ -340,8 +358,8 @@ def _compare(path_a: Path, path_b: Path, data, samples, layers: bool) -> dict:
             )
         if not (_numeric(out_a) and _numeric(out_b)):
             raise InputFileError(
-                f"output {number} ({out_a['name']}) holds {np.dtype(out_a['dtype']).name} in A "
-                f"and {np.dtype(out_b['dtype']).name} in B; compare measures numeric outputs",
+                f"output {number} ({out_a['name']}) holds {_type_name(out_a)} in A and "
+                f"{_type_name(out_b)} in B; compare measures numeric outputs",
                 "compare models whose outputs are numbers",
             )
     x, y, source = _inputs(data, a, b, samples)
@@ -483,20 +501,20 @@ def format_comparison(result: dict, limit: int = 40) -> str:
     if not result["same_model"]:
         lines.append(
             "per operator: no intermediate tensor names in common, so the models do not come "
-            "from the same Keras model (or a tool renamed their tensors)"
+            "from the same source model (or a tool renamed their tensors)"
         )
         return "\n".join(lines)
     tensors = result["tensors"]
     first = result["first_divergence"]
     if first is None:
         lines.append(
-            f"same Keras model ({len(tensors)} tensors matched by name): no operator output "
+            f"same source model ({len(tensors)} tensors matched by name): no operator output "
             "differs by more than one quantization step"
         )
     else:
         step = f"one step {first['step']:.4g}" if first["step"] else "float rounding"
         lines.append(
-            f"same Keras model ({len(tensors)} tensors matched by name); first divergence at "
+            f"same source model ({len(tensors)} tensors matched by name); first divergence at "
             f"operator {first['op_index']} {first['op']} -> {first['name']}: max |diff| "
             f"{first['max_abs_diff']:.4g} (> {step}), SQNR {_db(first)} dB"
         )

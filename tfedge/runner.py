@@ -575,6 +575,10 @@ def bench_one(
     start = time.perf_counter()
     try:
         interpreter = load()
+        init_ms = (time.perf_counter() - start) * 1000.0
+        # inside the try: a damaged tensor name fails here (UnicodeDecodeError)
+        inputs = interpreter.get_input_details()
+        outputs = interpreter.get_output_details()
     except Exception as exc:
         custom = "custom op" in str(exc)
         raise RunnerError(
@@ -584,12 +588,9 @@ def bench_one(
             if custom
             else "the file may be truncated or use operators this runtime lacks",
         ) from exc
-    init_ms = (time.perf_counter() - start) * 1000.0
     # LiteRT's reset_all_variables() leaves resource variables as they are: a stateful model
     # gets a fresh interpreter before every batch, so each sample starts from the initial state.
     stateful = _stateful(interpreter)
-    inputs = interpreter.get_input_details()
-    outputs = interpreter.get_output_details()
     feeders = [_Feeder(detail) for detail in inputs]
 
     def invoke():
@@ -752,6 +753,17 @@ def bench_models(
             yield (
                 "error",
                 {"model": name, "message": exc.message, "hint": exc.hint, "code": exc.code},
+            )
+        except Exception as exc:  # the interpreter on a damaged model: this model's row only
+            yield (
+                "error",
+                {
+                    "model": name,
+                    "message": "the interpreter failed on %s: %s: %s"
+                    % (path, type(exc).__name__, _short(exc)),
+                    "hint": "the file may be truncated or corrupt; convert or copy it again",
+                    "code": "interpreter",
+                },
             )
 
 
