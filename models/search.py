@@ -71,6 +71,12 @@ BRANCH_SLACK = 2.0
 CONFIRM_MARGIN = 1.0
 # Worst layers a near-miss candidate may run in int16 as its final step (auto_optimize).
 INT16_LAYERS = 1
+# Multi-fidelity: the screen every candidate with stages gets first, the share of screens the
+# successive-halving pruner promotes to the full fine-tune (1 / SCREEN_REDUCTION), and how much a
+# screen's score worsens per tolerance of accuracy it falls below the floor.
+SCREEN = {"epochs": 1, "data_fraction": 0.25}
+SCREEN_REDUCTION = 2
+SCREEN_PENALTY = 4.0
 DEFAULT_STUDY = "tfedge-auto"
 HEARTBEAT_S = 5
 GRACE_S = 20
@@ -587,6 +593,7 @@ def auto_optimize(
     on_progress=None,
     confirm=None,
     int16_layers: int = INT16_LAYERS,
+    fidelity: dict | None = None,
 ) -> SearchResult:
     """Search the compression stages for the smallest, fastest or best balanced model within a tolerance.
 
@@ -629,6 +636,14 @@ def auto_optimize(
             evaluator is given ``convert: {"int16_worst": k}`` and names the layers it chose in
             ``figures["int16_layers"]``); kept when it is more accurate. Such a model is fully
             integer but not EdgeTPU-compatible. 0 turns the step off.
+        fidelity: multi-fidelity evaluation, e.g. :data:`SCREEN` (``{"epochs": 1,
+            "data_fraction": 0.25}``): a candidate with stages is first fine-tuned that briefly
+            (the evaluator is called with ``fidelity=``), and only those Optuna's
+            ``SuccessiveHalvingPruner`` promotes get the full fine-tune; the others end pruned,
+            with their screen's figures. The pruner ranks the screens in a single-objective
+            companion study (``<study>:screen``, same storage; Optuna's pruners do not take
+            multi-objective studies) by the objective's score, penalized for accuracy below the
+            tolerance. None evaluates every candidate at full fidelity.
 
     Returns:
         A :class:`SearchResult`.
@@ -696,6 +711,17 @@ def auto_optimize(
         max_trials = len(choices_list) + 20
 
     pass_on_stage = _accepts(evaluator, "on_stage")
+    screen = None
+    if fidelity and _accepts(evaluator, "fidelity"):
+        screen = optuna.create_study(
+            storage=store,
+            study_name=f"{study_name}:screen",
+            direction="minimize",
+            pruner=optuna.pruners.SuccessiveHalvingPruner(
+                min_resource=1, reduction_factor=SCREEN_REDUCTION, min_early_stopping_rate=0
+            ),
+            load_if_exists=True,
+        )
     worker = _worker_id()
     state = {"duplicates_in_a_row": 0, "ran": 0, "durations": []}
 
@@ -726,6 +752,8 @@ def auto_optimize(
             trial.set_user_attr("pruned", f"starts like trial {number}, {why}")
             raise optuna.TrialPruned(f"branch of trial {number}")
         stage_floor = float(reference["accuracy"]) - BRANCH_SLACK * tolerance
+        if screen is not None and recipe["stages"]:
+            _screened(screen, evaluator, recipe, fidelity, trial, floor, tolerance, objective)
 
         def on_stage(index, keras_accuracy):
             if keras_accuracy is not None and keras_accuracy < stage_floor:
@@ -818,6 +846,49 @@ def auto_optimize(
         confirm_best(result, confirm)
     result.elapsed_s = time.time() - started
     return result
+
+
+def _screened(screen, evaluator, recipe, fidelity, trial, floor, tolerance, objective) -> None:
+    """The low-fidelity screen of one candidate; raises ``TrialPruned`` unless promoted.
+
+    The companion study's trial is reported the screen's score at step 1 and asked
+    ``should_prune()``: Optuna's successive halving keeps the best ``1 / SCREEN_REDUCTION`` of
+    the screens so far.
+    """
+    import optuna
+
+    trial.set_user_attr("fidelity", {"screen": dict(fidelity)})
+    peer = screen.ask()
+    try:
+        figures = dict(evaluator(recipe, fidelity=dict(fidelity)))
+    except Exception:
+        screen.tell(peer, state=optuna.trial.TrialState.FAIL)
+        raise  # a stage that fails briefly fails at full fidelity too
+    if figures.get("error") or figures.get("accuracy") is None:
+        screen.tell(peer, state=optuna.trial.TrialState.FAIL)
+        return  # the full evaluation reports the error
+    shortfall = max(0.0, floor - float(figures["accuracy"])) / tolerance
+    value = _score(figures, objective, None) * (1.0 + SCREEN_PENALTY * shortfall)
+    peer.report(value, 1)
+    trial.set_user_attr("screen_figures", _jsonable(figures))
+    if peer.should_prune():
+        screen.tell(peer, state=optuna.trial.TrialState.PRUNED)
+        trial.set_user_attr(
+            "pruned",
+            f"screened out after {_fidelity_text(fidelity)} (int8 "
+            f"{figures['accuracy'] * 100:.2f}%, {_describe(figures, objective)}): not among the "
+            f"best 1/{SCREEN_REDUCTION} of the screens (Optuna's SuccessiveHalvingPruner)",
+        )
+        raise optuna.TrialPruned("screened out")
+    screen.tell(peer, value)
+    trial.set_user_attr("fidelity", {"screen": dict(fidelity), "then": "full"})
+
+
+def _fidelity_text(fidelity: dict) -> str:
+    share = fidelity.get("data_fraction")
+    epochs = int(fidelity["epochs"])
+    text = f"{epochs} epoch{'s' if epochs > 1 else ''}"
+    return text + (f" on {share * 100:g} % of the data" if share and share < 1 else "")
 
 
 def _with_int16(evaluator, recipe, figures, floor, tolerance, layers):
@@ -1046,6 +1117,8 @@ def collect(study, objective: str, tolerance: float, storage: str = "") -> Searc
                 "hint": trial.user_attrs.get("hint"),
                 "pruned": trial.user_attrs.get("pruned"),
                 "worker": trial.user_attrs.get("worker"),
+                "fidelity": trial.user_attrs.get("fidelity") or "full",
+                "screen_figures": trial.user_attrs.get("screen_figures"),
                 "seconds": None
                 if trial.duration is None
                 else round(trial.duration.total_seconds(), 1),

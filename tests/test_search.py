@@ -205,6 +205,57 @@ def test_a_near_miss_gets_int16_for_its_worst_layer_as_a_final_step(tmp_path):
     assert len(evaluator.calls) == 1 + 2 + 1  # the reference, two candidates, one int16 step
 
 
+class ScreenedEvaluator(RuleEvaluator):
+    """A brief fine-tune costs each stage a point more than the full one."""
+
+    def __init__(self):
+        super().__init__()
+        self.screens, self.full = [], []
+
+    def __call__(self, recipe, on_stage=None, fidelity=None):
+        figures = super().__call__(recipe, None if fidelity else on_stage)
+        if fidelity is not None:
+            self.screens.append(search.recipe_label(recipe))
+            figures["accuracy"] -= 0.01 * len(recipe["stages"])
+        elif recipe.get("stages"):
+            self.full.append(search.recipe_label(recipe))
+        return figures
+
+
+def test_multi_fidelity_screens_candidates_and_fully_tunes_only_the_promoted(tmp_path):
+    evaluator = ScreenedEvaluator()
+    seeds = [{}, {"qat": True}, {"prune": 0.9}, {"prune": 0.5}, {"prune": 0.8, "cluster": 16}]
+    seeds += [{"prune": 0.9, "qat": True}, {"prune": 0.7, "qat": True}]
+    result = search.auto_optimize(
+        None,
+        evaluator=evaluator,
+        tolerance=0.01,
+        objective="size",
+        max_trials=len(seeds),
+        seeds=seeds,
+        storage=f"sqlite:///{tmp_path / 's.db'}",
+        fingerprint={"model": "screened"},
+        fidelity=search.SCREEN,
+    )
+    by_label = {c["label"]: c for c in result.candidates}
+    assert by_label["int8 (post-training)"]["fidelity"] == "full"  # nothing to fine-tune
+    screened = [c for c in result.candidates if c["label"] != "int8 (post-training)"]
+    assert sorted(evaluator.screens) == sorted(c["label"] for c in screened)
+    pruned = [c for c in screened if c["state"] == "pruned"]
+    promoted = [c for c in screened if c["state"] == "complete"]
+    assert pruned and promoted
+    assert sorted(evaluator.full) == sorted(c["label"] for c in promoted)
+    for candidate in pruned:
+        assert "SuccessiveHalvingPruner" in candidate["pruned"]
+        assert candidate["fidelity"] == {"screen": search.SCREEN}
+        assert candidate["screen_figures"]["accuracy"] > 0
+    for candidate in promoted:
+        assert candidate["fidelity"] == {"screen": search.SCREEN, "then": "full"}
+    # a 5-point loss is screened out; the best is within the tolerance
+    assert by_label["prune(0.9)"]["state"] == "pruned"
+    assert result.best is not None and result.best["within_tolerance"]
+
+
 def test_budget_stops_and_returns_the_best_so_far(tmp_path):
     evaluator = RuleEvaluator(delay=0.4)
     lines = []
@@ -467,6 +518,22 @@ def test_the_evaluator_runs_the_worst_layer_in_int16_and_marks_the_edgetpu(tiny,
     info = inspect_model(mixed["model"], detail=True)
     assert "int16" in {t["dtype"] for t in info["tensors"]}
     assert info["fully_integer"]
+
+
+def test_a_screen_fine_tunes_briefly_on_a_share_of_the_data(tiny, tmp_path):
+    from tfedge.search import RecipeEvaluator
+
+    evaluator = RecipeEvaluator(tiny["model"], tiny["train"], tiny["val"], out_dir=tmp_path, runs=3)
+    recipe = {"stages": [{"name": "prune", "sparsity": 0.5, "epochs": 3}]}
+    try:
+        screen = evaluator(recipe, fidelity={"epochs": 1, "data_fraction": 0.25})
+        full = evaluator(recipe)
+    finally:
+        evaluator.close()
+    assert screen["fidelity"] == {"epochs": 1, "data_fraction": 0.25} and full["fidelity"] == "full"
+    assert screen["model"] != full["model"]  # two stage outputs, cached apart
+    assert len(list((tmp_path / "cache").glob("*.keras"))) >= 2
+    assert 0.3 < screen["accuracy"] and 0.3 < full["accuracy"]
 
 
 def test_a_fine_tune_that_crashes_twice_fails_that_candidate_only(tiny, tmp_path, crashing):

@@ -216,6 +216,13 @@ def _floats(text, option):
 @click.option("--storage", help="--auto: Optuna storage URL shared by workers [DIR/search.db].")
 @click.option("--study", "study_name", help="--auto: the study name [auto-OBJECTIVE].")
 @click.option("--resume", is_flag=True, help="--auto: continue an existing study (error if none).")
+@click.option(
+    "--fidelity",
+    type=click.Choice(["full", "multi"]),
+    help="--auto: fine-tune every candidate fully, or screen each briefly first (1 epoch on "
+    "25 %% of --train) and fully fine-tune only those Optuna's successive halving promotes "
+    "[full].",
+)
 @click.option("-o", "--output", "out_dir", required=True, type=click.Path(), help="Output folder.")
 def optimize(
     model,
@@ -244,6 +251,7 @@ def optimize(
     storage,
     study_name,
     resume,
+    fidelity,
     out_dir,
 ):
     """Compress a Keras model (prune, QAT, cluster, distill, factorize), convert to int8, bench, report.
@@ -270,7 +278,7 @@ def optimize(
         or qat
         or distill
     )
-    search_options = (tolerance, objective, budget_minutes, trials, storage, study_name)
+    search_options = (tolerance, objective, budget_minutes, trials, storage, study_name, fidelity)
     if auto:
         _check_auto(flags or recipe, strategy, devices, storage, study_name, tolerance)
         from tfedge.search import auto_optimize
@@ -293,12 +301,13 @@ def optimize(
             strategy=strategy if strategy == "mirrored" else None,
             target=target,
             runs=runs or 100,
+            fidelity=fidelity or "full",
         )
         return
     if resume or any(v is not None for v in search_options):
         raise TfedgeError(
-            "--tolerance, --objective, --budget-minutes, --trials, --storage, --study and "
-            "--resume belong to the search",
+            "--tolerance, --objective, --budget-minutes, --trials, --storage, --study, "
+            "--fidelity and --resume belong to the search",
             "add --auto (e.g. --auto --tolerance 0.01 --objective size)",
         )
     if recipe:

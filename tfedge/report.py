@@ -47,6 +47,7 @@ _COLUMNS = (
     ("init_ms", "init ms"),
     ("peak_rss_mb", "peak RSS MB"),
     ("edgetpu_compatible", "EdgeTPU"),
+    ("fidelity", "fidelity"),
     ("error", "error"),
 )
 _LATENCY_KEYS = ("p50", "p90", "p99", "init_ms")
@@ -178,6 +179,8 @@ def _cell(row: dict, key: str) -> str:
     value = _value(row, key)
     if value is None or value == "":
         return ""
+    if key == "fidelity":
+        return _fidelity(value)
     if key == "edgetpu_compatible":
         layers = row.get("int16_layers")
         return "yes" if value else "no" + (f" (int16 {', '.join(layers)})" if layers else "")
@@ -196,6 +199,16 @@ def _cell(row: dict, key: str) -> str:
     return text
 
 
+def _fidelity(value) -> str:
+    """``full``, or the screen a search candidate got (``screen 1 ep / 25 % -> full``)."""
+    if not isinstance(value, dict):
+        return str(value)
+    screen = value.get("screen") or {}
+    share = screen.get("data_fraction")
+    text = f"screen {screen.get('epochs')} ep" + (f" / {share * 100:g} %" if share else "")
+    return text + (" -> full" if value.get("then") else " (pruned)")
+
+
 def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
@@ -208,7 +221,7 @@ def _table(rows) -> str:
     keys = [(k, label) for k, label in _COLUMNS if any(_cell(r, k) for r in rows)]
     if all(r.get("stage") and str(r.get("model")) == str(r["stage"]) for r in rows):
         keys = [(k, label) for k, label in keys if k != "model"]  # rows named by stage only
-    text_keys = {"stage", "model", "device", "error"}
+    text_keys = {"stage", "model", "device", "error", "fidelity", "edgetpu_compatible"}
 
     def cls(key):
         return ' class="text"' if key in text_keys else ""

@@ -284,17 +284,20 @@ class RecipeEvaluator:
             self._teacher = frozen_copy(self.base)
         return self._teacher
 
-    def _stage_key(self, stages) -> str:
+    def _stage_key(self, stages, fidelity=None) -> str:
         from tfedge.optimize import code_key
 
+        settings = {"model": self.fingerprint, "stages": stages, "code": code_key(stages)}
+        if fidelity:
+            settings["fidelity"] = fidelity
         text = json.dumps(
-            {"model": self.fingerprint, "stages": stages, "code": code_key(stages)},
+            settings,
             sort_keys=True,
             default=str,
         )
         return hashlib.sha256(text.encode()).hexdigest()[:20]
 
-    def _run_stages(self, stages, on_stage=None):
+    def _run_stages(self, stages, on_stage=None, fidelity=None):
         from tfedge.loading import load_model
         from tfedge.models.search import recipe_label
         from tfedge.models.training import evaluate
@@ -306,19 +309,27 @@ class RecipeEvaluator:
                 raise OptimizationError(
                     f"unknown stage {stage!r}; expected one of {', '.join(STAGES)}"
                 )
-            path = self.cache / f"{self._stage_key(stages[: index + 1])}.keras"
+            prefix = stages[: index + 1]
+            fraction = None
+            if fidelity:
+                # The screen: at most fidelity["epochs"] epochs, on a seeded share of the data.
+                epochs = min(int(stage.get("epochs") or fidelity["epochs"]), fidelity["epochs"])
+                prefix = [*prefix[:-1], {**stage, "epochs": epochs}]
+                fraction = fidelity.get("data_fraction")
+            key = self._stage_key(prefix, fidelity)
+            path = self.cache / f"{key}.keras"
             label = recipe_label({"stages": stages[: index + 1]})
             if path.is_file():
                 current = load_model(path).model
             else:
-                echo(f"  stage {index + 1}/{len(stages)}: {label}")
-                current = self._run_stage(current, source, stages[: index + 1], path, label)
+                echo(f"  stage {index + 1}/{len(stages)}: {label}" + _screen_note(fidelity))
+                current = self._run_stage(current, source, prefix, path, label, fraction)
             source = path
             if on_stage is not None:
                 on_stage(index, evaluate(current, self.val))
         return current
 
-    def _run_stage(self, current, source, prefix: list, path: Path, label: str):
+    def _run_stage(self, current, source, prefix: list, path: Path, label: str, fraction=None):
         """The last stage of ``prefix``, in the child process if there is one, saved at ``path``.
 
         An error of the stage itself carries ``stages`` (the recipe up to it), so the search
@@ -331,7 +342,13 @@ class RecipeEvaluator:
         worker = self._stage_worker()
         if worker is not None:
             try:
-                worker.run(source or self._base_file, stage, path, label=f"stage {label}")
+                worker.run(
+                    source or self._base_file,
+                    stage,
+                    path,
+                    label=f"stage {label}",
+                    data_fraction=fraction,
+                )
                 return load_model(path).model
             except StageFailed as exc:
                 exc.stages = list(prefix)
@@ -343,16 +360,22 @@ class RecipeEvaluator:
                 )
                 self.isolate, self._worker = False, None
         try:
-            return self._run_here(current, stage, path)
+            return self._run_here(current, stage, path, fraction)
         except Exception as exc:
             exc.stages = list(prefix)
             raise
 
-    def _run_here(self, model, stage: dict, path: Path):
+    def _run_here(self, model, stage: dict, path: Path, fraction=None):
         from tfedge.optimize import run_stage, save_atomically
+        from tfedge.stage_worker import fraction_of
 
         model = run_stage(
-            stage, model, self.train, self.val, teacher=self.teacher, strategy=self.strategy
+            stage,
+            model,
+            fraction_of(self.train, fraction),
+            self.val,
+            teacher=self.teacher,
+            strategy=self.strategy,
         )
         save_atomically(model, path)
         return model
@@ -390,7 +413,7 @@ class RecipeEvaluator:
         if self._worker is not None:
             self._worker.close()
 
-    def __call__(self, recipe: dict, on_stage=None) -> dict:
+    def __call__(self, recipe: dict, on_stage=None, fidelity: dict | None = None) -> dict:
         from tfedge.bench import bench
         from tfedge.converters import convert
         from tfedge.inspector import inspect_model
@@ -401,9 +424,9 @@ class RecipeEvaluator:
         options = dict(recipe.get("convert") or {})
         mode = options.pop("mode", "int8")
         worst = int(options.pop("int16_worst", 0) or 0)
-        key = recipe_key(recipe)
+        key = recipe_key(recipe if fidelity is None else {**recipe, "fidelity": fidelity})
         label = recipe_label(recipe)
-        model = self._run_stages(stages, on_stage) if stages else self.base
+        model = self._run_stages(stages, on_stage, fidelity) if stages else self.base
         keras_path = self.candidates / f"{key}.keras"
         if stages:
             model.save(keras_path)
@@ -437,6 +460,7 @@ class RecipeEvaluator:
         row.setdefault("size_gzip_bytes", len(gzip.compress(blob, 9)))
         if options.get("int16"):
             row["int16_layers"] = list(options["int16"])
+        row["fidelity"] = dict(fidelity) if fidelity and stages else "full"
         row["edgetpu_compatible"] = bool(inspect_model(blob)["edgetpu"]["compatible"])
         return row
 
@@ -453,6 +477,14 @@ class RecipeEvaluator:
             if len(names) == count:
                 break
         return names
+
+
+def _screen_note(fidelity) -> str:
+    if not fidelity:
+        return ""
+    share = fidelity.get("data_fraction")
+    data = f" on {share * 100:g} % of the data" if share and share < 1 else ""
+    return f" (screen: {fidelity['epochs']} epoch{'s' if fidelity['epochs'] > 1 else ''}{data})"
 
 
 def _edgetpu_note(figures: dict) -> str:
@@ -534,6 +566,7 @@ def auto_optimize(
     evaluator=None,
     seed: int | None = 0,
     confirm_fraction: float = CONFIRM_FRACTION,
+    fidelity: str = "full",
 ):
     """Search for the smallest / fastest / best balanced fully-int8 model within ``tolerance``.
 
@@ -563,6 +596,10 @@ def auto_optimize(
         evaluator: replace the measurement (an ``evaluator(recipe) -> figures``).
         seed: the sampler's seed.
         confirm_fraction: the part of ``val`` kept back to confirm the choice (0: none).
+        fidelity: ``"full"`` fine-tunes every candidate fully; ``"multi"`` screens each
+            candidate first (1 epoch on a seeded 25 % of ``train``) and gives the full fine-tune
+            only to those Optuna's successive-halving pruner promotes (the report's ``fidelity``
+            column says which).
 
     Returns:
         The :class:`tfedge.models.search.SearchResult`.
@@ -580,6 +617,13 @@ def auto_optimize(
     from tfedge.models.search import check_settings, open_storage
 
     check_settings(tolerance, objective, budget_minutes, max_trials)
+    if fidelity not in ("full", "multi"):
+        raise OptimizationError(
+            f"fidelity {fidelity!r} is unknown; expected 'full' or 'multi'",
+            "use fidelity='multi' to screen candidates briefly before the full fine-tune",
+        )
+    from tfedge.models.search import SCREEN
+
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     url = storage or f"sqlite:///{(out / 'search.db').resolve()}"
@@ -620,6 +664,7 @@ def auto_optimize(
             seed=seed,
             on_progress=echo,
             confirm=confirm,
+            fidelity=SCREEN if fidelity == "multi" else None,
         )
         write_outputs(result, out, measure)
     finally:
@@ -655,8 +700,13 @@ def _row(candidate: dict, chosen: bool) -> dict:
             "chosen": chosen,
             "seconds": candidate.get("seconds"),
             "worker": candidate.get("worker"),
+            "fidelity": candidate.get("fidelity") or "full",
         }
     )
+    screen = candidate.get("screen_figures") or {}
+    if screen.get("accuracy") is not None:
+        row["screen_accuracy"] = screen["accuracy"]
+        row["screen_size_gzip_bytes"] = screen.get("size_gzip_bytes")
     if candidate.get("error"):
         row["error"] = candidate["error"]
         if candidate.get("hint"):

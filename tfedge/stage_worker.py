@@ -155,7 +155,9 @@ class StageWorker:
             self._kill()
             raise
 
-    def run(self, source, stage: dict, output, label: str | None = None) -> None:
+    def run(
+        self, source, stage: dict, output, label: str | None = None, data_fraction=None
+    ) -> None:
         """Run ``stage`` on the model saved at ``source`` and save the result at ``output``.
 
         Args:
@@ -163,6 +165,8 @@ class StageWorker:
             stage: the stage, as in a recipe (``{"name": "prune", "sparsity": 0.8, ...}``).
             output: where the child saves the stage's result (written atomically).
             label: the stage's name in messages.
+            data_fraction: fine-tune on this seeded fraction of the training data (the search's
+                low-fidelity screen); None or 1 is all of it.
 
         Raises:
             StageFailed: the stage failed (its own error and hint).
@@ -172,21 +176,21 @@ class StageWorker:
         """
         what = label or stage.get("name", "stage")
         try:
-            self._request(source, stage, output, what, env=None)
+            self._request(source, stage, output, what, env=None, fraction=data_fraction)
             return
         except StageCrashed as crash:
             if os.environ.get("TF_ENABLE_ONEDNN_OPTS") == "0" or not (crash.code or 0) < 0:
                 raise  # oneDNN was off already, or the child exited (not a crash by a signal)
             echo(f"  {crash.message}: running it again with TensorFlow's oneDNN kernels off")
         try:
-            self._request(source, stage, output, what, env=WITHOUT_ONEDNN)
+            self._request(source, stage, output, what, env=WITHOUT_ONEDNN, fraction=data_fraction)
         except StageCrashed as crash:
             message = f"{crash.message}; it crashed with oneDNN's kernels off too"
             raise StageCrashed(message, crash.hint, crash.code) from None
         finally:
             self.close()  # the next stage starts a child with oneDNN on again
 
-    def _request(self, source, stage: dict, output, what: str, env) -> None:
+    def _request(self, source, stage: dict, output, what: str, env, fraction=None) -> None:
         if self.process is not None and (
             self.process.poll() is not None or self.env != (env or {})
         ):
@@ -194,6 +198,8 @@ class StageWorker:
         if self.process is None:
             self.start(what, env)
         request = {"source": str(source), "stage": stage, "output": str(output)}
+        if fraction is not None:
+            request["data_fraction"] = float(fraction)
         self.running = what
         try:
             self.process.stdin.write(json.dumps(request) + "\n")
@@ -288,6 +294,21 @@ def _error(exc: BaseException) -> dict:
     return {"error": str(message), "hint": getattr(exc, "hint", None)}
 
 
+def fraction_of(train, fraction: float):
+    """A seeded ``fraction`` of a training set (a data stream or a ``Dataset``), in memory.
+
+    The search's low-fidelity screen fine-tunes on it. The same seed gives the same samples in
+    every process, so a screen's stage outputs are cached and shared like full ones.
+
+    Example:
+        >>> len(fraction_of(Dataset(np.zeros((100, 4)), np.zeros(100, int)), 0.25))  # doctest: +SKIP
+        25
+    """
+    if fraction is None or fraction >= 1:
+        return train
+    return train.take(max(1, int(len(train) * float(fraction))), seed=0)
+
+
 def _serve(config: dict) -> None:
     reply = os.fdopen(int(config["reply_fd"]), "w", buffering=1)
 
@@ -311,6 +332,7 @@ def _serve(config: dict) -> None:
         answer(_error(exc))
         return
     answer({"ready": True})
+    subsets = {}
     for line in sys.stdin:
         if not line.strip():
             continue
@@ -318,8 +340,12 @@ def _serve(config: dict) -> None:
             request = json.loads(line)
             source = request["source"]
             model = base if source == config["base"] else load_model(source).model
+            fraction = request.get("data_fraction")
+            if fraction is not None and fraction not in subsets:
+                subsets[fraction] = fraction_of(train, fraction)
+            used = train if fraction is None else subsets[fraction]
             result = run_stage(
-                request["stage"], model, train, val, teacher=teacher, strategy=strategy
+                request["stage"], model, used, val, teacher=teacher, strategy=strategy
             )
             save_atomically(result, request["output"])
         except Exception as exc:  # a stage's error goes back to the parent; the child serves on
