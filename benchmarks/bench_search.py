@@ -109,6 +109,7 @@ def run(kind, args, workdir):
         objective=objective,
         budget_minutes=budget,
         runs=args.runs,
+        fidelity=args.fidelity,
     )
     search_s = time.perf_counter() - started
     best = result.best
@@ -135,6 +136,7 @@ def run(kind, args, workdir):
     )
     return {
         "search": kind,
+        "fidelity": args.fidelity,
         "model": name,
         "objective": objective,
         "tolerance": args.tolerance,
@@ -254,6 +256,12 @@ def main(argv=None) -> int:
     parser.add_argument("--tolerance", type=float, default=0.01)
     parser.add_argument("--epochs", type=int, default=20, help="reference training epochs")
     parser.add_argument("--runs", type=int, default=200, help="timed runs per candidate")
+    parser.add_argument(
+        "--fidelity",
+        choices=["full", "multi"],
+        default="full",
+        help="multi: screen candidates briefly first (compare search_s and the result with full)",
+    )
     parser.add_argument(
         "--val-size", type=int, default=VAL_SIZE, help="validation digits (half confirm)"
     )
