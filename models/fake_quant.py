@@ -337,3 +337,97 @@ def copy_weights(source, target):
         new_layer = target.get_layer(layer.name)
         new = new_layer.get_weights()
         new_layer.set_weights(old + new[len(old) :])
+
+
+_FOLDABLE = ("Conv2D", "DepthwiseConv2D", "Dense")
+
+
+def _references(value, name: str) -> int:
+    """How many ``[name, node, tensor]`` references a functional config holds."""
+    if isinstance(value, dict):
+        return sum(_references(v, name) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        if len(value) >= 3 and value[0] == name and isinstance(value[1], int):
+            return 1
+        return sum(_references(v, name) for v in value)
+    return 0
+
+
+def _inbound_name(entry):
+    nodes = entry.get("inbound_nodes") or []
+    if len(nodes) != 1:
+        return None
+    args = nodes[0].get("args") or []
+    if len(args) != 1 or not isinstance(args[0], dict):
+        return None
+    history = (args[0].get("config") or {}).get("keras_history")
+    return history[0] if history else None
+
+
+def fold_batch_norms(model):
+    """Merge every BatchNormalization of a Keras 3 model into the Conv2D, DepthwiseConv2D or
+    Dense right before it (linear activation, used by nothing else), as TFLite's converter does.
+
+    QAT then fake-quantizes the folded kernel, the one the int8 file holds, and the int8 graph
+    has no BatchNorm MUL/ADD. Other BatchNorms are left as they are.
+
+    Returns:
+        A new Keras 3 model (``model`` itself when nothing folds).
+
+    Example:
+        >>> folded = fold_batch_norms(keras3_model)  # doctest: +SKIP
+    """
+    import numpy as np
+
+    from tfedge.models.graph import _replace_refs
+
+    if isinstance(model, keras3.Sequential):
+        model = keras3.Model(model.inputs, model.outputs, name=model.name)
+    if not hasattr(model, "get_config") or "layers" not in (model.get_config() or {}):
+        return model
+    config = model.get_config()
+    entries = {entry["name"]: entry for entry in config["layers"]}
+    folds = {}
+    for entry in list(config["layers"]):
+        if entry["class_name"] != "BatchNormalization":
+            continue
+        producer = _inbound_name(entry)
+        layer = model.get_layer(entry["name"])
+        source = entries.get(producer)
+        if source is None or source["class_name"] not in _FOLDABLE:
+            continue
+        activation = source["config"].get("activation")
+        if activation not in ("linear", None) or _references(config, producer) != 1:
+            continue
+        rank = len(layer.input.shape)
+        axis = layer.axis if isinstance(layer.axis, (list, tuple)) else [layer.axis]
+        if [a % rank for a in axis] != [rank - 1]:
+            continue
+        folds[producer] = layer
+        source["config"]["use_bias"] = True
+        config["layers"].remove(entry)
+        config = _replace_refs(config, entry["name"], producer)
+        entries = {e["name"]: e for e in config["layers"]}
+    if not folds:
+        return model
+    folded = keras3.Model.from_config(config)
+    for layer in model.layers:
+        if layer.name not in entries or not layer.get_weights():
+            continue
+        arrays = layer.get_weights()
+        if layer.name in folds:
+            bn = folds[layer.name]
+            params = {w.path.split("/")[-1]: np.asarray(w.numpy()) for w in bn.weights}
+            channels = params["moving_mean"].shape[0]
+            gamma = params.get("gamma", np.ones(channels, np.float32))
+            beta = params.get("beta", np.zeros(channels, np.float32))
+            scale = gamma / np.sqrt(params["moving_variance"] + bn.epsilon)
+            kernel = arrays[0]
+            bias = arrays[1] if len(arrays) > 1 else np.zeros(channels, np.float32)
+            if type(layer).__name__ == "DepthwiseConv2D":
+                kernel = kernel * scale.reshape(kernel.shape[2], kernel.shape[3])
+            else:
+                kernel = kernel * scale
+            arrays = [kernel, (bias - params["moving_mean"]) * scale + beta]
+        folded.get_layer(layer.name).set_weights(arrays)
+    return folded

@@ -36,6 +36,7 @@ import numpy as np
 
 from tfedge.backend import is_keras3_model, keras, keras3, tfmot
 from tfedge.errors import OptimizationError
+from tfedge.models import fake_quant  # noqa: F401 (registers the Keras 3 QAT layers by name)
 from tfedge.models import layers as layer_choice
 from tfedge.models.projection import Kernel, Projection
 
@@ -223,11 +224,11 @@ def _projection(kernels, options) -> Projection:
 
 
 def _wrap_keras3(model, skip, qat, options):
-    from tfedge.models.fake_quant import copy_weights, quantize_layers
+    from tfedge.models.fake_quant import copy_weights, fold_batch_norms, quantize_layers
 
     if qat:
         skipped = layer_choice.skipped_layers(model, skip)
-        work = quantize_layers(model, skip=skipped)
+        work = quantize_layers(fold_batch_norms(model), skip=skipped)
     else:
         try:
             work = keras3.models.clone_model(model)
