@@ -5,6 +5,9 @@ Each case is a plain user script: a trained CNN with a depthwise layer (tf_keras
 conversion, read back from the ``.tflite`` file with LiteRT.
 """
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -124,7 +127,7 @@ def test_own_fit_then_int8(user_models, digits, tflite_accuracy, tmp_path, flavo
     assert tflite_accuracy(blob, test, tmp_path) >= floor
 
 
-def test_keras3_qat_saves_and_loads_as_keras(user_models, digits, tmp_path):
+def test_keras3_qat_saves_and_loads_as_keras(user_models, digits, tmp_path, train_npz):
     from tfedge import models
     from tfedge.backend import keras3
     from tfedge.loading import load_model
@@ -144,6 +147,25 @@ def test_keras3_qat_saves_and_loads_as_keras(user_models, digits, tmp_path):
         np.testing.assert_allclose(
             loaded.predict(test.x[:16], verbose=0), final.predict(test.x[:16], verbose=0), atol=1e-6
         )
+    # A fresh process (the command line) knows tfedge's Keras 3 QAT layers too.
+    out = tmp_path / "qat.tflite"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tfedge",
+            "convert",
+            str(path),
+            "--calib",
+            str(train_npz),
+            "-o",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "fully integer: yes" in done.stdout
 
 
 def test_keras3_batch_norm_is_folded_before_qat(digits):
