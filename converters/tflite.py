@@ -487,6 +487,8 @@ def _resolve(model):
     from tfedge.loading import LoadedModel, load_model
 
     if isinstance(model, (str, bytes)) or hasattr(model, "__fspath__"):
+        import tfedge.models.fake_quant  # noqa: F401 (Keras 3 QAT files name its layers)
+
         model = load_model(model)
     if isinstance(model, LoadedModel):
         model = model.model

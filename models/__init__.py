@@ -1,15 +1,25 @@
 """tfedge.models: Keras compression wrappers (pruning, QAT, clustering, distillation, factorization)."""
 
 from tfedge.models.search import SearchResult, auto_optimize
+from tfedge.models.wrapping import callbacks, finalize, step, wrap
 
-__all__ = ["custom_objects", "auto_optimize", "SearchResult"]
+__all__ = [
+    "custom_objects",
+    "auto_optimize",
+    "SearchResult",
+    "wrap",
+    "callbacks",
+    "finalize",
+    "step",
+]
 
 
 def custom_objects() -> dict:
     """``{name: class}`` for every custom object in models made by tfedge's stages.
 
-    tfmot's wrappers, quantizers and configs (:func:`tfedge.serialization.custom_objects`) and
-    tfedge's own :class:`~tfedge.models.distiller.Distiller`.
+    tfmot's wrappers, quantizers and configs (:func:`tfedge.serialization.custom_objects`),
+    tfedge's own :class:`~tfedge.models.distiller.Distiller` and the Keras 3 fake-quantized
+    layers of :func:`wrap` (``qat=True``), which are also registered with Keras 3 by name.
 
     Example:
         >>> from tfedge.models import custom_objects
@@ -17,6 +27,9 @@ def custom_objects() -> dict:
         True
     """
     from tfedge.models.distiller import Distiller
+    from tfedge.models.fake_quant import QUANT_CLASSES
     from tfedge.serialization import custom_objects as tfmot_objects
 
-    return {**tfmot_objects(), "Distiller": Distiller, "tfedge>Distiller": Distiller}
+    quant = {cls.__name__: cls for cls in QUANT_CLASSES.values()}
+    quant.update({f"tfedge>{name}": cls for name, cls in quant.items()})
+    return {**tfmot_objects(), "Distiller": Distiller, "tfedge>Distiller": Distiller, **quant}
