@@ -36,6 +36,7 @@ import numpy as np
 
 from tfedge.backend import is_keras3_model, keras, keras3, tfmot
 from tfedge.errors import OptimizationError
+from tfedge.keras_internals import rename_layer
 from tfedge.models import fake_quant  # noqa: F401 (registers the Keras 3 QAT layers by name)
 from tfedge.models import layers as layer_choice
 from tfedge.models.projection import Kernel, Projection
@@ -173,10 +174,10 @@ def wrap(
     Example:
         >>> m = wrap(model, prune=0.8, cluster=16, qat=True)  # doctest: +SKIP
     """
-    from tfedge.models.pruning import _parse_structure
+    from tfedge.models.pruning import parse_structure
 
     _check_options(prune, cluster, qat, schedule, ramp)
-    m_by_n, block = _parse_structure(structure)
+    m_by_n, block = parse_structure(structure)
     if m_by_n is not None:
         prune = m_by_n[0] / m_by_n[1]
     if prune is None and cluster is None and not qat:
@@ -534,5 +535,5 @@ def finalize(model):
             delattr(model, _STATE)
         except AttributeError:
             pass
-    final._name = state.name
+    rename_layer(final, state.name)
     return final
