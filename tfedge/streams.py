@@ -317,13 +317,14 @@ class DataStream:
         with reader.shuffled_files(rng):
             for x, y in self.batches(limit=buffer):
                 for i in range(len(x)):
+                    # Copies: a view would keep its whole batch alive.
                     if seen < count:
-                        kept_x.append(x[i])
+                        kept_x.append(x[i].copy())
                         kept_y.append(None if y is None else y[i])
                     else:
                         slot = int(rng.integers(0, seen + 1))
                         if slot < count:
-                            kept_x[slot] = x[i]
+                            kept_x[slot] = x[i].copy()
                             kept_y[slot] = None if y is None else y[i]
                     seen += 1
         y = None if not kept_y or kept_y[0] is None else np.asarray(kept_y, np.int64)
