@@ -30,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -154,7 +155,7 @@ print(json.dumps({"plain_images_s": round(plain, 1), "tfedge_images_s": round(ou
 
 def run_model(
     name: str, sizes, work: Path, optimize_up_to: int, optimize_shards_up_to: int = 0
-) -> list:
+) -> Iterator[dict]:
     from tfedge.models.zoo import REFERENCE
 
     model = REFERENCE[name]()
@@ -163,7 +164,6 @@ def run_model(
     model_path = work / f"{name}.keras"
     model.save(model_path)
     val = write_sets(work / "val", shape, classes, VAL_SIZE, seed=99)["folder"]
-    rows = []
     for size in sizes:
         sets = write_sets(work / f"n{size}", shape, classes, size)
         for form, data in sets.items():
@@ -203,9 +203,8 @@ def run_model(
                     check=True,
                 )
                 row.update(json.loads(done.stdout.strip().splitlines()[-1]))
-            rows.append(row)
             print(json.dumps(row), flush=True)
-    return rows
+            yield row
 
 
 def _cell(entry) -> str:
@@ -244,6 +243,24 @@ def table(rows, sizes, not_run) -> str:
     return "\n".join(lines) + "\n"
 
 
+def save(rows, names, sizes, previous) -> None:
+    """Write streaming.json and streaming.md (after every row: a long run keeps what it measured)."""
+    if previous:
+        rows = previous["rows"] + rows
+        names = list(dict.fromkeys(previous["models"] + names))
+        sizes = sorted(set(previous["sizes"]) | set(sizes))
+    skipped = [n for n in IMAGE_MODELS if n not in names]
+    not_run = (
+        "Blank cells and models or sizes missing from the table were not run: "
+        f"{', '.join(skipped) or 'no model'} not run, no size beyond "
+        f"{max(sizes):,} (100,000 does not fit this run's time), and ad_autoencoder is left out "
+        "(its 640 inputs are not images)."
+    )
+    payload = {"sizes": sizes, "models": names, "rows": rows, "not_run": not_run}
+    (RESULTS / "streaming.json").write_text(json.dumps(payload, indent=1) + "\n")
+    (RESULTS / "streaming.md").write_text(table(rows, sizes, not_run))
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="2000,20000")
@@ -256,29 +273,21 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",")]
     names = [n for n in args.models.split(",") if n in IMAGE_MODELS]
+    RESULTS.mkdir(exist_ok=True)
+    previous_file = RESULTS / "streaming.json"
+    previous = (
+        json.loads(previous_file.read_text()) if args.append and previous_file.is_file() else None
+    )
     rows = []
     with tempfile.TemporaryDirectory(prefix="tfedge-stream-bench-") as tmp:
         for name in names:
             folder = Path(tmp) / name
             folder.mkdir()
-            rows += run_model(name, sizes, folder, args.optimize_up_to, args.optimize_shards_up_to)
-    RESULTS.mkdir(exist_ok=True)
-    previous = RESULTS / "streaming.json"
-    if args.append and previous.is_file():
-        old = json.loads(previous.read_text())
-        rows = old["rows"] + rows
-        names = list(dict.fromkeys(old["models"] + names))
-        sizes = sorted(set(old["sizes"]) | set(sizes))
-    skipped = [n for n in IMAGE_MODELS if n not in names]
-    not_run = (
-        "Blank cells and models or sizes missing from the table were not run: "
-        f"{', '.join(skipped) or 'no model'} not run, no size beyond "
-        f"{max(sizes):,} (100,000 does not fit this run's time), and ad_autoencoder is left out "
-        "(its 640 inputs are not images)."
-    )
-    payload = {"sizes": sizes, "models": names, "rows": rows, "not_run": not_run}
-    (RESULTS / "streaming.json").write_text(json.dumps(payload, indent=1) + "\n")
-    (RESULTS / "streaming.md").write_text(table(rows, sizes, not_run))
+            for row in run_model(
+                name, sizes, folder, args.optimize_up_to, args.optimize_shards_up_to
+            ):
+                rows.append(row)
+                save(rows, names, sizes, previous)
     print((RESULTS / "streaming.md").read_text())
     return 0
 
