@@ -30,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -152,7 +153,9 @@ print(json.dumps({"plain_images_s": round(plain, 1), "tfedge_images_s": round(ou
 """
 
 
-def run_model(name: str, sizes, work: Path, optimize_up_to: int) -> list:
+def run_model(
+    name: str, sizes, work: Path, optimize_up_to: int, optimize_shards_up_to: int = 0
+) -> Iterator[dict]:
     from tfedge.models.zoo import REFERENCE
 
     model = REFERENCE[name]()
@@ -161,19 +164,19 @@ def run_model(name: str, sizes, work: Path, optimize_up_to: int) -> list:
     model_path = work / f"{name}.keras"
     model.save(model_path)
     val = write_sets(work / "val", shape, classes, VAL_SIZE, seed=99)["folder"]
-    rows = []
-    reference = timed([sys.executable, "-c", TF_CONVERT, model_path, work / "tf_int8.tflite"])
     for size in sizes:
         sets = write_sets(work / f"n{size}", shape, classes, size)
         for form, data in sets.items():
             row = {"model": name, "input": list(shape), "samples": size, "form": form}
             out = work / f"{name}-{size}-{form}.tflite"
+            # The reference right before tfedge's convert: the same load on the shared machine.
+            reference = timed([sys.executable, "-c", TF_CONVERT, model_path, work / "tf.tflite"])
             row["convert"] = timed([*TFEDGE, "convert", model_path, "--calib", data, "-o", out])
             row["tf_converter"] = reference
             row["convert_ratio"] = round(row["convert"]["wall_s"] / reference["wall_s"], 2)
             row["analyze"] = timed([*TFEDGE, "analyze", model_path, "--calib", data])
             row["bench"] = timed([*TFEDGE, "bench", out, "--data", data, "--runs", "20"])
-            if size <= optimize_up_to:
+            if size <= optimize_up_to or (form == "tfrecord" and size <= optimize_shards_up_to):
                 row["optimize"] = timed(
                     [
                         *TFEDGE,
@@ -200,13 +203,12 @@ def run_model(name: str, sizes, work: Path, optimize_up_to: int) -> list:
                     check=True,
                 )
                 row.update(json.loads(done.stdout.strip().splitlines()[-1]))
-            rows.append(row)
             print(json.dumps(row), flush=True)
-    return rows
+            yield row
 
 
 def _cell(entry) -> str:
-    return "not run" if not entry else f"{entry['wall_s']:.0f} s / {entry['peak_rss_mb']:.0f} MB"
+    return "" if not entry else f"{entry['wall_s']:.0f} s / {entry['peak_rss_mb']:.0f} MB"
 
 
 def table(rows, sizes, not_run) -> str:
@@ -241,32 +243,51 @@ def table(rows, sizes, not_run) -> str:
     return "\n".join(lines) + "\n"
 
 
+def save(rows, names, sizes, previous) -> None:
+    """Write streaming.json and streaming.md (after every row: a long run keeps what it measured)."""
+    if previous:
+        rows = previous["rows"] + rows
+        names = list(dict.fromkeys(previous["models"] + names))
+        sizes = sorted(set(previous["sizes"]) | set(sizes))
+    skipped = [n for n in IMAGE_MODELS if n not in names]
+    not_run = (
+        "Blank cells and models or sizes missing from the table were not run: "
+        f"{', '.join(skipped) or 'no model'} not run, no size beyond "
+        f"{max(sizes):,} (100,000 does not fit this run's time), and ad_autoencoder is left out "
+        "(its 640 inputs are not images)."
+    )
+    payload = {"sizes": sizes, "models": names, "rows": rows, "not_run": not_run}
+    (RESULTS / "streaming.json").write_text(json.dumps(payload, indent=1) + "\n")
+    (RESULTS / "streaming.md").write_text(table(rows, sizes, not_run))
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="2000,20000")
     parser.add_argument("--models", default="vww_mobilenet")
     parser.add_argument("--optimize-up-to", type=int, default=2000)
+    parser.add_argument(
+        "--optimize-shards-up-to", type=int, default=0, help="optimize on the shards up to N too"
+    )
+    parser.add_argument("--append", action="store_true", help="add to the previous rows")
     args = parser.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",")]
     names = [n for n in args.models.split(",") if n in IMAGE_MODELS]
+    RESULTS.mkdir(exist_ok=True)
+    previous_file = RESULTS / "streaming.json"
+    previous = (
+        json.loads(previous_file.read_text()) if args.append and previous_file.is_file() else None
+    )
     rows = []
     with tempfile.TemporaryDirectory(prefix="tfedge-stream-bench-") as tmp:
         for name in names:
             folder = Path(tmp) / name
             folder.mkdir()
-            rows += run_model(name, sizes, folder, args.optimize_up_to)
-    skipped = [
-        n for n in ("vww_mobilenet", "kws_ds_cnn", "ic_resnet8", "mobilenet_v2") if n not in names
-    ]
-    not_run = (
-        f"Sizes run: {', '.join(f'{s:,}' for s in sizes)}; optimize up to {args.optimize_up_to:,} "
-        f"samples. Not run here: {', '.join(skipped) or 'none'} (models), the sizes not listed "
-        "(100,000), and ad_autoencoder (its 640 inputs are not images)."
-    )
-    RESULTS.mkdir(exist_ok=True)
-    payload = {"sizes": sizes, "models": names, "rows": rows, "not_run": not_run}
-    (RESULTS / "streaming.json").write_text(json.dumps(payload, indent=1) + "\n")
-    (RESULTS / "streaming.md").write_text(table(rows, sizes, not_run))
+            for row in run_model(
+                name, sizes, folder, args.optimize_up_to, args.optimize_shards_up_to
+            ):
+                rows.append(row)
+                save(rows, names, sizes, previous)
     print((RESULTS / "streaming.md").read_text())
     return 0
 

@@ -169,6 +169,14 @@ def test_tf_data_dataset_is_consumed_as_a_stream(form, images):
     assert np.array_equal(sample.x, stream.sample(20, seed=3).x)  # seeded
 
 
+def test_an_infinite_tf_data_dataset_is_refused(images):
+    from tfedge.backend import tf
+
+    endless = tf.data.Dataset.from_tensor_slices(images[0].astype(np.float32)).repeat()
+    with pytest.raises(DataError, match="infinite"):
+        stream_data(endless, input_shape=SHAPE)
+
+
 def test_small_sets_are_read_whole_as_before(tmp_path):
     np.savez(tmp_path / "d.npz", x=np.ones((10, 4), np.float32), y=np.arange(10) % 2)
     assert isinstance(stream_data(tmp_path / "d.npz"), Dataset)
@@ -298,3 +306,43 @@ def test_the_runner_reads_a_large_uncompressed_npz_slice_by_slice(tmp_path):
     assert np.array_equal(np.stack(list(got)[:3]), x[:3])
     np.savez_compressed(tmp_path / "packed.npz", x=x[:10])
     assert _stored_member(tmp_path / "packed.npz", "x") is None  # read whole, as before
+
+
+def test_a_shuffled_pass_over_shards_is_a_permutation(shards, images):
+    stream = stream_data(f"{shards}/*.tfrecord", input_shape=SHAPE, in_memory_bytes=0)
+    pairs = list(stream.as_tf_dataset(16, shuffle=True, seed=1).as_numpy_iterator())
+    x = np.concatenate([p[0] for p in pairs])
+    y = np.concatenate([p[1] for p in pairs])
+    ordered, labels = _all(stream)
+    assert not np.array_equal(y, labels) and np.array_equal(np.sort(y), np.sort(labels))
+    key = [row.tobytes() for row in x]
+    assert sorted(key) == sorted(row.tobytes() for row in ordered)
+
+
+@pytest.mark.parametrize("shuffle", [None, 5])
+def test_a_corrupt_record_deep_in_the_shards_is_named(tmp_path, images, shuffle):
+    from tfedge.backend import tf
+
+    x, y = images
+    for shard in range(3):
+        with tf.io.TFRecordWriter(str(tmp_path / f"s-{shard}.tfrecord")) as writer:
+            for i in range(40):
+                record = _example(tf, x[i], y[i])
+                if (shard, i) == (2, 30):
+                    feature = {
+                        "image/encoded": tf.train.Feature(
+                            bytes_list=tf.train.BytesList(value=[b"junk"])
+                        )
+                    }
+                    record = tf.train.Example(
+                        features=tf.train.Features(feature=feature)
+                    ).SerializeToString()
+                writer.write(record)
+    stream = stream_data(
+        f"{tmp_path}/*.tfrecord", input_shape=SHAPE, in_memory_bytes=0, batch_size=16
+    )
+    with pytest.raises(
+        DataError, match=r"sample 110 \(.*s-2\.tfrecord record 30\) cannot be read: Fe"
+    ):
+        for _ in stream.batches(16, shuffle=shuffle):
+            pass

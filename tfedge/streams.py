@@ -63,6 +63,7 @@ __all__ = [
     "IN_MEMORY_BYTES",
     "TFRECORD_FEATURES",
     "SAMPLE_BUFFER_FACTOR",
+    "SHUFFLE_RECORDS",
     "to_arrays",
     "write_npz",
 ]
@@ -73,6 +74,8 @@ IN_MEMORY_BYTES = 64 * 2**20
 TFRECORD_FEATURES = {"image": "image/encoded", "label": "image/class/label"}
 #: Sequential sources draw ``count`` calibration samples from the first ``factor * count``.
 SAMPLE_BUFFER_FACTOR = 10
+#: Shuffled passes over TFRecord shards draw from a buffer of this many (serialized) records.
+SHUFFLE_RECORDS = 4096
 DEFAULT_BATCH = 256
 TFRECORD_HINT = (
     "TFRecord shards hold tf.train.Example records with an encoded image in 'image/encoded' and "
@@ -231,20 +234,29 @@ class DataStream:
     def y(self):
         return _LazyColumn(self, 1) if self.has_labels else None
 
-    def batches(self, batch_size: int | None = None, *, limit: int | None = None, order=None):
+    def batches(
+        self,
+        batch_size: int | None = None,
+        *,
+        limit: int | None = None,
+        order=None,
+        shuffle: int | None = None,
+    ):
         """Yield checked ``(x float32, y int64 or None)`` batches, in order (or ``order``'s).
 
         Args:
             batch_size: samples per batch (default: the stream's).
             limit: stop after this many samples.
             order: sample indexes to read, for random-access forms (npz, folders, arrays).
+            shuffle: a seed: TFRecord shards are read through a seeded shuffle buffer of
+                :data:`SHUFFLE_RECORDS` records (other sequential forms stay in order).
 
         Raises:
             DataError: on the first batch with a bad sample or label, naming it.
         """
         batch_size = int(batch_size or self.batch_size)
         seen = 0
-        for x, y, ids in self._reader.raw(batch_size, order=order):
+        for x, y, ids in self._reader.raw(batch_size, order=order, shuffle=shuffle):
             if limit is not None and seen + len(x) > limit:
                 x = x[: limit - seen]
                 y = None if y is None else y[: limit - seen]
@@ -317,13 +329,14 @@ class DataStream:
         with reader.shuffled_files(rng):
             for x, y in self.batches(limit=buffer):
                 for i in range(len(x)):
+                    # Copies: a view would keep its whole batch alive.
                     if seen < count:
-                        kept_x.append(x[i])
+                        kept_x.append(x[i].copy())
                         kept_y.append(None if y is None else y[i])
                     else:
                         slot = int(rng.integers(0, seen + 1))
                         if slot < count:
-                            kept_x[slot] = x[i]
+                            kept_x[slot] = x[i].copy()
                             kept_y[slot] = None if y is None else y[i]
                     seen += 1
         y = None if not kept_y or kept_y[0] is None else np.asarray(kept_y, np.int64)
@@ -354,6 +367,8 @@ class DataStream:
         return Dataset(np.concatenate(xs), y, self.class_names, self.source)
 
     def _whole_if_under(self, limit: int):
+        if limit <= 0:
+            return None
         per_sample = 4 * int(np.prod(self.input_shape)) + 8
         xs, ys, size = [], [], 0
         for x, y in self.batches():
@@ -380,7 +395,10 @@ class DataStream:
         """A ``tf.data.Dataset`` of checked ``(x, y)`` batches (``x`` alone without labels).
 
         With ``shuffle``, every pass is in a new seeded order: a permutation of the whole set for
-        random-access forms, a shuffled file order and a 4,096-sample shuffle buffer otherwise.
+        random-access forms (npz, image folders, arrays); for TFRecord shards a shuffled file
+        order and a shuffle buffer of :data:`SHUFFLE_RECORDS` serialized records (decoded after
+        it, so the buffer costs a few KB a record); a ``tf.data`` pipeline or a compressed
+        ``.npz`` is read in its own order (shuffle a pipeline yourself).
 
         Example:
             >>> model.fit(stream.as_tf_dataset(32, shuffle=True), epochs=1)  # doctest: +SKIP
@@ -396,9 +414,11 @@ class DataStream:
             if shuffle and random_access:
                 yield from self.batches(batch_size, order=rng.permutation(len(self)))
                 return
-            context = self._reader.shuffled_files(rng) if shuffle else _nothing()
-            with context:
+            if not shuffle:
                 yield from self.batches(batch_size)
+                return
+            with self._reader.shuffled_files(rng):
+                yield from self.batches(batch_size, shuffle=int(rng.integers(2**31)))
 
         x_spec = tf.TensorSpec((None, *self.input_shape), tf.float32)
         if self.has_labels:
@@ -412,8 +432,6 @@ class DataStream:
                     yield x
 
         dataset = tf.data.Dataset.from_generator(gen, output_signature=signature)
-        if shuffle and not random_access:
-            dataset = dataset.unbatch().shuffle(4096, seed=seed).batch(batch_size)
         count = self._reader.known_count()
         if count is not None:
             dataset = dataset.apply(
@@ -605,7 +623,7 @@ class _ArrayReader(_Reader):
     def count(self):
         return len(self.x)
 
-    def raw(self, batch_size, order=None):
+    def raw(self, batch_size, order=None, shuffle=None):
         y = self.y
         if order is None:
             for start in range(0, len(self.x), batch_size):
@@ -710,7 +728,7 @@ class _NpzChunkReader(_Reader):
     def count(self):
         return int(self.shape[0])
 
-    def raw(self, batch_size, order=None):
+    def raw(self, batch_size, order=None, shuffle=None):
         per = int(np.prod(self.shape[1:], dtype=np.int64)) * self.dtype.itemsize
         with zipfile.ZipFile(self.path) as archive, archive.open(self.info) as member:
             version = np.lib.format.read_magic(member)
@@ -778,7 +796,7 @@ class _FolderReader(_Reader):
             image = tf.image.resize(image, (self.height, self.width), method="bilinear")
         return np.asarray(image, dtype=np.float32)
 
-    def raw(self, batch_size, order=None):
+    def raw(self, batch_size, order=None, shuffle=None):
         from tfedge.backend import tf
 
         ids = np.arange(len(self.files)) if order is None else np.asarray(order)
@@ -970,17 +988,21 @@ class _TfRecordReader(_Reader):
 
         return parse
 
-    def raw(self, batch_size, order=None):
+    def raw(self, batch_size, order=None, shuffle=None):
         from tfedge.backend import tf
 
         parse = self._parse()
-        dataset = (
-            tf.data.TFRecordDataset(self.order)
-            .map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-            .batch(batch_size)
-            .prefetch(2)
-        )
-        iterator = iter(dataset)
+        records = tf.data.TFRecordDataset(self.order)
+        if shuffle is not None:  # the serialized records, a few KB each, numbered in file order
+            records = records.enumerate().shuffle(SHUFFLE_RECORDS, seed=int(shuffle))
+
+            def numbered(index, record):
+                return (index, *parse(record))
+
+            decoded = records.map(numbered, num_parallel_calls=tf.data.AUTOTUNE)
+        else:
+            decoded = records.map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        iterator = iter(decoded.batch(batch_size).prefetch(2))
         position = 0
         while True:
             try:
@@ -988,17 +1010,24 @@ class _TfRecordReader(_Reader):
             except StopIteration:
                 return
             except tf.errors.OpError as exc:
-                raise self._bad_record(position, batch_size, parse, exc) from None
+                start, count = (0, None) if shuffle is not None else (position, batch_size)
+                raise self._bad_record(start, count, parse, exc) from None
+            ids = None
+            if shuffle is not None:
+                ids, batch = batch[0].numpy(), batch[1:]
             x = batch[0].numpy()
             y = batch[1].numpy() if self.labelled else None
-            yield x, y, None
+            yield x, y, ids
             position += len(x)
 
-    def _bad_record(self, position, batch_size, parse, exc):
-        """The error for the first record of a failed batch that does not parse or decode."""
+    def _bad_record(self, position, count, parse, exc):
+        """The error for the first record from ``position`` (``count`` of them, None: all) that
+        does not parse or decode."""
         from tfedge.backend import tf
 
-        records = tf.data.TFRecordDataset(self.order).skip(position).take(batch_size)
+        records = tf.data.TFRecordDataset(self.order).skip(position)
+        if count is not None:
+            records = records.take(count)
         for offset, record in enumerate(records):
             try:
                 parse(record)
@@ -1006,18 +1035,33 @@ class _TfRecordReader(_Reader):
                 where = self.locate(position + offset)
                 return DataError(
                     f"{self.name} ({self.source}) sample {position + offset} ({where}) cannot be read: "
-                    f"{first_line(inner, 200)}",
+                    f"{_tf_message(inner)}",
                     TFRECORD_HINT,
                 )
         return InputFileError(
-            f"cannot read {self.name} ({self.source}): {first_line(exc, 200)}", TFRECORD_HINT
+            f"cannot read {self.name} ({self.source}): {_tf_message(exc)}", TFRECORD_HINT
         )
+
+
+def _tf_message(exc) -> str:
+    """TensorFlow's message without its ``{{function_node ...}}`` and ``[[{{node ...}}]]`` noise."""
+    import re
+
+    text = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", first_line(exc, 600))
+    return re.sub(r"\s*\[\[\{\{node [^]]*\]\]", "", text)[:200]
 
 
 class _TfDatasetReader(_Reader):
     """A user's ``tf.data.Dataset``, batched or not, read front to back."""
 
     def __init__(self, dataset, input_shape, name):
+        from tfedge.backend import tf
+
+        if int(dataset.cardinality()) == int(tf.data.INFINITE_CARDINALITY):
+            raise DataError(
+                f"{name} tf.data.Dataset is infinite (it repeats)",
+                "pass one pass over the data: drop .repeat(), or add .take(N)",
+            )
         self.dataset = dataset
         self.source = "tf.data.Dataset"
         self.rank = None if input_shape is None else len(input_shape)
@@ -1040,7 +1084,7 @@ class _TfDatasetReader(_Reader):
                 digest.update(np.ascontiguousarray(y).tobytes())
         return digest.hexdigest()[:16]
 
-    def raw(self, batch_size, order=None):
+    def raw(self, batch_size, order=None, shuffle=None):
         pending_x, pending_y = [], []
         for element in self.dataset.as_numpy_iterator():
             if isinstance(element, dict):
