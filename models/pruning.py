@@ -6,10 +6,12 @@ sparsity (from a teacher when one is given), keeps the best epoch, strips the wr
 the stripped model with its zeros held in place. The returned model converts to a fully-int8
 ``.tflite`` whose zero weights stay zero, so it compresses well with gzip.
 
-``sparsity`` is the fraction of zeros in every kernel tfmot can prune (Conv, Dense, a
-SeparableConv2D's pointwise kernel), so it holds over those kernels together and each one alone.
-What tfmot leaves dense (depthwise kernels) and layers skipped by name or type are not made up for
-by pruning the rest harder: :func:`pruning_plan` names them and says why. Only epochs at which
+``sparsity`` is the fraction of zeros in every kernel (Conv, Dense, a SeparableConv2D's
+pointwise kernel through tfmot; the depthwise kernels tfmot leaves dense through tfedge's own
+masks on the same ramp, :mod:`tfedge.models.projection`), so it holds over the kernels together
+and each one alone. Kernels a structure does not fit (depthwise ones with 2:4 or a block) and
+layers skipped by name or type (``skip=("DepthwiseConv2D",)`` keeps depthwise kernels dense) are
+not made up for by pruning the rest harder: :func:`pruning_plan` names them and says why. Only epochs at which
 every pruned kernel holds the final sparsity compete for the best one, and the kernels are set to
 it exactly (or to the M:N pattern) before the polish, whatever the schedule's step count did.
 
