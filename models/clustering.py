@@ -85,6 +85,24 @@ def _values(weight, nonzero_only: bool) -> int:
     return int(np.count_nonzero(keras.backend.get_value(weight)))
 
 
+def _hold_unclustered_zeros(model, clustered) -> list:
+    """A callback holding the zeros of every kernel outside ``clustered`` layers (or [])."""
+    from tfedge.models.projection import Kernel, Projection
+    from tfedge.models.wrapping import projection_callback
+
+    kernels = []
+    for layer in model.layers:
+        if layer.name in clustered or not layer.trainable:
+            continue
+        for weight in layer.trainable_weights:
+            values = keras.backend.get_value(weight)
+            if len(weight.shape) >= 2 and (values == 0).any():
+                kernel = Kernel(layer.name, weight.name, weight, prune=False, cluster=False)
+                kernel.set_mask((values != 0).astype(values.dtype))
+                kernels.append(kernel)
+    return [projection_callback(Projection(kernels))] if kernels else []
+
+
 def clustering_plan(model, clusters: int = 16, skip=(), preserve_sparsity: bool = False) -> dict:
     """Which layers :func:`cluster` clusters in ``model`` and which kernels it leaves alone, and why.
 
@@ -244,6 +262,8 @@ def cluster(
                 f"tfmot cannot cluster {work.name!r}: {first_line(exc)}",
                 "skip the layer it names (skip=(..., 'NAME'))",
             ) from exc
+        # Kernels tfmot does not cluster (depthwise ones) keep a pruned model's zeros too.
+        callbacks = _hold_unclustered_zeros(work, names) if preserve_sparsity else []
         training.fit(
             wrapped,
             train,
@@ -255,6 +275,7 @@ def cluster(
             temperature=temperature,
             alpha=alpha,
             strategy=strategy,
+            callbacks=callbacks,
             desc=f"clustering to {clusters}",
             seed=seed,
         )

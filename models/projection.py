@@ -28,7 +28,7 @@ def polynomial_sparsity(step: int, end: int, target: float, power: int = 3) -> f
     """tfmot's polynomial decay: 0 at step 0, ``target`` from step ``end`` on.
 
     Example:
-        >>> polynomial_sparsity(50, 100, 0.8)
+        >>> round(polynomial_sparsity(50, 100, 0.8), 6)
         0.7
     """
     if end <= 0 or step >= end:

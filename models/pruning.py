@@ -6,10 +6,12 @@ sparsity (from a teacher when one is given), keeps the best epoch, strips the wr
 the stripped model with its zeros held in place. The returned model converts to a fully-int8
 ``.tflite`` whose zero weights stay zero, so it compresses well with gzip.
 
-``sparsity`` is the fraction of zeros in every kernel tfmot can prune (Conv, Dense, a
-SeparableConv2D's pointwise kernel), so it holds over those kernels together and each one alone.
-What tfmot leaves dense (depthwise kernels) and layers skipped by name or type are not made up for
-by pruning the rest harder: :func:`pruning_plan` names them and says why. Only epochs at which
+``sparsity`` is the fraction of zeros in every kernel (Conv, Dense, a SeparableConv2D's
+pointwise kernel through tfmot; the depthwise kernels tfmot leaves dense through tfedge's own
+masks on the same ramp, :mod:`tfedge.models.projection`), so it holds over the kernels together
+and each one alone. Kernels a structure does not fit (depthwise ones with 2:4 or a block) and
+layers skipped by name or type (``skip=("DepthwiseConv2D",)`` keeps depthwise kernels dense) are
+not made up for by pruning the rest harder: :func:`pruning_plan` names them and says why. Only epochs at which
 every pruned kernel holds the final sparsity compete for the best one, and the kernels are set to
 it exactly (or to the M:N pattern) before the polish, whatever the schedule's step count did.
 
@@ -177,6 +179,10 @@ def pruning_plan(model, structure=None, skip=DEFAULT_SKIP) -> dict:
     for layer in layers.kernel_layers(flat):
         reason = "skipped" if layer.name in skipped else _dense_reason(layer, m_by_n, block)
         targets = [] if reason else _prunable_weights(layer)
+        if layer.name not in skipped:
+            targets = targets + _own_kernels(layer, m_by_n, block)
+            if targets and reason and reason.startswith("tfmot does not prune depthwise"):
+                reason = None
         for weight in layer.trainable_weights:
             if len(weight.shape) < 2:
                 continue
@@ -200,6 +206,22 @@ def pruning_plan(model, structure=None, skip=DEFAULT_SKIP) -> dict:
         "pruned_weights": pruned_weights,
         "kernel_weights": kernel_weights,
     }
+
+
+def _own_kernels(layer, m_by_n=None, block=None) -> list:
+    """The depthwise kernels of ``layer`` that tfmot leaves dense and tfedge prunes itself.
+
+    An M:N pattern (along input channels) and a 2-D block do not apply to a depthwise kernel:
+    with a structure those stay dense.
+    """
+    if m_by_n is not None or block is not None:
+        return []
+    theirs = {id(w) for w in _prunable_weights(layer)}
+    return [
+        w
+        for w in layer.trainable_weights
+        if len(w.shape) == 4 and "depthwise_kernel" in w.name and id(w) not in theirs
+    ]
 
 
 def _short(weight) -> str:
@@ -286,6 +308,48 @@ def weight_sparsity(model, layers=None) -> float:
     zeros = sum(int(np.sum(w.numpy() == 0)) for w in weights)
     total = sum(int(np.prod(w.shape)) for w in weights)
     return zeros / max(total, 1)
+
+
+class _OwnPruning:
+    """tfedge's masks for the depthwise kernels tfmot leaves dense, driven by a callback."""
+
+    def __init__(self, projection):
+        self.projection = projection
+        self.callbacks = []
+        if projection is not None:
+            from tfedge.models.wrapping import projection_callback
+
+            self.callbacks = [projection_callback(projection)]
+
+    def reached(self, theirs, target: float, tolerance: float = 0.005):
+        if self.projection is None:
+            return theirs
+
+        def check() -> bool:
+            ours = [np.mean(k.values() == 0) for k in self.projection.pruned]
+            return theirs() and min(ours) >= target - tolerance
+
+        return check
+
+    def finish(self):
+        if self.projection is not None:
+            self.projection.finish()
+
+
+def _own_projection(work, skip, m_by_n, block, target, schedule, ramp, total):
+    from tfedge.models.projection import Kernel, Projection
+
+    skipped = layers.skipped_layers(work, skip)
+    kernels = [
+        Kernel(layer.name, _short(weight), weight, prune=True, cluster=False)
+        for layer in work.layers
+        if layer.name not in skipped
+        for weight in _own_kernels(layer, m_by_n, block)
+    ]
+    if not kernels:
+        return _OwnPruning(None)
+    projection = Projection(kernels, prune=target, schedule=schedule, ramp=ramp, steps=total)
+    return _OwnPruning(projection)
 
 
 class KeepZeros(keras.callbacks.Callback):
@@ -449,6 +513,9 @@ def prune(
                 f"tfmot cannot prune {work.name!r}: {first_line(exc)}",
                 "skip the layer it names (skip=(..., 'NAME'))",
             ) from exc
+        # The depthwise kernels tfmot leaves dense are pruned by tfedge's own masks, on the same
+        # ramp (the layers are shared by ``work`` and ``wrapped``, so are their variables).
+        own = _own_projection(work, skip, m_by_n, block, target, schedule, ramp, total)
         # Epochs that end after the ramp run at full sparsity: only those compete for "best", and
         # only once every kernel really holds it (measured, not inferred from the step count).
         restore_from = min(epochs - 1, math.ceil(ramp_steps / per_epoch) - 1 if ramp_steps else 0)
@@ -463,9 +530,9 @@ def prune(
             temperature=temperature,
             alpha=alpha,
             strategy=strategy,
-            callbacks=[mot.UpdatePruningStep()],
+            callbacks=[mot.UpdatePruningStep(), *own.callbacks],
             restore_from=max(0, restore_from),
-            accept=_reached(wrapped, target),
+            accept=own.reached(_reached(wrapped, target), target),
             desc=f"pruning to {sparsity:.0%}" if m_by_n is None else f"pruning {structure}",
             seed=seed,
         )
@@ -473,6 +540,7 @@ def prune(
             stripped = mot.strip_pruning(wrapped)
         # Whatever epoch was kept, the kernels leave at the sparsity asked (or the M:N pattern).
         _enforce(stripped, names, target, m_by_n)
+        own.finish()
         if polish_epochs:
             training.fit(
                 stripped,
@@ -485,7 +553,7 @@ def prune(
                 temperature=temperature,
                 alpha=alpha,
                 strategy=strategy,
-                callbacks=[KeepZeros(stripped, names)],
+                callbacks=[KeepZeros(stripped, names), *own.callbacks],
                 keep_initial=True,
                 desc="polishing",
                 seed=seed,

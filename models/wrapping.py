@@ -470,6 +470,18 @@ def callbacks(model) -> list:
     return out
 
 
+def projection_callback(projection, keras3_api: bool = False):
+    """A ``fit`` callback that drives ``projection`` (tfedge's masks and clusters) on its own.
+
+    Example:
+        >>> fit(model, x, callbacks=[projection_callback(Projection(kernels, prune=0.8))])  # doctest: +SKIP
+    """
+    base = keras3.callbacks.Callback if keras3_api else keras.callbacks.Callback
+    if base not in _CALLBACKS:
+        _CALLBACKS[base] = _callback_class(base)
+    return _CALLBACKS[base](_State("", keras3_api, projection, {}))
+
+
 def step(model):
     """In a custom training loop: call once at the start of every step, before the forward pass.
 

@@ -8,7 +8,9 @@ read from the int8 ``.tflite`` itself, with LiteRT reading the weight values.
 import numpy as np
 import pytest
 
-PRUNABLE_OPS = ("CONV_2D", "FULLY_CONNECTED")
+PRUNABLE_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
+#: What a structure (2:4) applies to: not depthwise kernels.
+STRUCTURED_OPS = ("CONV_2D", "FULLY_CONNECTED")
 EPOCHS = {"prune": 12, "cluster": 4, "qat": 2}
 
 
@@ -76,13 +78,17 @@ def test_prune_and_qat_reach_the_sparsity_asked_in_every_prunable_tensor(run):
     report, out = run(prune=0.75, qat=True)
     weights = weight_arrays(out / "model.tflite")
     prunable = [(w, rows, zero) for w, rows, zero in weights if w["op"] in PRUNABLE_OPS]
-    assert len(prunable) == 5  # the first conv, three pointwise convs, the classifier
+    # The first conv, three depthwise (tfmot leaves them dense: tfedge prunes them), three
+    # pointwise convs, the classifier.
+    assert len(prunable) == 8
     zeros = sum(int((rows == zero).sum()) for _, rows, zero in prunable)
     elements = sum(rows.size for _, rows, _ in prunable)
     assert zeros / elements == pytest.approx(0.75, abs=0.01)
     for w, rows, zero in prunable:
         assert (rows == zero).mean() == pytest.approx(0.75, abs=0.01), w["name"]
-    assert accuracy_drop(report) <= 0.015
+    # 75 % of every 3x3 depthwise kernel too (2 weights of 9 left per channel) costs this small
+    # DS-CNN more than the pointwise kernels alone did (1.5 pt then; 3.0 pt measured now).
+    assert accuracy_drop(report) <= 0.035
 
 
 def test_report_shows_requested_against_achieved_and_names_the_dense_layers(run):
@@ -94,10 +100,9 @@ def test_report_shows_requested_against_achieved_and_names_the_dense_layers(run)
         assert entry["requested"]["sparsity"] == 0.75
         assert entry["achieved"]["sparsity"] == pytest.approx(0.75, abs=0.01)
         assert entry["met"] is True
-        assert {d["layer"] for d in entry["dense_layers"]} == {"dw1", "dw2", "dw3"}
+        assert entry["dense_layers"] == []
         pruned = {layer["layer"] for layer in entry["layers"] if layer["pruned"]}
-        assert pruned == {"conv1", "pw1", "pw2", "pw3", "logits"}
-        assert any("left dense: dw1" in note for note in entry["notes"])
+        assert pruned == {"conv1", "dw1", "pw1", "dw2", "pw2", "dw3", "pw3", "logits"}
     # The QAT stage kept every zero of the pruning stage.
     prune_layers = by_stage["prune(sparsity=0.75)"]["layers"]
     qat_layers = by_stage["qat(preserve=sparsity)"]["layers"]
@@ -123,7 +128,7 @@ def test_structured_2_4_gives_two_zeros_in_every_group_of_four(run):
     report, out = run(structured="2:4")
     checked = 0
     for w, rows, zero in weight_arrays(out / "model.tflite"):
-        if w["op"] not in PRUNABLE_OPS or w["shape"][-1] % 4:
+        if w["op"] not in STRUCTURED_OPS or w["shape"][-1] % 4:
             continue  # the first conv has one input channel: no group of 4 to prune
         groups = (rows == zero).reshape(-1, 4).sum(axis=1)
         assert (groups >= 2).all(), w["name"]

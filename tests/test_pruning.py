@@ -252,10 +252,13 @@ def test_skipped_layers_stay_dense_and_are_not_made_up_for(digits):
     assert plan["dense"] == [{"layer": "last", "weight": "kernel", "reason": "skipped"}]
 
 
-def test_depthwise_kernels_tfmot_leaves_dense_are_named_not_made_up_for(digits):
-    """SeparableConv2D: tfmot prunes the pointwise kernel only; it alone holds the target."""
+def test_depthwise_kernels_tfmot_leaves_dense_are_pruned_by_tfedge(digits):
+    """tfmot prunes a SeparableConv2D's pointwise kernel only and no DepthwiseConv2D: tfedge's
+    own masks prune the depthwise kernels, so every kernel holds the target."""
+    import numpy as np
+
     from tfedge.backend import keras
-    from tfedge.models.pruning import layer_sparsity, prune, pruning_plan
+    from tfedge.models.pruning import prune, pruning_plan
 
     L = keras.layers
     model = keras.Sequential(
@@ -267,15 +270,27 @@ def test_depthwise_kernels_tfmot_leaves_dense_are_named_not_made_up_for(digits):
             L.Dense(10, activation="softmax", name="last"),
         ]
     )
-    sparse = prune(model, digits[0], None, sparsity=0.75, epochs=1, polish_epochs=0)
-    per_layer = layer_sparsity(sparse)
-    assert set(per_layer) == {"first/kernel", "sep1/pointwise_kernel", "last/kernel"}
-    assert all(v == pytest.approx(0.75, abs=0.01) for v in per_layer.values())
-    dense = {(d["layer"], d["weight"]): d["reason"] for d in pruning_plan(model)["dense"]}
-    assert dense == {
-        ("sep1", "depthwise_kernel"): "tfmot prunes only the pointwise_kernel",
-        ("dw", "depthwise_kernel"): "tfmot does not prune depthwise kernels",
+    sparse = prune(model, digits[0], None, sparsity=0.75, epochs=1, polish_epochs=1)
+    kernels = {
+        f"{layer.name}/{w.name.split('/')[-1].split(':')[0]}": float(np.mean(w.numpy() == 0))
+        for layer in sparse.layers
+        for w in layer.trainable_weights
+        if len(w.shape) >= 2
     }
+    assert set(kernels) == {
+        "first/kernel",
+        "sep1/depthwise_kernel",
+        "sep1/pointwise_kernel",
+        "dw/depthwise_kernel",
+        "last/kernel",
+    }
+    assert all(v == pytest.approx(0.75, abs=0.01) for v in kernels.values()), kernels
+    plan = pruning_plan(model)
+    assert plan["dense"] == []
+    assert plan["pruned_weights"] == plan["kernel_weights"]
+    # A structure does not apply to depthwise kernels: those stay dense, and say so.
+    dense = {(d["layer"], d["weight"]) for d in pruning_plan(model, structure="2:4")["dense"]}
+    assert ("dw", "depthwise_kernel") in dense
 
 
 def test_only_epochs_at_the_final_sparsity_compete_and_the_result_holds_it(digits, monkeypatch):
