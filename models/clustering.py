@@ -87,8 +87,7 @@ def _values(weight, nonzero_only: bool) -> int:
 
 def _hold_unclustered_zeros(model, clustered) -> list:
     """A callback holding the zeros of every kernel outside ``clustered`` layers (or [])."""
-    from tfedge.models.projection import Kernel, Projection
-    from tfedge.models.wrapping import projection_callback
+    from tfedge.models.projection import Kernel, Projection, projection_callback
 
     kernels = []
     for layer in model.layers:

@@ -21,7 +21,15 @@ import numpy as np
 from tfedge.backend import tf
 from tfedge.errors import OptimizationError
 
-__all__ = ["Projection", "Kernel", "magnitude_mask", "kmeans_1d", "polynomial_sparsity"]
+__all__ = [
+    "Projection",
+    "Kernel",
+    "magnitude_mask",
+    "kmeans_1d",
+    "polynomial_sparsity",
+    "projection_callback",
+    "size_tfmot_schedule",
+]
 
 
 def polynomial_sparsity(step: int, end: int, target: float, power: int = 3) -> float:
@@ -274,3 +282,57 @@ class Projection:
                 kernel.start_clusters(self.clusters)
             self.clustering = True
         self.project()
+
+
+def size_tfmot_schedule(schedule, projection) -> None:
+    """Give tfmot's schedule the same ramp and update frequency as tfedge's own masks."""
+    if schedule is None:
+        return
+    end, frequency = projection._ramp_end(), projection._frequency()
+    schedule.frequency = frequency
+    if hasattr(schedule, "end_step") and end:
+        schedule.end_step = max(frequency, end // frequency * frequency)
+
+
+def _callback_class(base):
+    class CompressionStep(base):
+        """Drives tfedge's masks and clusters (and tfmot's schedule) from ``fit``."""
+
+        def __init__(self, projection, tfmot_schedule=None):
+            super().__init__()
+            self.projection = projection
+            self.tfmot_schedule = tfmot_schedule
+
+        def on_train_begin(self, logs=None):
+            projection = self.projection
+            total = None
+            params = getattr(self, "params", None) or {}
+            if params.get("steps") and params.get("epochs"):
+                total = int(params["steps"]) * int(params["epochs"])
+            if not projection.started:
+                if projection.steps is None:
+                    projection.steps = total
+                size_tfmot_schedule(self.tfmot_schedule, projection)
+            projection.begin(total)
+
+        def on_train_batch_end(self, batch, logs=None):
+            self.projection.after_step()
+
+    return CompressionStep
+
+
+_CALLBACKS = {}
+
+
+def projection_callback(projection, keras3_api: bool = False, tfmot_schedule=None):
+    """A ``fit`` callback that drives ``projection`` (tfedge's masks and clusters).
+
+    Example:
+        >>> fit(model, x, callbacks=[projection_callback(Projection(kernels, prune=0.8))])  # doctest: +SKIP
+    """
+    from tfedge.backend import keras, keras3
+
+    base = keras3.callbacks.Callback if keras3_api else keras.callbacks.Callback
+    if base not in _CALLBACKS:
+        _CALLBACKS[base] = _callback_class(base)
+    return _CALLBACKS[base](projection, tfmot_schedule)

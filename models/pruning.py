@@ -317,7 +317,7 @@ class _OwnPruning:
         self.projection = projection
         self.callbacks = []
         if projection is not None:
-            from tfedge.models.wrapping import projection_callback
+            from tfedge.models.projection import projection_callback
 
             self.callbacks = [projection_callback(projection)]
 

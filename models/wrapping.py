@@ -39,7 +39,7 @@ from tfedge.errors import OptimizationError
 from tfedge.keras_internals import rename_layer
 from tfedge.models import fake_quant  # noqa: F401 (registers the Keras 3 QAT layers by name)
 from tfedge.models import layers as layer_choice
-from tfedge.models.projection import Kernel, Projection
+from tfedge.models.projection import Kernel, Projection, projection_callback, size_tfmot_schedule
 
 __all__ = ["wrap", "callbacks", "finalize", "step", "SCHEDULES", "DEFAULT_RAMP"]
 
@@ -274,16 +274,6 @@ def _tfmot_schedule(options):
     )
 
 
-def _size_tfmot_schedule(schedule, projection):
-    """Give tfmot's schedule the same ramp and update frequency as tfedge's own masks."""
-    if schedule is None:
-        return
-    end, frequency = projection._ramp_end(), projection._frequency()
-    schedule.frequency = frequency
-    if hasattr(schedule, "end_step") and end:
-        schedule.end_step = max(frequency, end // frequency * frequency)
-
-
 def _wrap_keras2(model, skip, qat, options, calib):
     from tfedge.models import cloning
 
@@ -332,7 +322,7 @@ def _wrap_keras2(model, skip, qat, options, calib):
         _check_something(model, kernels, {**options, "cluster": None if exclude else cluster})
     state.projection = _projection(kernels, options)
     if options["steps"] is not None:
-        _size_tfmot_schedule(state.tfmot_schedule, state.projection)
+        size_tfmot_schedule(state.tfmot_schedule, state.projection)
     setattr(work, _STATE, state)
     return work
 
@@ -424,35 +414,6 @@ def _state(model) -> _State:
     return state
 
 
-def _callback_class(base):
-    class CompressionStep(base):
-        """Drives tfedge's masks and clusters (and tfmot's schedule) from ``fit``."""
-
-        def __init__(self, state):
-            super().__init__()
-            self.state = state
-
-        def on_train_begin(self, logs=None):
-            projection = self.state.projection
-            total = None
-            params = getattr(self, "params", None) or {}
-            if params.get("steps") and params.get("epochs"):
-                total = int(params["steps"]) * int(params["epochs"])
-            if not projection.started:
-                if projection.steps is None:
-                    projection.steps = total
-                _size_tfmot_schedule(self.state.tfmot_schedule, projection)
-            projection.begin(total)
-
-        def on_train_batch_end(self, batch, logs=None):
-            self.state.projection.after_step()
-
-    return CompressionStep
-
-
-_CALLBACKS = {}
-
-
 def callbacks(model) -> list:
     """The callbacks ``fit`` needs for a model from :func:`wrap` (put them in ``callbacks=``).
 
@@ -460,26 +421,11 @@ def callbacks(model) -> list:
         >>> m.fit(x, y, epochs=4, callbacks=[*callbacks(m), my_checkpoint])  # doctest: +SKIP
     """
     state = _state(model)
-    base = keras3.callbacks.Callback if state.keras3 else keras.callbacks.Callback
-    if base not in _CALLBACKS:
-        _CALLBACKS[base] = _callback_class(base)
     out = []
     if state.tfmot_pruned:
         out.append(tfmot().sparsity.keras.UpdatePruningStep())
-    out.append(_CALLBACKS[base](state))
+    out.append(projection_callback(state.projection, state.keras3, state.tfmot_schedule))
     return out
-
-
-def projection_callback(projection, keras3_api: bool = False):
-    """A ``fit`` callback that drives ``projection`` (tfedge's masks and clusters) on its own.
-
-    Example:
-        >>> fit(model, x, callbacks=[projection_callback(Projection(kernels, prune=0.8))])  # doctest: +SKIP
-    """
-    base = keras3.callbacks.Callback if keras3_api else keras.callbacks.Callback
-    if base not in _CALLBACKS:
-        _CALLBACKS[base] = _callback_class(base)
-    return _CALLBACKS[base](_State("", keras3_api, projection, {}))
 
 
 def step(model):
