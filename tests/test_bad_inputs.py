@@ -45,6 +45,33 @@ def files(tmp_path_factory):
     (folder / "target_mode.yaml").write_text("mode: int3\n")
     (folder / "labels2.txt").write_text("a\nb\n")
     (folder / "binary_labels.txt").write_bytes(bytes(range(256)))
+    (folder / "deep.json").write_text("[" * 100_000 + "]" * 100_000)
+    (folder / "huge.json").write_text(
+        '{"results": [{"model": "a.tflite", "accuracy": 1' + "0" * 400 + "}]}"
+    )
+    (folder / "inf.json").write_text(
+        '{"results": [{"model": "a.tflite", "latency_ms": {"p50": Infinity}}]}'
+    )
+    (folder / "devices.bin").write_bytes(bytes(range(128, 256)) * 4)
+    images = folder / "broken_images"
+    for label in ("0", "1"):
+        (images / label).mkdir(parents=True)
+        (images / label / "a.jpg").write_bytes(b"\xff\xd8\xff\xe0" + b"garbage" * 20)
+    from tfedge.backend import tf
+
+    example = tf.train.Example(
+        features=tf.train.Features(
+            feature={
+                "image/encoded": tf.train.Feature(
+                    float_list=tf.train.FloatList(value=x[0].tolist())
+                ),
+                "image/class/label": tf.train.Feature(int64_list=tf.train.Int64List(value=[1])),
+            }
+        )
+    )
+    with tf.io.TFRecordWriter(str(folder / "shard.tfrecord")) as writer:
+        for _ in range(4):
+            writer.write(example.SerializeToString())
     return folder
 
 
@@ -99,6 +126,17 @@ CASES = {
     ),
     "inspect a Keras file": ("inspect model.keras", "not a TFLite flatbuffer"),
     "compare a Keras file": ("compare model.tflite model.keras", "model.keras"),
+    "report of JSON nested 100,000 deep": ("report deep.json -o r.html", "nests .* too deeply"),
+    "report of a 400-digit accuracy": ("report huge.json -o r.html", "expected a fraction"),
+    "report of an infinite latency": ("report inf.json -o r.html", "expected a finite number"),
+    "bench a binary devices file": (
+        "bench model.tflite --devices-file devices.bin",
+        "devices file devices.bin is not UTF-8",
+    ),
+    "bench TFRecords with a label feature they lack": (
+        "bench model.tflite --data shard.tfrecord#label=foo --runs 1",
+        "expected the label in 'foo'",
+    ),
 }
 
 
@@ -123,3 +161,42 @@ def test_bad_input_is_one_error_line(files, case, capsys, monkeypatch):
     assert re.search(needle, errors[0]), errors[0]
     assert _digest(files) == before
     assert not (files / "m.tflite").exists() and not (files / "out" / "model.tflite").exists()
+    assert not (files / "r.html").exists()
+
+
+@pytest.mark.parametrize("command", ["convert model.keras --calib broken_images -o m.tflite"])
+def test_a_broken_image_is_one_clean_line_on_the_terminal(files, command):
+    """libjpeg prints its own line on the process's stderr (so a real process is run), and
+    TensorFlow's message carries its graph internals: neither reaches the user."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-m", "tfedge", *command.split()],
+        cwd=files,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 1, done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert lines[0].startswith("Error: cannot decode image"), done.stderr
+    assert "function_node" not in done.stderr and "[Op:" not in done.stderr, done.stderr
+
+
+def test_compare_does_not_call_two_architectures_one_source_model(files, capsys, monkeypatch):
+    """Same layer names, another width: the tensor names match, their shapes do not."""
+    from tfedge.backend import keras3
+    from tfedge.converters import convert
+
+    other = keras3.Sequential(
+        [keras3.Input((8,)), keras3.layers.Dense(5, name="fc"), keras3.layers.Dense(3, name="out")],
+        name="tiny",
+    )
+    calib = np.random.default_rng(1).random((20, 8), dtype=np.float32)
+    (files / "other.tflite").write_bytes(convert(other, calib=calib))
+    monkeypatch.chdir(files)
+    assert main(["compare", "model.tflite", "other.tflite", "--samples", "8"]) == 0
+    out = capsys.readouterr().out
+    assert "tensors matched by name" not in out and "first divergence" not in out, out
+    assert "do not come from the same source model" in out

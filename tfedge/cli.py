@@ -631,8 +631,21 @@ def _read_devices_file(path) -> list[str]:
         raise TfedgeError(
             f"devices file not found: {path}", "one device URL per line, # for comments"
         )
+    if file.stat().st_size > 1024 * 1024:
+        raise TfedgeError(
+            f"devices file {path} is {file.stat().st_size:,} bytes; expected a short list of URLs",
+            "one device URL per line, # for comments",
+        )
+    try:
+        text = file.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise TfedgeError(
+            f"devices file {path} is not UTF-8 text (byte {exc.start} is "
+            f"0x{exc.object[exc.start]:02x})",
+            "one device URL per line, # for comments",
+        ) from None
     urls = []
-    for line in file.read_text().splitlines():
+    for line in text.splitlines():
         line = line.split("#", 1)[0].strip()
         if line:
             urls.append(line)

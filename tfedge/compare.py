@@ -214,20 +214,27 @@ def _inputs(data, a: _Model, b: _Model, samples: int | None):
 
 
 def _matched_tensors(a: _Model, b: _Model) -> list[dict]:
-    """A's operator outputs, in execution order, that B has too (same name and element count)."""
+    """A's operator outputs, in execution order, that B has too (same name and element count).
+
+    Empty when the two do not look like conversions of one source model.
+    """
     details_a = {t["index"]: t for t in a.interpreter.get_tensor_details()}
     by_name_b = {}
     for detail in b.interpreter.get_tensor_details():
         by_name_b.setdefault(detail["name"], detail)
     graph_inputs = {d["index"] for d in a.inputs}
-    matched, seen = [], set()
+    matched, seen, candidates, reshaped = [], set(), 0, 0
     for op in _operators(a.path):
         for index in op["outputs"]:
             detail = details_a.get(int(index))
             if detail is None or index in graph_inputs or detail["name"] in seen:
                 continue
+            candidates += 1
             other = by_name_b.get(detail["name"])
-            if other is None or int(np.prod(other["shape"])) != int(np.prod(detail["shape"])):
+            if other is None:
+                continue
+            if int(np.prod(other["shape"])) != int(np.prod(detail["shape"])):
+                reshaped += 1  # same name, another shape: another architecture
                 continue
             if not (_numeric(detail) and _numeric(other)):
                 continue  # a resource variable's handle, a string: no values to compare
@@ -235,6 +242,10 @@ def _matched_tensors(a: _Model, b: _Model) -> list[dict]:
             matched.append(
                 {"op_index": int(op["index"]), "op": op["op_name"], "a": detail, "b": other}
             )
+    # Tensor names alone (Identity, StatefulPartitionedCall...) match across unrelated models:
+    # the same source means most of A's operator outputs are in B, none with another shape.
+    if reshaped or len(matched) * 2 < candidates:
+        return []
     return matched
 
 

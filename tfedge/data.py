@@ -17,7 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from tfedge.errors import DataError, InputFileError, missing_file
+from tfedge.console import quiet
+from tfedge.errors import DataError, InputFileError, missing_file, tf_message
 
 __all__ = ["Dataset", "load_data", "check_labels", "is_tfrecord", "DATA_HINT"]
 
@@ -436,13 +437,14 @@ def _load_folder(path: Path, input_shape, name: str) -> Dataset:
     images = []
     for file, _ in files:
         try:
-            image = tf.io.decode_image(
-                tf.io.read_file(str(file)), channels=channels, expand_animations=False
-            )
+            with quiet():  # libjpeg's own "Input file read error" line on stderr
+                image = tf.io.decode_image(
+                    tf.io.read_file(str(file)), channels=channels, expand_animations=False
+                )
         except Exception as exc:
             raise InputFileError(
-                f"cannot decode image {file}: {str(exc)[:200]}", DATA_HINT
-            ) from exc
+                f"cannot decode image {file}: {tf_message(exc)}", DATA_HINT
+            ) from None
         if height is None:
             height, width = int(image.shape[0]), int(image.shape[1])
         if image.shape[0] != height or image.shape[1] != width:

@@ -8,6 +8,7 @@ __all__ = [
     "TfedgeError",
     "InputFileError",
     "DataError",
+    "tf_message",
     "ConversionError",
     "DeviceError",
     "OptimizationError",
@@ -119,3 +120,19 @@ def shape_text(shape) -> str:
     """
     dims = ["?" if d is None or int(d) < 0 else str(int(d)) for d in shape]
     return "[" + ", ".join(dims) + "]"
+
+
+def tf_message(exc: BaseException) -> str:
+    """TensorFlow's message on one line, without its ``{{function_node ...}}``,
+    ``[[{{node ...}}]]`` and ``[Op:...]`` internals (at most 200 characters).
+
+    Example:
+        >>> tf_message(ValueError("{{function_node __wrapped__DecodeImage}} bad JPEG [Op:DecodeImage] name:"))
+        'bad JPEG'
+    """
+    import re
+
+    text = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", first_line(exc, 600))
+    text = re.sub(r"\s*\[\[\{\{node [^]]*\]\]", "", text)
+    text = re.sub(r"\s*\[Op:[^]]*\](\s*name:\s*\S*)?", "", text)
+    return text.strip()[:200]

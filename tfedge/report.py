@@ -18,6 +18,7 @@ Example:
 
 import html
 import json
+import math
 import re
 from pathlib import Path
 
@@ -84,6 +85,33 @@ def _read_json(path: Path):
             f"{path} is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})",
             REPORT_HINT,
         ) from None
+    except RecursionError:
+        raise InputFileError(
+            f"{path} nests arrays or objects too deeply to be a tfedge result", REPORT_HINT
+        ) from None
+
+
+# Figures a result row may hold, each a finite number when present (accuracies a fraction).
+_NUMBERS = ("accuracy", "keras_accuracy", "size_bytes", "size_gzip_bytes", "init_ms", "peak_rss_mb")
+
+
+def _check_number(value, where: str, path: Path, fraction: bool = False) -> None:
+    """Refuse a number no plot can draw (huge, infinite, NaN; an accuracy outside 0..1).
+
+    Text where a number belongs is shown as text, as a hand-edited file may hold.
+    """
+    if value is None or isinstance(value, str):
+        return
+    try:
+        number = float(value) if not isinstance(value, bool) else None
+    except (TypeError, ValueError, OverflowError):
+        number = None
+    ok = number is not None and math.isfinite(number) and (not fraction or 0 <= number <= 1)
+    if not ok:
+        expected = "a fraction from 0 to 1" if fraction else "a finite number"
+        raise InputFileError(
+            f"{path}: {where} is {str(value)[:40]}; expected {expected}", REPORT_HINT
+        )
 
 
 def _kind(payload, path: Path) -> str:
@@ -100,6 +128,13 @@ def _kind(payload, path: Path) -> str:
                         "expected an object",
                         REPORT_HINT,
                     )
+            for key in _NUMBERS:
+                where = f"results[{number}].{key}"
+                _check_number(row.get(key), where, path, fraction=key.endswith("accuracy"))
+            for key, value in (row.get("latency_ms") or {}).items():
+                _check_number(value, f"results[{number}].latency_ms.{key}", path)
+            for value in row.get("latencies_ms") or []:
+                _check_number(value, f"results[{number}].latencies_ms", path)
         return "results"
     if isinstance(payload, dict) and isinstance(payload.get("layers"), list):
         return "analysis"

@@ -44,6 +44,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tfedge.console import quiet
 from tfedge.data import (
     DATA_HINT,
     Dataset,
@@ -53,7 +54,7 @@ from tfedge.data import (
     is_tfrecord,
     load_data,
 )
-from tfedge.errors import DataError, InputFileError, first_line
+from tfedge.errors import DataError, InputFileError, first_line, tf_message
 
 __all__ = [
     "DataStream",
@@ -783,13 +784,14 @@ class _FolderReader(_Reader):
         from tfedge.backend import tf
 
         try:
-            image = tf.io.decode_image(
-                tf.io.read_file(str(file)), channels=self.channels, expand_animations=False
-            )
+            with quiet():  # libjpeg's own "Input file read error" line on stderr
+                image = tf.io.decode_image(
+                    tf.io.read_file(str(file)), channels=self.channels, expand_animations=False
+                )
         except Exception as exc:
             raise InputFileError(
-                f"cannot decode image {file}: {str(exc)[:200]}", DATA_HINT
-            ) from exc
+                f"cannot decode image {file}: {tf_message(exc)}", DATA_HINT
+            ) from None
         if self.height is not None and (
             image.shape[0] != self.height or image.shape[1] != self.width
         ):
@@ -911,6 +913,13 @@ class _TfRecordReader(_Reader):
                 shape = (len(values),)
             self.sample_shape = tuple(shape)
         self.labelled = bool(label_key) and label_key in found
+        if label_key and not self.labelled and label_key != TFRECORD_FEATURES["label"]:
+            # A label feature the user named and the records lack: accuracy would silently vanish.
+            raise DataError(
+                f"{self.name} ({self.first_file}) record 0 has features {sorted(found)[:10]}; "
+                f"expected the label in {label_key!r}",
+                TFRECORD_HINT,
+            )
 
     def estimate_bytes(self):
         return None
@@ -1035,20 +1044,12 @@ class _TfRecordReader(_Reader):
                 where = self.locate(position + offset)
                 return DataError(
                     f"{self.name} ({self.source}) sample {position + offset} ({where}) cannot be read: "
-                    f"{_tf_message(inner)}",
+                    f"{tf_message(inner)}",
                     TFRECORD_HINT,
                 )
         return InputFileError(
-            f"cannot read {self.name} ({self.source}): {_tf_message(exc)}", TFRECORD_HINT
+            f"cannot read {self.name} ({self.source}): {tf_message(exc)}", TFRECORD_HINT
         )
-
-
-def _tf_message(exc) -> str:
-    """TensorFlow's message without its ``{{function_node ...}}`` and ``[[{{node ...}}]]`` noise."""
-    import re
-
-    text = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", first_line(exc, 600))
-    return re.sub(r"\s*\[\[\{\{node [^]]*\]\]", "", text)[:200]
 
 
 class _TfDatasetReader(_Reader):
