@@ -66,8 +66,9 @@ _SUPPLIED = {"model", "train", "val", "teacher", "strategy"}
 _LIMIT = 60  # characters of a user's value quoted in a message
 
 RECIPE_HINT = (
-    "a recipe is YAML like:\n  stages:\n    - {name: prune, sparsity: 0.8}\n    - {name: qat}\n"
-    f"with stage names {', '.join(STAGES)} and optional sections {', '.join(RECIPE_KEYS)}"
+    "a recipe is YAML like 'stages: [{name: prune, sparsity: 0.8}, {name: qat}]', with stage "
+    f"names {', '.join(STAGES)} and optional sections {', '.join(RECIPE_KEYS[:2])}, "
+    f"{RECIPE_KEYS[3]}"
 )
 
 
