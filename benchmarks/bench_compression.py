@@ -40,7 +40,7 @@ def split(train, seed, size=None):
     """Stratified ``(fit, val)`` split of the training digits (``size`` validation samples)."""
     import numpy as np
 
-    from tfedge.data import Dataset
+    from tfedge.core.data import Dataset
 
     rng = np.random.default_rng(seed)
     val_index = []
@@ -59,7 +59,7 @@ def split(train, seed, size=None):
 
 def careless(kind, model, fit):
     """What tfmot's quick-starts do: wrap the whole model, a short fine-tune on the labels."""
-    from tfedge.backend import keras, tfmot
+    from tfedge.core.backend import keras, tfmot
     from tfedge.models.cloning import clone_model
 
     mot = tfmot()
@@ -183,14 +183,14 @@ def stages(teacher):
 
 
 def run_seed(seed, args, workdir):
-    from tfedge.backend import keras
     from tfedge.converters import convert
-    from tfedge.digits import load_digits
-    from tfedge.inspector import inspect_model
+    from tfedge.core.backend import keras
+    from tfedge.core.digits import load_digits
+    from tfedge.core.inspector import inspect_model
+    from tfedge.devices.runner import bench_models
     from tfedge.models.training import evaluate
     from tfedge.models.zoo import build
     from tfedge.models.zoo import train as fit_zoo
-    from tfedge.runner import bench_models
 
     train, test = load_digits()
     fit, val = split(train, seed)

@@ -22,8 +22,8 @@ URL = "ssh://tfedge-pi"
 def main() -> int:
     subprocess.run(["bash", "scripts/pi-device.sh", "up"], cwd=ROOT, check=True)
     from tfedge.converters import convert
-    from tfedge.digits import load_digits
-    from tfedge.fleet import bench_fleet
+    from tfedge.core.digits import load_digits
+    from tfedge.devices.fleet import bench_fleet
     from tfedge.models.zoo import build, train
 
     train_data, test_data = load_digits()

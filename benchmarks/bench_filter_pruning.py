@@ -64,7 +64,7 @@ def measure(name, args, train, test, workdir):
 
 
 def bench(paths, test, runs, warmup, rounds):
-    from tfedge.runner import bench_models
+    from tfedge.devices.runner import bench_models
 
     p50 = {label: [] for label in paths}
     last = {}
@@ -102,7 +102,7 @@ def main(argv=None):
     )
     args = parser.parse_args(argv)
 
-    from tfedge.digits import load_digits
+    from tfedge.core.digits import load_digits
     from tfedge.version import __version__
 
     train, test = load_digits()

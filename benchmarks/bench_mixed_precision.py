@@ -23,7 +23,7 @@ RUNS = 300
 
 
 def sensitive_model(train):
-    from tfedge.backend import keras
+    from tfedge.core.backend import keras
 
     keras.utils.set_random_seed(0)
     layers = keras.layers
@@ -54,8 +54,8 @@ def sensitive_model(train):
 
 def measure(models: dict, test, tmp: Path) -> list[dict]:
     """Accuracy, sizes and the median p50 of alternating rounds for each ``name: blob``."""
-    from tfedge.inspector import inspect_model
-    from tfedge.runner import bench_models
+    from tfedge.core.inspector import inspect_model
+    from tfedge.devices.runner import bench_models
 
     paths = {}
     for name, blob in models.items():
@@ -88,7 +88,7 @@ def measure(models: dict, test, tmp: Path) -> list[dict]:
 
 def main() -> int:
     from tfedge.converters import convert
-    from tfedge.digits import load_digits
+    from tfedge.core.digits import load_digits
     from tfedge.models.zoo import build, train
 
     RESULTS.mkdir(exist_ok=True)

@@ -4,7 +4,7 @@
    and as a tf_keras model (20 epochs on 1200 digits). For each: prune 80 %, cluster 16, QAT and
    PCQAT (all three) through ``models.wrap`` + the user's own ``compile``/``fit`` (Adam, plain
    labels, no distillation) + ``models.finalize``, and the same scheme through ``tfedge
-   optimize`` (``tfedge.optimize.optimize`` with the flags' stages, its own fine-tunes and
+   optimize`` (``tfedge.commands.optimize.optimize`` with the flags' stages, its own fine-tunes and
    distillation; a Keras 3 model is rebuilt as tf_keras there). Each result is converted to fully
    int8 and measured with LiteRT on the 397 test digits; gzip size of the ``.tflite``.
 2. QAT int8 against post-training int8 on the model with one sensitive layer (8x8 digits, one
@@ -112,7 +112,7 @@ def litert_accuracy(blob: bytes, test) -> float:
 
 
 def row(name, how, blob, test, seconds) -> dict:
-    from tfedge.inspector import inspect_model
+    from tfedge.core.inspector import inspect_model
 
     info = inspect_model(blob)
     return {
@@ -148,7 +148,7 @@ def own_fit(api, model, options, epochs, learning_rate, train, val):
 
 
 def through_optimize(model, flags, train, val, tmp: Path):
-    from tfedge.optimize import optimize, stages_from_flags
+    from tfedge.commands.optimize import optimize, stages_from_flags
 
     out = tmp / f"optimize-{time.time_ns()}"
     started = time.time()
@@ -157,10 +157,10 @@ def through_optimize(model, flags, train, val, tmp: Path):
 
 
 def main() -> int:
-    from tfedge.backend import keras, keras3
     from tfedge.converters import convert
-    from tfedge.data import Dataset
-    from tfedge.digits import load_digits
+    from tfedge.core.backend import keras, keras3
+    from tfedge.core.data import Dataset
+    from tfedge.core.digits import load_digits
 
     RESULTS.mkdir(exist_ok=True)
     only = set(sys.argv[1:])

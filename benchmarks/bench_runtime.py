@@ -24,8 +24,8 @@ WARMUP = 20
 
 
 def models(tmp: Path) -> dict:
-    from tfedge.backend import keras
     from tfedge.converters import convert
+    from tfedge.core.backend import keras
 
     keras.utils.set_random_seed(0)
     L = keras.layers

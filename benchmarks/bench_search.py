@@ -46,7 +46,7 @@ def split(train, seed, size):
 
 
 def test_accuracy(path, test) -> float:
-    from tfedge.runner import bench_models
+    from tfedge.devices.runner import bench_models
 
     ((kind, row),) = list(bench_models([str(path)], data=(test.x, test.y), warmup=0, runs=1))
     if kind != "result":
@@ -68,7 +68,7 @@ def find(result, choices):
 def run(kind, args, workdir):
     import tfedge
     from tfedge.converters import convert
-    from tfedge.digits import load_digits
+    from tfedge.core.digits import load_digits
     from tfedge.models.zoo import build
     from tfedge.models.zoo import train as fit_zoo
 
@@ -231,7 +231,7 @@ def _run_isolated(kind, passed):
     the conversions run in this one; a native crash there ends the try, not the benchmark."""
     import subprocess
 
-    from tfedge.stage_worker import describe_exit
+    from tfedge.commands.stage_worker import describe_exit
 
     status = None
     for attempt in (1, 2):

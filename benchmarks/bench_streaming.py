@@ -67,7 +67,7 @@ def timed(command, cwd=None) -> dict:
 
 def write_sets(folder: Path, shape, classes: int, count: int, seed: int = 0) -> dict:
     """``count`` random images as a JPEG folder and as TFRecord shards; returns their paths."""
-    from tfedge.backend import tf
+    from tfedge.core.backend import tf
 
     rng = np.random.default_rng(seed)
     images = folder / "images"
@@ -103,7 +103,7 @@ def write_sets(folder: Path, shape, classes: int, count: int, seed: int = 0) -> 
 
 TF_CONVERT = """
 import sys, numpy as np
-from tfedge.backend import tf, keras
+from tfedge.core.backend import tf, keras
 model = keras.models.load_model(sys.argv[1])
 shape = model.input_shape[1:]
 calib = np.random.default_rng(0).uniform(0, 255, (300, *shape)).astype(np.float32)
@@ -118,9 +118,9 @@ open(sys.argv[2], "wb").write(converter.convert())
 FIT_RATE = """
 import json, sys, time
 import numpy as np
-from tfedge.backend import tf, keras
+from tfedge.core.backend import tf, keras
 from tfedge.models.training import fit
-from tfedge.streams import stream_data
+from tfedge.core.streams import stream_data
 
 model_path, shards, batch = sys.argv[1], sys.argv[2], 32
 shape = keras.models.load_model(model_path).input_shape[1:]

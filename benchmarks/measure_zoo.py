@@ -9,9 +9,9 @@ import tempfile
 from pathlib import Path
 
 from tfedge.converters import convert
-from tfedge.digits import load_digits
+from tfedge.core.digits import load_digits
+from tfedge.devices.runner import bench_models
 from tfedge.models import zoo
-from tfedge.runner import bench_models
 
 
 def measure(name: str, runs: int = 300, seed: int = 0) -> dict:

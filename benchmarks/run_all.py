@@ -105,7 +105,7 @@ def compression_rows(payload: dict) -> list[dict]:
 
 def write_report(results=RESULTS, out_json=RESULTS_JSON, out_html=REPORT_HTML) -> None:
     """Write ``results.json`` (every benchmark, compression stages as rows) and its HTML report."""
-    from tfedge.report import write_html
+    from tfedge.reports.page import write_html
     from tfedge.version import __version__
 
     benchmarks = {p.stem: json.loads(p.read_text()) for p in sorted(Path(results).glob("*.json"))}

@@ -2,9 +2,9 @@
 
 ``edgetpu_compiler`` comes from Coral's own apt repository, not from PyPI: :func:`find_compiler`
 detects it at run time, and :func:`compile_model` raises :class:`CompilerNotFoundError` (a
-:class:`~tfedge.errors.ConversionError`) with the install commands when it is absent.
+:class:`~tfedge.core.errors.ConversionError`) with the install commands when it is absent.
 :func:`parse_compiler_output` reads the compiler's report and operation log. What the compiler
-will map is predicted before it runs by :func:`tfedge.edgetpu.predict_mapping`.
+will map is predicted before it runs by :func:`tfedge.core.edgetpu.predict_mapping`.
 
 Example:
     >>> from tfedge.converters.edgetpu_compiler import compile_model
@@ -19,8 +19,8 @@ import re
 import shutil
 import subprocess
 
-from tfedge.edgetpu import MAPPED_STATUS
-from tfedge.errors import ConversionError, missing_file
+from tfedge.core.edgetpu import MAPPED_STATUS
+from tfedge.core.errors import ConversionError, missing_file
 
 __all__ = [
     "COMPILER_INSTALL_HINT",

@@ -12,7 +12,7 @@ import flatbuffers
 import numpy as np
 from ai_edge_litert import schema_py_generated as schema
 
-from tfedge.tflite_file import op_names
+from tfedge.core.tflite_file import op_names
 
 __all__ = [
     "TFLITE_IDENTIFIER",

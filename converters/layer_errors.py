@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tfedge.errors import ConversionError, TfedgeError
+from tfedge.core.errors import ConversionError, TfedgeError
 
 __all__ = ["layer_errors", "DEFAULT_SAMPLES"]
 
@@ -38,8 +38,8 @@ def layer_errors(model, calib, *, calib_samples: int = DEFAULT_SAMPLES) -> list[
     """Measure every int8 operator's own error against its float twin on calibration data.
 
     Args:
-        model: a Keras model (2 or 3), a :class:`~tfedge.loading.LoadedModel`, or a path.
-        calib: calibration data in any form :func:`tfedge.streams.stream_data` accepts.
+        model: a Keras model (2 or 3), a :class:`~tfedge.core.loading.LoadedModel`, or a path.
+        calib: calibration data in any form :func:`tfedge.core.streams.stream_data` accepts.
         calib_samples: how many calibration samples to run (a seeded random choice).
 
     Returns:
@@ -54,12 +54,12 @@ def layer_errors(model, calib, *, calib_samples: int = DEFAULT_SAMPLES) -> list[
     Example:
         >>> worst = min(layer_errors(model, calib=x_train), key=lambda r: r["sqnr_db"])  # doctest: +SKIP
     """
-    from tfedge.backend import tf
-    from tfedge.console import progress, quiet
     from tfedge.converters.tensor_names import LayerMatcher
     from tfedge.converters.tflite import input_shape_of
-    from tfedge.loading import LoadedModel, load_model
-    from tfedge.streams import calibration_samples
+    from tfedge.core.backend import tf
+    from tfedge.core.console import progress, quiet
+    from tfedge.core.loading import LoadedModel, load_model
+    from tfedge.core.streams import calibration_samples
 
     if isinstance(model, (str, bytes)) or hasattr(model, "__fspath__"):
         model = load_model(model)
@@ -121,7 +121,7 @@ def layer_errors(model, calib, *, calib_samples: int = DEFAULT_SAMPLES) -> list[
 def _original_names(pairs, plain_model: bytes):
     """Name each pair after the tensor of the plain int8 model (the debug model renames tensors:
     ``Identity`` becomes ``Identity2``), matched in graph order by operator type."""
-    from tfedge.inspector import inspect_model
+    from tfedge.core.inspector import inspect_model
 
     info = inspect_model(plain_model, detail=True)
     names = {t["index"]: t["name"] for t in info["tensors"] if t["subgraph"] == 0}
@@ -146,8 +146,8 @@ def _run_debug_model(debug_model: bytes, x: np.ndarray):
     """
     from ai_edge_litert.interpreter import Interpreter
 
-    from tfedge.console import progress, quiet
-    from tfedge.inspector import inspect_model
+    from tfedge.core.console import progress, quiet
+    from tfedge.core.inspector import inspect_model
 
     info = inspect_model(debug_model, detail=True)
     tensors = {t["index"]: t for t in info["tensors"] if t["subgraph"] == 0}

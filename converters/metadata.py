@@ -31,7 +31,7 @@ from ai_edge_litert import schema_py_generated as _tfl
 
 import tfedge.converters.metadata_schema_py_generated as _md
 from tfedge.converters.flatbuffer import pack_model
-from tfedge.errors import ConversionError, InputFileError, missing_file
+from tfedge.core.errors import ConversionError, InputFileError, missing_file
 
 __all__ = [
     "METADATA_NAME",

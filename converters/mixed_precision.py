@@ -36,7 +36,7 @@ from ai_edge_litert import schema_py_generated as schema
 from tfedge.converters.flatbuffer import opcode_names, rewrite, unpack_model
 from tfedge.converters.float_islands import integerize_islands
 from tfedge.converters.tensor_names import LayerMatcher
-from tfedge.errors import ConversionError
+from tfedge.core.errors import ConversionError
 
 __all__ = [
     "WEIGHT_TYPES",
@@ -356,7 +356,7 @@ def quantize_mixed(
 
     Args:
         float_blob: the float32 ``.tflite`` (tfedge's ``convert(mode="float32")``).
-        calib: calibration data in any form :func:`tfedge.streams.stream_data` accepts.
+        calib: calibration data in any form :func:`tfedge.core.streams.stream_data` accepts.
         int16: Keras layer names (exact) whose operators, and the operators that read their
             output, get int16 activations (int16x8 kernels).
         weights: ``int8`` or ``int4`` (channel-wise, symmetric) for the weights of every
@@ -383,8 +383,8 @@ def quantize_mixed(
         )
     from ai_edge_quantizer import qtyping, quantizer
 
-    from tfedge.console import progress, quiet
-    from tfedge.streams import calibration_samples
+    from tfedge.core.console import progress, quiet
+    from tfedge.core.streams import calibration_samples
 
     blob = rewrite(float_blob, _add_signature)
     interpreter_inputs = unpack_model(blob).signatureDefs[0].inputs
@@ -461,7 +461,7 @@ def _check_runs(blob: bytes, weights: str) -> None:
     """Load and run the model once in LiteRT; name the operator it has no kernel for."""
     from ai_edge_litert.interpreter import Interpreter
 
-    from tfedge.console import quiet
+    from tfedge.core.console import quiet
 
     failure = None
     with quiet():

@@ -3,7 +3,7 @@
 A profile is a small YAML file; the built-in ones live in ``converters/targets/`` (``edgetpu``,
 ``arm``) and ``--target FILE.yaml`` takes a user's own. Keys: ``name``, ``description``, ``mode``,
 ``io`` (the default I/O type), ``allowed_io``, ``supported_ops`` (a list of TFLite builtin names;
-any other operator is refused), ``edgetpu`` (apply the EdgeTPU rules of :mod:`tfedge.edgetpu`:
+any other operator is refused), ``edgetpu`` (apply the EdgeTPU rules of :mod:`tfedge.core.edgetpu`:
 supported operators, static shapes, at most 3 non-1 dimensions per tensor) and ``compile`` (run ``edgetpu_compiler`` after conversion when present).
 
 Example:
@@ -15,8 +15,8 @@ Example:
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tfedge.errors import ConversionError
-from tfedge.yaml_input import read_yaml
+from tfedge.core.errors import ConversionError
+from tfedge.core.yaml_input import read_yaml
 
 __all__ = ["Target", "load_target", "builtin_targets"]
 
@@ -62,9 +62,9 @@ class Target:
     def check(self, blob: bytes, info: dict | None = None) -> dict:
         """Refuse a converted model the target cannot run; return the inspection (with EdgeTPU mapping).
 
-        ``info`` is the model's :func:`tfedge.inspector.inspect_model` when the caller has it.
+        ``info`` is the model's :func:`tfedge.core.inspector.inspect_model` when the caller has it.
         """
-        from tfedge.inspector import inspect_model
+        from tfedge.core.inspector import inspect_model
 
         info = info if info is not None else inspect_model(blob)
         problems = []

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from ai_edge_litert import schema_py_generated as schema
 
 from tfedge.converters.flatbuffer import opcode_names, rewrite, unpack_model
-from tfedge.errors import ConversionError
+from tfedge.core.errors import ConversionError
 
 __all__ = [
     "LayerMatcher",
@@ -144,7 +144,7 @@ class LayerMatcher:
             >>> LayerMatcher.of(model).layers  # doctest: +SKIP
             ('conv', 'flat', 'dense', 'logits')
         """
-        from tfedge.backend import is_keras3_model
+        from tfedge.core.backend import is_keras3_model
 
         return cls(
             layers=tuple(layer.name for layer in getattr(model, "layers", None) or []),

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from tfedge.errors import ConversionError, TfedgeError, first_line
-from tfedge.files import write_atomically
+from tfedge.core.errors import ConversionError, TfedgeError, first_line
+from tfedge.core.files import write_atomically
 
 __all__ = [
     "MODES",
@@ -44,7 +44,7 @@ class Conversion:
     Attributes:
         blob: the ``.tflite`` bytes.
         mode: the conversion mode used (a target may fix it).
-        info: :func:`tfedge.inspector.inspect_model` of ``blob`` (EdgeTPU mapping included).
+        info: :func:`tfedge.core.inspector.inspect_model` of ``blob`` (EdgeTPU mapping included).
         target: the :class:`~tfedge.converters.targets.Target` profile, or None.
         path: where the model was written (None before it is).
         compiled: :func:`~tfedge.converters.edgetpu_compiler.compile_model`'s result when the
@@ -101,12 +101,12 @@ def convert(
     checked) and converted again; the first error stands if that fails too.
 
     Args:
-        model: a Keras model, a :class:`~tfedge.loading.LoadedModel`, or a path to a ``.keras`` /
+        model: a Keras model, a :class:`~tfedge.core.loading.LoadedModel`, or a path to a ``.keras`` /
             ``.h5`` file or a SavedModel directory.
         mode: ``int8`` (fully integer, the default), ``int16x8`` (int16 activations, int8 weights),
             ``float16`` (float16 weights), ``dynamic`` (int8 weights, float activations) or
             ``float32``.
-        calib: calibration data for the integer modes, in any form :func:`tfedge.streams.stream_data`
+        calib: calibration data for the integer modes, in any form :func:`tfedge.core.streams.stream_data`
             accepts.
         io: input/output type: ``int8`` (default for int8), ``uint8`` or ``float32``.
         calib_samples: how many calibration samples to use (a seeded random choice).
@@ -197,9 +197,9 @@ def _conversion(model, options: dict) -> Conversion:
     options = dict(options)
     int16, weights = options.pop("int16"), options.pop("weights")
     if int16 or weights != "int8":
-        from tfedge.converters import mixed_precision as mixed
+        import tfedge.converters.mixed_precision as mixed
         from tfedge.converters.tensor_names import LayerMatcher
-        from tfedge.inspector import inspect_model
+        from tfedge.core.inspector import inspect_model
 
         mixed.check_mixed_options(
             *(options[k] for k in ("mode", "keep_float", "labels", "target", "calib"))
@@ -240,7 +240,7 @@ def _conversion(model, options: dict) -> Conversion:
             raise  # a --keep-float name that is no layer is one on the rebuild too
         # Some Keras 3 layers (LayerNormalization's NEG, for one) only quantize fully from their
         # tf_keras twin: retry with the rebuild when there is one.
-        from tfedge.backend import is_keras3_model
+        from tfedge.core.backend import is_keras3_model
         from tfedge.models.rebuild import to_keras2
 
         resolved = _resolve(model)
@@ -268,7 +268,7 @@ def _convert(
 ) -> Conversion:
     """Convert once (see :func:`convert` for the arguments)."""
     if isinstance(model, (str, bytes)) or hasattr(model, "__fspath__"):
-        from tfedge.loading import detect_format
+        from tfedge.core.loading import detect_format
 
         detect_format(model)  # a bad model file is reported before any other option
     profile = None
@@ -312,8 +312,8 @@ def _convert(
             option="calib",
         )
 
-    from tfedge.backend import tf
-    from tfedge.console import progress, quiet
+    from tfedge.core.backend import tf
+    from tfedge.core.console import progress, quiet
 
     keras_model = _resolve(model)
     specs = _input_specs(keras_model, input_shape)
@@ -332,7 +332,7 @@ def _convert(
         converter.target_spec.supported_types = [tf.float16]
     representative = None
     if mode in INTEGER_MODES:
-        from tfedge.streams import calibration_samples
+        from tfedge.core.streams import calibration_samples
 
         data = calibration_samples(calib, calib_samples, input_shape=tuple(specs[0].shape[1:]))
         if len(specs) != 1:
@@ -397,7 +397,7 @@ def _convert(
         blob = add_metadata(
             blob, names, name=getattr(keras_model, "name", None), input_mean=mean, input_std=std
         )
-    from tfedge.inspector import inspect_model
+    from tfedge.core.inspector import inspect_model
 
     info = inspect_model(blob)
     _check(info, mode, io, keep_float)
@@ -408,7 +408,7 @@ def _convert(
 
 def _normalization_from(calib, specs):
     """Guess how raw 0-255 pixels map to the model's input from the calibration data's range."""
-    from tfedge.streams import stream_data
+    from tfedge.core.streams import stream_data
 
     data = stream_data(calib, input_shape=tuple(specs[0].shape[1:]), name="calibration data")
     low, high = np.inf, -np.inf
@@ -424,7 +424,7 @@ def _normalization_from(calib, specs):
 
 
 def _rnn_layers(model):
-    from tfedge.backend import keras, keras3
+    from tfedge.core.backend import keras, keras3
 
     bases = (keras.layers.RNN, keras3.layers.RNN)
     found = []
@@ -449,7 +449,7 @@ def _unrolled(model):
     layers = _rnn_layers(model)
     if not layers:
         return model
-    from tfedge.backend import is_keras3_model, keras, keras3
+    from tfedge.core.backend import is_keras3_model, keras, keras3
 
     api = keras3 if is_keras3_model(model) else keras
 
@@ -484,7 +484,7 @@ def _refuse_loops(concrete, mode):
 
 def _resolve(model):
     """Return the callable model from a model, LoadedModel or path."""
-    from tfedge.loading import LoadedModel, load_model
+    from tfedge.core.loading import LoadedModel, load_model
 
     if isinstance(model, (str, bytes)) or hasattr(model, "__fspath__"):
         import tfedge.models.fake_quant  # noqa: F401 (Keras 3 QAT files name its layers)
@@ -496,7 +496,7 @@ def _resolve(model):
 
 
 def _input_specs(model, input_shape=None):
-    from tfedge.backend import tf
+    from tfedge.core.backend import tf
 
     inputs = getattr(model, "inputs", None)
     if inputs:
@@ -530,7 +530,7 @@ def _input_specs(model, input_shape=None):
 
 def _concrete_function(model, specs):
     """Trace the model with batch 1, so the converter sees static shapes everywhere."""
-    from tfedge.backend import tf
+    from tfedge.core.backend import tf
 
     signatures = getattr(model, "signatures", None)
     if not hasattr(model, "inputs") and signatures and "serving_default" in signatures:
@@ -568,8 +568,8 @@ def _convert_keeping_float(converter, representative, keep_float, matcher):
     Returns:
         The ``.tflite`` bytes and :attr:`Conversion.selected` for them.
     """
-    from tfedge.backend import tf
     from tfedge.converters.tensor_names import describe_selection
+    from tfedge.core.backend import tf
 
     float_model = _float_copy(converter)
     chosen = matcher.select(float_model, keep_float, "keep_float")
@@ -614,7 +614,7 @@ def _float_copy(converter):
     twin.optimizations = []
     twin.representative_dataset = None
     twin.target_spec = copy.deepcopy(converter.target_spec)
-    from tfedge.backend import tf
+    from tfedge.core.backend import tf
 
     twin.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
     twin.inference_input_type = tf.float32

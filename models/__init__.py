@@ -17,7 +17,7 @@ __all__ = [
 def custom_objects() -> dict:
     """``{name: class}`` for every custom object in models made by tfedge's stages.
 
-    tfmot's wrappers, quantizers and configs (:func:`tfedge.serialization.custom_objects`),
+    tfmot's wrappers, quantizers and configs (:func:`tfedge.core.serialization.custom_objects`),
     tfedge's own :class:`~tfedge.models.distiller.Distiller` and the Keras 3 fake-quantized
     layers of :func:`wrap` (``qat=True``), which are also registered with Keras 3 by name.
 
@@ -26,9 +26,9 @@ def custom_objects() -> dict:
         >>> "Distiller" in custom_objects()  # doctest: +SKIP
         True
     """
+    from tfedge.core.serialization import custom_objects as tfmot_objects
     from tfedge.models.distiller import Distiller
     from tfedge.models.fake_quant import QUANT_CLASSES
-    from tfedge.serialization import custom_objects as tfmot_objects
 
     quant = {cls.__name__: cls for cls in QUANT_CLASSES.values()}
     quant.update({f"tfedge>{name}": cls for name, cls in quant.items()})

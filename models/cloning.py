@@ -11,9 +11,9 @@ Example:
 
 import contextlib
 
-from tfedge.backend import keras, tf
-from tfedge.errors import OptimizationError, first_line
-from tfedge.keras_internals import (
+from tfedge.core.backend import keras, tf
+from tfedge.core.errors import OptimizationError, first_line
+from tfedge.core.keras_internals import (
     input_layers,
     is_graph_network,
     nodes_by_depth,

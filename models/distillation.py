@@ -13,10 +13,11 @@ Example:
 
 import copy
 
-from tfedge.backend import keras
-from tfedge.errors import OptimizationError, first_line
-from tfedge.keras_internals import rename_layer
-from tfedge.models import cloning, training
+import tfedge.models.cloning as cloning
+import tfedge.models.training as training
+from tfedge.core.backend import keras
+from tfedge.core.errors import OptimizationError, first_line
+from tfedge.core.keras_internals import rename_layer
 from tfedge.models.distiller import Distiller, ends_in_softmax
 from tfedge.models.rebuild import to_keras2
 
@@ -71,8 +72,8 @@ def distill(
 
     Args:
         model: the student, a tf_keras classifier with the teacher's inputs and classes.
-        train: training :class:`~tfedge.data.Dataset` with labels.
-        val: validation :class:`~tfedge.data.Dataset`; the best epoch on it is kept.
+        train: training :class:`~tfedge.core.data.Dataset` with labels.
+        val: validation :class:`~tfedge.core.data.Dataset`; the best epoch on it is kept.
         epochs: training epochs (None: about 1300 optimizer steps, at least 10 epochs).
         teacher: the trained model to learn from (required).
         strategy: a ``tf.distribute`` strategy to train under, or None.

@@ -10,8 +10,8 @@ Example:
     >>> distiller = Distiller(student, teacher, temperature=1.0, alpha=0.5)  # doctest: +SKIP
 """
 
-from tfedge.backend import keras, tf
-from tfedge.errors import OptimizationError
+from tfedge.core.backend import keras, tf
+from tfedge.core.errors import OptimizationError
 
 __all__ = ["Distiller", "ends_in_softmax"]
 

@@ -22,9 +22,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tfedge.backend import keras
-from tfedge.errors import OptimizationError
-from tfedge.models import training
+import tfedge.models.training as training
+from tfedge.core.backend import keras
+from tfedge.core.errors import OptimizationError
 from tfedge.models.graph import (
     as_functional,
     graph_nodes,
@@ -257,7 +257,7 @@ def factorize(
 
     Args:
         model: a tf_keras functional or Sequential model (trained).
-        train: labelled training data (a :class:`tfedge.data.Dataset`, ``(x, y)``, an ``.npz``...).
+        train: labelled training data (a :class:`tfedge.core.data.Dataset`, ``(x, y)``, an ``.npz``...).
         val: labelled validation data; the best fine-tuning epoch on it is kept (optional).
         epochs: fine-tuning epochs (default 5; 0 skips fine-tuning).
         teacher: a model to distil from while fine-tuning (typically the original model).

@@ -15,8 +15,8 @@ Example:
     >>> qat.compile("adam", "sparse_categorical_crossentropy"); qat.fit(x, y)  # doctest: +SKIP
 """
 
-from tfedge.backend import keras3, tf
-from tfedge.errors import OptimizationError
+from tfedge.core.backend import keras3, tf
+from tfedge.core.errors import OptimizationError
 
 __all__ = [
     "kernel_bound",

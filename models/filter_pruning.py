@@ -24,7 +24,7 @@ With BatchNormalization right after a convolution, the norm criteria rank the BN
 (``|gamma| / sqrt(var + eps)`` times the filter norm), since the BN rescales each channel.
 
 Example:
-    >>> from tfedge.digits import load_digits
+    >>> from tfedge.core.digits import load_digits
     >>> from tfedge.models.zoo import build, train
     >>> data, test = load_digits()
     >>> model = train(build("resnet8"), data, epochs=5)  # doctest: +SKIP
@@ -38,10 +38,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from tfedge.backend import keras, tf
-from tfedge.errors import OptimizationError
-from tfedge.keras_internals import keras_history
-from tfedge.models import training
+import tfedge.models.training as training
+from tfedge.core.backend import keras, tf
+from tfedge.core.errors import OptimizationError
+from tfedge.core.keras_internals import keras_history
 from tfedge.models.graph import (
     as_functional,
     graph_nodes,
@@ -544,7 +544,7 @@ def shrink(
             (a group takes the smallest fraction of its layers; unmatched layers keep all).
         criterion: ``l1`` / ``l2`` (norm of each BN-folded filter) or ``taylor`` (first-order
             Taylor estimate over ``taylor_batches`` batches of ``data``).
-        data: labelled data for ``taylor`` (a :class:`tfedge.data.Dataset` or any accepted form).
+        data: labelled data for ``taylor`` (a :class:`tfedge.core.data.Dataset` or any accepted form).
         skip: layer names or glob patterns whose filters all stay.
         min_filters: never keep fewer filters than this in a group.
         round_to: round the kept count to a multiple of this (e.g. 8 or 16 for SIMD-friendly
@@ -733,7 +733,7 @@ def prune_filters(
 
     Args:
         model: a tf_keras functional or Sequential model (trained).
-        train: labelled training data (a :class:`tfedge.data.Dataset`, ``(x, y)``, an ``.npz``...).
+        train: labelled training data (a :class:`tfedge.core.data.Dataset`, ``(x, y)``, an ``.npz``...).
         val: labelled validation data; the best fine-tuning epoch on it is kept (optional).
         epochs: fine-tuning epochs (default 10; 0 skips fine-tuning).
         teacher: a model to distil from while fine-tuning (typically the unpruned model).

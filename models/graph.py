@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from tfedge.backend import keras, keras2_safe_mode, tf
-from tfedge.errors import OptimizationError
-from tfedge.keras_internals import (
+from tfedge.core.backend import keras, keras2_safe_mode, tf
+from tfedge.core.errors import OptimizationError
+from tfedge.core.keras_internals import (
     inbound_nodes,
     is_graph_network,
     keras_history,
@@ -79,7 +79,7 @@ def as_functional(model) -> keras.Model:
         >>> as_functional(seq).layers[0].__class__.__name__
         'InputLayer'
     """
-    from tfedge.backend import is_keras3_model
+    from tfedge.core.backend import is_keras3_model
 
     if is_keras3_model(model):
         raise OptimizationError(
@@ -89,7 +89,7 @@ def as_functional(model) -> keras.Model:
     if not isinstance(model, keras.Model):
         raise OptimizationError(
             f"expected a tf_keras model, got {type(model).__name__}",
-            "load the model with tfedge.loading.load_model, or build it with tfedge.backend.keras",
+            "load the model with tfedge.core.loading.load_model, or build it with tfedge.core.backend.keras",
         )
     if isinstance(model, keras.Sequential):
         if not model.inputs:
@@ -215,8 +215,8 @@ def rebuild(model, config: dict, weights: dict, name: str | None = None) -> kera
 
 
 def stage_data(data, model, name: str):
-    """Load a stage's ``train`` / ``val`` data (any form :func:`tfedge.data.load_data` takes), with labels."""
-    from tfedge.data import load_data
+    """Load a stage's ``train`` / ``val`` data (any form :func:`tfedge.core.data.load_data` takes), with labels."""
+    from tfedge.core.data import load_data
 
     if data is None:
         return None

@@ -6,7 +6,7 @@ Example:
     ['conv2', 'dense1']
 """
 
-from tfedge.errors import OptimizationError
+from tfedge.core.errors import OptimizationError
 
 __all__ = ["select_layers", "skipped_layers", "kernel_layers"]
 

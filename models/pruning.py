@@ -25,11 +25,13 @@ import math
 
 import numpy as np
 
-from tfedge.backend import keras, tf, tfmot
-from tfedge.errors import OptimizationError, first_line
-from tfedge.keras_internals import rename_layer, weight_names
-from tfedge.models import cloning, layers, training
-from tfedge.serialization import tfmot_internal
+import tfedge.models.cloning as cloning
+import tfedge.models.layers as layers
+import tfedge.models.training as training
+from tfedge.core.backend import keras, tf, tfmot
+from tfedge.core.errors import OptimizationError, first_line
+from tfedge.core.keras_internals import rename_layer, weight_names
+from tfedge.core.serialization import tfmot_internal
 
 __all__ = [
     "prune",
@@ -404,8 +406,8 @@ def prune(
 
     Args:
         model: a trained tf_keras functional or Sequential model (nested models are flattened).
-        train: training :class:`~tfedge.data.Dataset` with labels.
-        val: validation :class:`~tfedge.data.Dataset`; the best epoch at full sparsity is kept.
+        train: training :class:`~tfedge.core.data.Dataset` with labels.
+        val: validation :class:`~tfedge.core.data.Dataset`; the best epoch at full sparsity is kept.
         epochs: fine-tuning epochs with the pruning wrappers (None: about 900 optimizer steps).
         teacher: a float model to distill from while fine-tuning (None: the labels only).
         strategy: a ``tf.distribute`` strategy to build and train under, or None.

@@ -21,13 +21,15 @@ Example:
 
 import numpy as np
 
-from tfedge.backend import keras, tfmot
-from tfedge.errors import OptimizationError, first_line
-from tfedge.keras_internals import OUTPUT_QUANTIZERS, quantize_wrapper_parts, rename_layer
-from tfedge.models import cloning, layers, training
+import tfedge.models.cloning as cloning
+import tfedge.models.layers as layers
+import tfedge.models.training as training
+from tfedge.core.backend import keras, tfmot
+from tfedge.core.errors import OptimizationError, first_line
+from tfedge.core.keras_internals import OUTPUT_QUANTIZERS, quantize_wrapper_parts, rename_layer
+from tfedge.core.serialization import patch_tfmot_saving
 from tfedge.models.graph import fold_batch_norms
 from tfedge.models.structure import HoldStructure
-from tfedge.serialization import patch_tfmot_saving
 
 __all__ = [
     "quantize_aware",
@@ -129,7 +131,7 @@ class _RangeRecorder:
         self.seen = seen
 
     def __call__(self, inputs, training, weights, **kwargs):
-        from tfedge.backend import tf
+        from tfedge.core.backend import tf
 
         low = min(float(tf.reduce_min(inputs)), 0.0)
         high = max(float(tf.reduce_max(inputs)), 0.0)
@@ -234,8 +236,8 @@ def quantize_aware(
     Args:
         model: a trained tf_keras functional or Sequential model (nested models are flattened);
             for ``preserve``, the stripped output of the pruning or clustering stage.
-        train: training :class:`~tfedge.data.Dataset` with labels.
-        val: validation :class:`~tfedge.data.Dataset`; the best epoch on it is kept.
+        train: training :class:`~tfedge.core.data.Dataset` with labels.
+        val: validation :class:`~tfedge.core.data.Dataset`; the best epoch on it is kept.
         epochs: fine-tuning epochs (None: about 300 optimizer steps).
         teacher: a float model to distill from while fine-tuning (None: the labels only).
         strategy: a ``tf.distribute`` strategy to build and train under, or None.
@@ -252,7 +254,7 @@ def quantize_aware(
 
     Returns:
         The quantize-annotated tf_keras model (tfmot's ``QuantizeWrapperV2`` layers): save it with
-        ``model.save("qat.keras")``, load it with :func:`tfedge.loading.load_model`, convert it
+        ``model.save("qat.keras")``, load it with :func:`tfedge.core.loading.load_model`, convert it
         with :func:`tfedge.converters.convert`. :func:`float_layers` lists the layers QAT left
         float.
 

@@ -10,7 +10,7 @@ stay nested). Post-training int8 does not need this: ``tfedge convert`` takes Ke
 are.
 
 Example:
-    >>> from tfedge.loading import load_model
+    >>> from tfedge.core.loading import load_model
     >>> loaded = load_model("keras3_model.keras")  # doctest: +SKIP
     >>> model = to_keras2(loaded.model)  # doctest: +SKIP
     >>> type(model).__module__.startswith("tf_keras")  # doctest: +SKIP
@@ -21,9 +21,9 @@ import inspect
 
 import numpy as np
 
-from tfedge.backend import is_keras2_model, is_keras3_model, keras, keras3
-from tfedge.errors import OptimizationError
-from tfedge.keras_internals import (
+from tfedge.core.backend import is_keras2_model, is_keras3_model, keras, keras3
+from tfedge.core.errors import OptimizationError
+from tfedge.core.keras_internals import (
     has_node_graph,
     keras_history,
     nodes_by_depth,
@@ -316,7 +316,7 @@ def to_keras2(model, *, verify: bool = True) -> keras.Model:
     """Rebuild a Keras 3 functional or Sequential model as a tf_keras functional model.
 
     Args:
-        model: a Keras 3 model, a :class:`tfedge.loading.LoadedModel`, or a path to a model file.
+        model: a Keras 3 model, a :class:`tfedge.core.loading.LoadedModel`, or a path to a model file.
             A tf_keras model is returned as it is.
         verify: compare both models' outputs on a random input (within 1e-5, relative to the
             output's magnitude) and raise when they differ.
@@ -334,7 +334,7 @@ def to_keras2(model, *, verify: bool = True) -> keras.Model:
         >>> is_keras2_model(to_keras2(k3))
         True
     """
-    from tfedge.loading import LoadedModel, load_model
+    from tfedge.core.loading import LoadedModel, load_model
 
     if isinstance(model, (str, bytes)) or hasattr(model, "__fspath__"):
         model = load_model(model)

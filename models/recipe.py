@@ -27,8 +27,8 @@ import inspect
 import math
 from functools import cache
 
-from tfedge.errors import OptimizationError
-from tfedge.yaml_input import read_yaml
+from tfedge.core.errors import OptimizationError
+from tfedge.core.yaml_input import read_yaml
 
 __all__ = [
     "STAGES",
@@ -326,7 +326,7 @@ def validate_recipe(data, source: str = "recipe") -> dict:
         >>> validate_recipe({"stages": [{"name": "prune", "sparsty": 0.8}]})
         Traceback (most recent call last):
         ...
-        tfedge.errors.OptimizationError: recipe stages[0] (prune): unknown parameter 'sparsty'; ...
+        tfedge.core.errors.OptimizationError: recipe stages[0] (prune): unknown parameter 'sparsty'; ...
     """
     if not isinstance(data, dict):
         _refuse(source, f"expected a mapping with a list of stages; got {_quote(data)}")

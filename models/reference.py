@@ -28,7 +28,7 @@ Example:
     24908
 """
 
-from tfedge.backend import keras
+from tfedge.core.backend import keras
 
 __all__ = [
     "kws_ds_cnn",

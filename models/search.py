@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from tfedge.errors import OptimizationError, TfedgeError
+from tfedge.core.errors import OptimizationError, TfedgeError
 
 __all__ = [
     "OBJECTIVES",

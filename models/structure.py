@@ -20,7 +20,7 @@ Example:
 
 import numpy as np
 
-from tfedge.backend import keras, tf
+from tfedge.core.backend import keras, tf
 
 __all__ = ["HoldStructure", "kernel_variables"]
 

@@ -18,8 +18,8 @@ import math
 
 import numpy as np
 
-from tfedge.backend import keras, tf
-from tfedge.errors import OptimizationError
+from tfedge.core.backend import keras, tf
+from tfedge.core.errors import OptimizationError
 from tfedge.models.distiller import Distiller
 from tfedge.models.rebuild import to_keras2
 
@@ -65,7 +65,7 @@ def epochs_for(
     number of updates whatever the data.
 
     Args:
-        train: the training :class:`~tfedge.data.Dataset` (or anything with ``len``).
+        train: the training :class:`~tfedge.core.data.Dataset` (or anything with ``len``).
         steps: the number of optimizer steps wanted.
         batch_size: the batch size.
         minimum: the fewest epochs.
@@ -152,12 +152,12 @@ def check_data(data, name: str, model=None):
     if data is None:
         raise OptimizationError(
             f"{name} data is missing; the stage fine-tunes the model and needs labelled data",
-            "pass a tfedge.data.Dataset with x (inputs) and y (integer labels)",
+            "pass a tfedge.core.data.Dataset with x (inputs) and y (integer labels)",
         )
     if getattr(data, "y", None) is None or getattr(data, "x", None) is None:
         raise OptimizationError(
             f"{name} data has no labels (y); fine-tuning needs integer class labels",
-            "load it with tfedge.data.load_data(..., require_labels=True)",
+            "load it with tfedge.core.data.load_data(..., require_labels=True)",
         )
     if model is not None:
         want = tuple(model.input_shape[1:]) if not isinstance(model.input_shape, list) else None
@@ -218,7 +218,7 @@ def is_binary(model) -> bool:
 def num_classes(model) -> int:
     """The classes a classifier predicts: its (first) output's width; 1 is a binary classifier.
 
-    This is what :func:`tfedge.data.load_data`'s ``num_classes`` checks the labels against.
+    This is what :func:`tfedge.core.data.load_data`'s ``num_classes`` checks the labels against.
 
     Example:
         >>> num_classes(keras.Sequential([keras.layers.Dense(10, input_shape=(4,))]))
@@ -279,7 +279,7 @@ class EpochProgress(keras.callbacks.Callback):
         self.bar = None
 
     def on_train_begin(self, logs=None):
-        from tfedge.console import progress
+        from tfedge.core.console import progress
 
         self.bar = progress(total=self.epochs, desc=self.desc, unit="epoch")
 
@@ -416,9 +416,9 @@ def fit(
 
     Args:
         model: the tf_keras model to train (wrapped or not); trained in place.
-        train: training :class:`~tfedge.data.Dataset` with labels, or a
-            :class:`~tfedge.streams.DataStream` (fitted from its prefetched ``tf.data`` view).
-        val: validation :class:`~tfedge.data.Dataset` or stream with labels, or None.
+        train: training :class:`~tfedge.core.data.Dataset` with labels, or a
+            :class:`~tfedge.core.streams.DataStream` (fitted from its prefetched ``tf.data`` view).
+        val: validation :class:`~tfedge.core.data.Dataset` or stream with labels, or None.
         epochs: the number of epochs.
         batch_size: the batch size.
         learning_rate: Adam's initial learning rate.
@@ -450,7 +450,7 @@ def fit(
         teacher = to_keras2(teacher)
     if seed is not None:
         keras.utils.set_random_seed(seed)
-    from tfedge.console import quiet
+    from tfedge.core.console import quiet
 
     probabilities = outputs_probabilities(model, train.x)
     binary = is_binary(model)
@@ -506,8 +506,8 @@ def fit(
 
 
 def _streamed(data) -> bool:
-    """True for a :class:`~tfedge.streams.DataStream` (read in batches, not held in memory)."""
-    from tfedge.streams import DataStream
+    """True for a :class:`~tfedge.core.streams.DataStream` (read in batches, not held in memory)."""
+    from tfedge.core.streams import DataStream
 
     return isinstance(data, DataStream)
 

@@ -34,11 +34,11 @@ Example:
 
 import numpy as np
 
-from tfedge.backend import is_keras3_model, keras, keras3, tfmot
-from tfedge.errors import OptimizationError
-from tfedge.keras_internals import rename_layer
-from tfedge.models import fake_quant  # noqa: F401 (registers the Keras 3 QAT layers by name)
-from tfedge.models import layers as layer_choice
+import tfedge.models.fake_quant as fake_quant  # noqa: F401 (registers the Keras 3 QAT layers by name)
+import tfedge.models.layers as layer_choice
+from tfedge.core.backend import is_keras3_model, keras, keras3, tfmot
+from tfedge.core.errors import OptimizationError
+from tfedge.core.keras_internals import rename_layer
 from tfedge.models.projection import Kernel, Projection, projection_callback, size_tfmot_schedule
 
 __all__ = ["wrap", "callbacks", "finalize", "step", "SCHEDULES", "DEFAULT_RAMP"]
@@ -275,16 +275,16 @@ def _tfmot_schedule(options):
 
 
 def _wrap_keras2(model, skip, qat, options, calib):
-    from tfedge.models import cloning
+    import tfedge.models.cloning as cloning
 
     work = cloning.clone_model(cloning.flatten_model(model))
     state = _State(model.name, False, None, options)
     prune, cluster = options["prune"], options["cluster"]
     exclude = []
     if qat:
-        from tfedge.models import qat as qat_stage
+        import tfedge.models.qat as qat_stage
+        from tfedge.core.serialization import patch_tfmot_saving
         from tfedge.models.graph import fold_batch_norms
-        from tfedge.serialization import patch_tfmot_saving
 
         patch_tfmot_saving()
         work = fold_batch_norms(work)
@@ -300,7 +300,7 @@ def _wrap_keras2(model, skip, qat, options, calib):
         state.qat = True
     elif prune is not None and cluster is None:
         work, state.tfmot_pruned, state.tfmot_schedule = _tfmot_prune(work, skip, options)
-        from tfedge.serialization import tfmot_internal
+        from tfedge.core.serialization import tfmot_internal
 
         wrapper = tfmot_internal("sparsity.keras.pruning_wrapper").PruneLowMagnitude
         for layer in work.layers:
@@ -333,7 +333,7 @@ def _prunable(wrapper) -> list:
 
 
 def _tfmot_prune(work, skip, options):
-    from tfedge.models import cloning
+    import tfedge.models.cloning as cloning
     from tfedge.models.pruning import _eligible
 
     mot = tfmot().sparsity.keras
@@ -365,7 +365,7 @@ def _tfmot_prune(work, skip, options):
 
 
 def _tfmot_cluster(work, skip, clusters):
-    from tfedge.models import cloning
+    import tfedge.models.cloning as cloning
     from tfedge.models.clustering import _clusterable, _init
 
     mot = tfmot().clustering.keras
@@ -470,7 +470,7 @@ def finalize(model):
         >>> final = finalize(m)  # doctest: +SKIP
         >>> blob = tfedge.converters.convert(final, calib=train)  # doctest: +SKIP
     """
-    from tfedge.models import cloning
+    import tfedge.models.cloning as cloning
 
     state = _state(model)
     state.projection.finish()

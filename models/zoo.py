@@ -23,7 +23,7 @@ Example:
 import json
 from pathlib import Path
 
-from tfedge.backend import keras
+from tfedge.core.backend import keras
 from tfedge.models.reference import ad_autoencoder, kws_ds_cnn, mobilenet_v2, vww_mobilenet
 
 __all__ = [
@@ -255,7 +255,7 @@ def recipe_path(name: str) -> Path:
         >>> recipe_path("resnet8").name
         'resnet8.yaml'
     """
-    from tfedge.errors import OptimizationError
+    from tfedge.core.errors import OptimizationError
 
     path = HERE / "recipes" / f"{name}.yaml"
     if not path.is_file():
@@ -294,7 +294,7 @@ def build(name: str, **kwargs) -> keras.Model:
         >>> build("mobilenet", input_shape=(32, 32, 3), width=0.25).input_shape
         (None, 32, 32, 3)
     """
-    from tfedge.errors import OptimizationError
+    from tfedge.core.errors import OptimizationError
 
     builders = {**ZOO, **REFERENCE}
     if name not in builders:
@@ -315,7 +315,7 @@ def train(
     learning_rate: float = 2e-3,
     seed: int = 0,
 ) -> keras.Model:
-    """Compile and fit a zoo model on a :class:`tfedge.data.Dataset` (quietly, seeded)."""
+    """Compile and fit a zoo model on a :class:`tfedge.core.data.Dataset` (quietly, seeded)."""
     keras.utils.set_random_seed(seed)
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate),

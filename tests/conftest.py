@@ -11,8 +11,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 @pytest.fixture(scope="session")
 def digits():
-    """``(train, test)`` :class:`tfedge.data.Dataset` of the bundled digits at 16x16x1."""
-    from tfedge.digits import load_digits
+    """``(train, test)`` :class:`tfedge.core.data.Dataset` of the bundled digits at 16x16x1."""
+    from tfedge.core.digits import load_digits
 
     return load_digits()
 
@@ -71,9 +71,9 @@ def binary_digits(digits, artifacts):
 
     Returns ``{"tflite": path, "test_npz": path}``; the labels are 0 and 1.
     """
-    from tfedge.backend import keras
     from tfedge.converters import convert
-    from tfedge.data import Dataset
+    from tfedge.core.backend import keras
+    from tfedge.core.data import Dataset
 
     train, test = digits
     keras.utils.set_random_seed(0)
@@ -109,9 +109,9 @@ def accuracy_of():
 def litert_accuracy(blob: bytes, data, tmp_path, name: str = "model.tflite") -> float:
     """Top-1 accuracy of a .tflite model with the real LiteRT interpreter (tfedge's runner).
 
-    ``data`` is a :class:`tfedge.data.Dataset` or an ``(x, y)`` pair.
+    ``data`` is a :class:`tfedge.core.data.Dataset` or an ``(x, y)`` pair.
     """
-    from tfedge.runner import bench_models
+    from tfedge.devices.runner import bench_models
 
     path = tmp_path / name
     path.write_bytes(blob)
@@ -257,7 +257,7 @@ class Browser:
 
         from PIL import Image
 
-        from tfedge.plots import BAR_COLOR, FRONT_COLOR, MEDIAN_COLOR
+        from tfedge.reports.plots import BAR_COLOR, FRONT_COLOR, MEDIAN_COLOR
 
         text = Path(path).read_text(encoding="utf-8")
         assert not re.search(r"https?://", text), "a URL in the page"

@@ -21,7 +21,7 @@ OUTLIER = 2000.0
 
 @pytest.fixture(scope="module")
 def small_digits():
-    from tfedge.digits import load_digits
+    from tfedge.core.digits import load_digits
 
     return load_digits(size=8)
 
@@ -29,7 +29,7 @@ def small_digits():
 @pytest.fixture(scope="module")
 def sensitive(small_digits, tmp_path_factory):
     """``{"model", "train", "test"}`` paths: the trained 8x8-digits model with a sensitive layer."""
-    from tfedge.backend import keras
+    from tfedge.core.backend import keras
 
     train, test = small_digits
     keras.utils.set_random_seed(0)
@@ -117,7 +117,7 @@ def test_int16_layer_model_runs_in_litert_with_the_accuracy_analyze_reported(
     fixed, sensitive, small_digits, tflite_accuracy, tmp_path
 ):
     from tfedge.converters import convert
-    from tfedge.inspector import inspect_model
+    from tfedge.core.inspector import inspect_model
 
     record = _fix(fixed, "int16:")
     blob = convert(
@@ -136,7 +136,7 @@ def test_int16_layer_model_runs_in_litert_with_the_accuracy_analyze_reported(
 def test_keep_float_reaches_the_output_layer(sensitive):
     """The converter names an output layer's tensor ``Identity``: --keep-float of it still works."""
     from tfedge.converters import convert
-    from tfedge.inspector import inspect_model
+    from tfedge.core.inspector import inspect_model
 
     blob = convert(sensitive["model"], calib=sensitive["train"], keep_float=["logits"])
     assert "FULLY_CONNECTED" in inspect_model(blob)["float_ops"]
@@ -146,7 +146,7 @@ def test_int4_weights_run_in_litert_and_are_smaller(
     sensitive, small_digits, tflite_accuracy, tmp_path
 ):
     from tfedge.converters import convert
-    from tfedge.inspector import inspect_model
+    from tfedge.core.inspector import inspect_model
 
     int8 = convert(sensitive["model"], calib=sensitive["train"], int16=["sensitive"])
     int4 = convert(
@@ -159,9 +159,9 @@ def test_int4_weights_run_in_litert_and_are_smaller(
 
 
 def test_int4_error_names_the_operator_litert_cannot_run(small_digits):
-    from tfedge.backend import keras
     from tfedge.converters import convert
-    from tfedge.errors import ConversionError
+    from tfedge.core.backend import keras
+    from tfedge.core.errors import ConversionError
 
     layers = keras.layers
     model = keras.Sequential(
@@ -281,7 +281,7 @@ def test_bad_input_is_one_error_line(case, sensitive, small_digits, tmp_path, ca
         np.savez(tmp_path / "inf.npz", x=x, y=test.y)
         argv += ["--data", str(tmp_path / "inf.npz"), "--fix", "-o", str(tmp_path / "out.tflite")]
     elif case in ("layer", "model-name"):
-        from tfedge.loading import load_model
+        from tfedge.core.loading import load_model
 
         own = load_model(model).model.name
         name = "nope" if case == "layer" else own
@@ -318,7 +318,7 @@ def test_bad_input_is_one_error_line(case, sensitive, small_digits, tmp_path, ca
 def test_import_tfedge_does_not_import_tensorflow():
     code = (
         "import sys, tfedge; tfedge.__version__; print('tensorflow' in sys.modules); "
-        "from tfedge.analysis import analyze; print(tfedge.analyze is analyze)"
+        "from tfedge.commands.analyze import analyze; print(tfedge.analyze is analyze)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "True"]

@@ -17,8 +17,8 @@ from tfedge.cli import main
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     """A small Keras 3 classifier (8 features, 3 classes), its int8 model, and data files."""
-    from tfedge.backend import keras3
     from tfedge.converters import convert
+    from tfedge.core.backend import keras3
 
     folder = tmp_path_factory.mktemp("bad-inputs")
     model = keras3.Sequential(
@@ -57,7 +57,7 @@ def files(tmp_path_factory):
     for label in ("0", "1"):
         (images / label).mkdir(parents=True)
         (images / label / "a.jpg").write_bytes(b"\xff\xd8\xff\xe0" + b"garbage" * 20)
-    from tfedge.backend import tf
+    from tfedge.core.backend import tf
 
     example = tf.train.Example(
         features=tf.train.Features(
@@ -186,8 +186,8 @@ def test_a_broken_image_is_one_clean_line_on_the_terminal(files, command):
 
 def test_compare_does_not_call_two_architectures_one_source_model(files, capsys, monkeypatch):
     """Same layer names, another width: the tensor names match, their shapes do not."""
-    from tfedge.backend import keras3
     from tfedge.converters import convert
+    from tfedge.core.backend import keras3
 
     other = keras3.Sequential(
         [keras3.Input((8,)), keras3.layers.Dense(5, name="fc"), keras3.layers.Dense(3, name="out")],

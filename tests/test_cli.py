@@ -239,7 +239,7 @@ def test_debug_shows_the_traceback(tmp_path):
 
 
 def test_import_tfedge_does_not_import_tensorflow():
-    code = "import tfedge, tfedge.cli, tfedge.runner, tfedge.bench, sys; assert 'tensorflow' not in sys.modules"
+    code = "import tfedge, tfedge.cli, tfedge.devices.runner, tfedge.commands.bench, sys; assert 'tensorflow' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from tfedge.errors import OptimizationError
+from tfedge.core.errors import OptimizationError
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +26,7 @@ def test_clustered_int8_model_keeps_clusters_and_accuracy(
     clustered, trained_digits_cnn, digits, accuracy_of, tmp_path, tflite_accuracy
 ):
     from tfedge.converters import convert
-    from tfedge.inspector import inspect_model
+    from tfedge.core.inspector import inspect_model
 
     blob = convert(clustered, calib=digits[0])
     info = inspect_model(blob)
@@ -37,7 +37,7 @@ def test_clustered_int8_model_keeps_clusters_and_accuracy(
 
 
 def test_clustered_model_saves_and_loads(clustered, digits, tmp_path):
-    from tfedge.loading import load_model
+    from tfedge.core.loading import load_model
 
     path = tmp_path / "clustered.keras"
     clustered.save(path)

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from tfedge.cli import main
-from tfedge.compare import compare
-from tfedge.errors import DataError, InputFileError
+from tfedge.commands.compare import compare
+from tfedge.core.errors import DataError, InputFileError
 
 pytestmark = pytest.mark.slow
 
@@ -24,8 +24,8 @@ def perturbed_fc1(trained_digits_cnn, digits, tmp_path_factory):
 
     Both are calibrated on the same data, so every tensor before ``fc1`` is bit-identical.
     """
-    from tfedge.backend import keras
     from tfedge.converters import convert
+    from tfedge.core.backend import keras
 
     root = tmp_path_factory.mktemp("compare")
     clone = keras.models.clone_model(trained_digits_cnn)
@@ -152,7 +152,7 @@ def test_bad_compare_input(
 
 
 def digits_tflite_x():
-    from tfedge.digits import load_digits
+    from tfedge.core.digits import load_digits
 
     return load_digits()[1].x[:30]
 

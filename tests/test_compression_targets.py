@@ -32,7 +32,7 @@ def weight_arrays(path):
     """
     from ai_edge_litert.interpreter import Interpreter
 
-    from tfedge.inspector import inspect_model
+    from tfedge.core.inspector import inspect_model
 
     interpreter = Interpreter(model_path=str(path))
     interpreter.allocate_tensors()
@@ -51,7 +51,7 @@ def weight_arrays(path):
 @pytest.fixture(scope="module")
 def run(ds_cnn_path, digits, tmp_path_factory):
     """``run(**flags)`` → (report, output folder) of ``optimize`` with those flags (cached)."""
-    from tfedge.optimize import optimize, stages_from_flags
+    from tfedge.commands.optimize import optimize, stages_from_flags
 
     cache = {}
 

@@ -3,9 +3,9 @@
 import pytest
 
 from tfedge.converters import convert
-from tfedge.errors import ConversionError, OptimizationError
-from tfedge.inspector import inspect_model
-from tfedge.runner import bench_models
+from tfedge.core.errors import ConversionError, OptimizationError
+from tfedge.core.inspector import inspect_model
+from tfedge.devices.runner import bench_models
 
 
 def fit(model, digits, epochs=4):
@@ -52,7 +52,7 @@ def test_digits_cnn_int8_is_fully_integer_and_accurate(
 def test_bn_residual_depthwise_transpose_come_out_static_and_int8(
     version, digits, tmp_path, accuracy_of, tflite_accuracy
 ):
-    from tfedge.backend import keras, keras3
+    from tfedge.core.backend import keras, keras3
 
     K = keras if version == 2 else keras3
     K.utils.set_random_seed(1)
@@ -107,7 +107,7 @@ def test_float16_halves_the_weights(trained_digits_cnn, digits):
 
 
 def test_keras3_file_converts(digits, tmp_path, accuracy_of, tflite_accuracy):
-    from tfedge.backend import keras3
+    from tfedge.core.backend import keras3
 
     keras3.utils.set_random_seed(0)
     L = keras3.layers
@@ -130,7 +130,7 @@ def test_keras3_file_converts(digits, tmp_path, accuracy_of, tflite_accuracy):
 
 @pytest.mark.parametrize("form", ["h5", "savedmodel", "keras2"])
 def test_saved_forms_convert(form, trained_digits_cnn, digits, tmp_path, tflite_accuracy):
-    from tfedge.backend import tf
+    from tfedge.core.backend import tf
 
     if form == "h5":
         path = tmp_path / "m.h5"
@@ -153,7 +153,7 @@ def test_int8_needs_calibration(trained_digits_cnn):
 
 
 def test_unsupported_op_is_named(digits):
-    from tfedge.backend import keras, tf
+    from tfedge.core.backend import keras, tf
 
     inputs = keras.Input((16, 16, 1))
     x = keras.layers.Flatten()(inputs)
@@ -194,7 +194,7 @@ def test_calibration_sample_count_is_used(trained_digits_cnn, digits):
 def test_recurrent_layers_are_unrolled_to_a_fully_int8_model(
     digits, tmp_path, api, layer, tflite_accuracy
 ):
-    from tfedge.backend import keras, keras3
+    from tfedge.core.backend import keras, keras3
 
     # The first unrolled step's gate SPLIT has a dead output; TF's quantizer leaves it float now
     # and then (float_islands.py makes it integer), so these conversions used to fail at random.
@@ -218,7 +218,7 @@ def test_recurrent_layers_are_unrolled_to_a_fully_int8_model(
 
 
 def test_keras3_attention_with_layer_norm_converts_fully_int8(digits, tmp_path, tflite_accuracy):
-    from tfedge.backend import keras3
+    from tfedge.core.backend import keras3
     from tfedge.models.rebuild import to_keras2
 
     # MultiHeadAttention has no tf_keras rebuild, so this goes the direct Keras 3 way, where
@@ -245,8 +245,8 @@ def test_keras3_attention_with_layer_norm_converts_fully_int8(digits, tmp_path, 
 
 
 def test_loops_that_cannot_be_unrolled_get_a_clean_error():
-    from tfedge.backend import tf
     from tfedge.converters.tflite import _refuse_loops
+    from tfedge.core.backend import tf
 
     @tf.function
     def cumulative(x):
@@ -259,7 +259,7 @@ def test_loops_that_cannot_be_unrolled_get_a_clean_error():
 
 
 def test_keras3_layernorm_model_is_made_fully_int8(digits, tmp_path, accuracy_of, tflite_accuracy):
-    from tfedge.backend import keras3
+    from tfedge.core.backend import keras3
 
     keras3.utils.set_random_seed(0)
     L = keras3.layers
@@ -279,7 +279,7 @@ def test_keras3_layernorm_model_is_made_fully_int8(digits, tmp_path, accuracy_of
 def test_one_output_classifiers_are_scored_right(activation, mode, tmp_path, tflite_accuracy):
     from sklearn.datasets import load_breast_cancer
 
-    from tfedge.backend import keras
+    from tfedge.core.backend import keras
 
     data = load_breast_cancer()
     x = ((data.data - data.data.mean(0)) / data.data.std(0)).astype("float32")

@@ -3,15 +3,15 @@
 import numpy as np
 import pytest
 
-from tfedge.data import Dataset, load_data
-from tfedge.errors import DataError, InputFileError
-from tfedge.loading import detect_format, load_model
+from tfedge.core.data import Dataset, load_data
+from tfedge.core.errors import DataError, InputFileError
+from tfedge.core.loading import detect_format, load_model
 
 
 @pytest.fixture(scope="module")
 def image_folder(tmp_path_factory, digits):
     """The first 30 test digits written as 8-bit PNGs, one sub-folder per class."""
-    from tfedge.backend import tf
+    from tfedge.core.backend import tf
 
     root = tmp_path_factory.mktemp("images")
     test = digits[1]
@@ -66,7 +66,7 @@ def test_image_folder_is_resized_to_the_model_input(image_folder):
     ],
 )
 def test_python_forms(source):
-    from tfedge.backend import tf
+    from tfedge.core.backend import tf
 
     x = np.random.rand(12, 16, 16, 1).astype(np.float32)
     y = np.arange(12) % 10
@@ -124,7 +124,7 @@ def _npz(path, **arrays):
 
 
 def test_keras2_and_keras3_files_are_told_apart(trained_digits_cnn, tmp_path):
-    from tfedge.backend import keras3
+    from tfedge.core.backend import keras3
 
     k2 = tmp_path / "k2.keras"
     trained_digits_cnn.save(k2)

@@ -3,12 +3,12 @@
 import numpy as np
 import pytest
 
-from tfedge.errors import OptimizationError
+from tfedge.core.errors import OptimizationError
 
 
 def _logits_twin(model):
     """The same model without its final softmax: it outputs logits."""
-    from tfedge.backend import keras
+    from tfedge.core.backend import keras
 
     config = model.get_config()
     config["layers"][-1]["config"]["activation"] = "linear"
@@ -35,7 +35,7 @@ def test_loss_is_the_same_for_probability_and_logit_outputs(trained_digits_cnn, 
 
 
 def test_loss_is_label_loss_when_student_matches_teacher(trained_digits_cnn, digits):
-    from tfedge.backend import keras
+    from tfedge.core.backend import keras
     from tfedge.models.distillation import Distiller
 
     teacher = trained_digits_cnn
@@ -88,7 +88,7 @@ def test_students_are_smaller_copies_of_the_teacher(trained_digits_cnn, params, 
 
 def test_half_the_parameters_keeps_accuracy(trained_digits_cnn, digits, accuracy_of, tmp_path):
     from tfedge.converters import convert
-    from tfedge.inspector import inspect_model
+    from tfedge.core.inspector import inspect_model
     from tfedge.models.distillation import distill, make_student
 
     train, test = digits
@@ -98,7 +98,7 @@ def test_half_the_parameters_keeps_accuracy(trained_digits_cnn, digits, accuracy
     assert inspect_model(convert(student, calib=train))["fully_integer"]
     path = tmp_path / "student.keras"
     student.save(path)
-    from tfedge.loading import load_model
+    from tfedge.core.loading import load_model
 
     loaded = load_model(path).model
     np.testing.assert_allclose(
@@ -117,7 +117,7 @@ def test_distilling_the_teacher_into_itself_makes_a_student(trained_digits_cnn, 
 
 
 def test_logit_teacher_and_strategy(trained_digits_cnn, digits):
-    from tfedge.backend import tf
+    from tfedge.core.backend import tf
     from tfedge.models.distillation import distill, half_width_student
 
     strategy = tf.distribute.MirroredStrategy(["/cpu:0"])
@@ -146,7 +146,7 @@ def test_bad_arguments_say_what_to_do(trained_digits_cnn, digits, kwargs, messag
 
 
 def test_student_with_other_classes_is_refused(trained_digits_cnn, digits):
-    from tfedge.backend import keras
+    from tfedge.core.backend import keras
     from tfedge.models.distillation import distill
 
     inputs = keras.Input((16, 16, 1))
@@ -158,7 +158,7 @@ def test_student_with_other_classes_is_refused(trained_digits_cnn, digits):
 
 def test_binary_loss_is_the_same_for_sigmoid_and_logit_outputs():
     """A (batch, 1) classifier distils as the two-class softmax of [0, logit]."""
-    from tfedge.backend import keras, tf
+    from tfedge.core.backend import keras, tf
     from tfedge.models.distillation import Distiller, ends_in_softmax
 
     rng = np.random.default_rng(0)

@@ -1,4 +1,4 @@
-"""EdgeTPU: operator rules and mapping prediction on real models (tfedge.edgetpu), compiler output
+"""EdgeTPU: operator rules and mapping prediction on real models (tfedge.core.edgetpu), compiler output
 and the compiler driver (tfedge.converters.edgetpu_compiler)."""
 
 import sys
@@ -13,15 +13,15 @@ from tfedge.converters.edgetpu_compiler import (
     find_compiler,
     parse_compiler_output,
 )
-from tfedge.edgetpu import SUPPORTED_OPS, predict_mapping
-from tfedge.errors import ConversionError, InputFileError
-from tfedge.inspector import inspect_model
+from tfedge.core.edgetpu import SUPPORTED_OPS, predict_mapping
+from tfedge.core.errors import ConversionError, InputFileError
+from tfedge.core.inspector import inspect_model
 
 DATA = Path(__file__).parent / "data"
 
 
 def convert_int8(model, io="int8"):
-    from tfedge.backend import tf
+    from tfedge.core.backend import tf
 
     converter = tf.lite.TFLiteConverter.from_keras_model(model)
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
@@ -43,7 +43,7 @@ def convert_int8(model, io="int8"):
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     """Real int8 models: a small CNN with softmax, one with LEAKY_RELU, one with a free batch."""
-    from tfedge.backend import keras
+    from tfedge.core.backend import keras
 
     keras.utils.set_random_seed(0)
 

@@ -7,8 +7,8 @@ import stat
 import pytest
 
 from tfedge.cli import main, os_error
-from tfedge.errors import InputFileError
-from tfedge.files import refuse_overwrite, write_atomically
+from tfedge.core.errors import InputFileError
+from tfedge.core.files import refuse_overwrite, write_atomically
 
 
 @pytest.fixture

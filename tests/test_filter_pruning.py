@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from tfedge.backend import keras
-from tfedge.errors import OptimizationError
+from tfedge.core.backend import keras
+from tfedge.core.errors import OptimizationError
 from tfedge.models.filter_pruning import filter_groups, prune_filters, shrink
 
 L = keras.layers
@@ -184,8 +184,8 @@ def test_prune_filters_fine_tunes_saves_and_converts(
     trained_digits_cnn, digits, tmp_path, accuracy_of
 ):
     from tfedge.converters import convert
-    from tfedge.inspector import inspect_model
-    from tfedge.loading import load_model
+    from tfedge.core.inspector import inspect_model
+    from tfedge.core.loading import load_model
 
     train, test = digits
     before = accuracy_of(trained_digits_cnn, test)

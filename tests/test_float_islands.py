@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 from ai_edge_litert import schema_py_generated as schema
 
-from tfedge.backend import keras, tf
 from tfedge.converters import convert
 from tfedge.converters.flatbuffer import opcode_names, pack_model, unpack_model
 from tfedge.converters.float_islands import integerize_float_islands
-from tfedge.inspector import inspect_model
+from tfedge.core.backend import keras, tf
+from tfedge.core.inspector import inspect_model
 
 
 @pytest.fixture(scope="module")

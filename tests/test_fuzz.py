@@ -89,8 +89,8 @@ def run_process(argv, inputs, timeout: int = 120) -> tuple[int, str]:
 @pytest.fixture(scope="module")
 def small_models(tmp_path_factory):
     """Two real int8 models: a dense one on 8 features, and a conv one on 8x8x3 images."""
-    from tfedge.backend import keras
     from tfedge.converters import convert
+    from tfedge.core.backend import keras
 
     folder = tmp_path_factory.mktemp("fuzz-models")
     rng = np.random.default_rng(0)
@@ -192,7 +192,7 @@ def image_folders(draw):
 
 
 def _write_image(path: Path, kind: str, rng) -> None:
-    from tfedge.backend import tf
+    from tfedge.core.backend import tf
 
     if kind in ("png", "gray", "big", "truncated"):
         size = 20 if kind == "big" else 8
@@ -301,7 +301,7 @@ YAML_PIECES = st.sampled_from(
 @given(pieces=st.lists(YAML_PIECES, min_size=1, max_size=4))
 @FUZZ
 def test_recipes(tmp_path_factory, pieces):
-    from tfedge.errors import TfedgeError
+    from tfedge.core.errors import TfedgeError
     from tfedge.models.recipe import load_recipe
 
     path = tmp_path_factory.mktemp("recipe") / "recipe.yaml"

@@ -1,4 +1,4 @@
-"""tfedge.inspector on real models converted by the TFLite converter, and on broken files."""
+"""tfedge.core.inspector on real models converted by the TFLite converter, and on broken files."""
 
 import json
 import random
@@ -8,8 +8,8 @@ import sys
 import numpy as np
 import pytest
 
-from tfedge.errors import InputFileError
-from tfedge.inspector import format_table, inspect_model
+from tfedge.core.errors import InputFileError
+from tfedge.core.inspector import format_table, inspect_model
 
 DESIGN_KEYS = {
     "model",
@@ -28,7 +28,7 @@ DESIGN_KEYS = {
 
 def convert(model, mode="int8", io="int8"):
     """Convert a tf_keras model with the TFLite converter: int8 (full integer), dynamic or float."""
-    from tfedge.backend import tf
+    from tfedge.core.backend import tf
 
     converter = tf.lite.TFLiteConverter.from_keras_model(model)
     if mode in ("int8", "dynamic"):
@@ -50,7 +50,7 @@ def convert(model, mode="int8", io="int8"):
 
 
 def small_cnn(batch=1):
-    from tfedge.backend import keras
+    from tfedge.core.backend import keras
 
     inputs = keras.Input((8, 8, 1), batch_size=batch)
     x = keras.layers.Conv2D(4, 3, activation="relu")(inputs)
@@ -61,7 +61,7 @@ def small_cnn(batch=1):
 
 def mlp(kernels=None):
     """64 -> 32 -> 10 Dense model; ``kernels`` replaces the two kernels (biases stay)."""
-    from tfedge.backend import keras
+    from tfedge.core.backend import keras
 
     inputs = keras.Input((64,), batch_size=1)
     x = keras.layers.Dense(32, activation="relu")(inputs)
@@ -75,7 +75,7 @@ def mlp(kernels=None):
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     """Real .tflite files: ``{name: path}``."""
-    from tfedge.backend import keras
+    from tfedge.core.backend import keras
 
     keras.utils.set_random_seed(0)
     rng = np.random.default_rng(0)
@@ -122,13 +122,13 @@ def infos(models):
 
 
 def test_import_does_not_import_tensorflow():
-    code = "import tfedge.inspector, tfedge.edgetpu, sys; assert 'tensorflow' not in sys.modules"
+    code = "import tfedge.core.inspector, tfedge.core.edgetpu, sys; assert 'tensorflow' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def test_inspect_does_not_import_tensorflow(models):
     code = (
-        "import sys; from tfedge.inspector import inspect_model; "
+        "import sys; from tfedge.core.inspector import inspect_model; "
         f"inspect_model({str(models['int8'])!r}); assert 'tensorflow' not in sys.modules"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -7,8 +7,8 @@ failing somewhere inside a fine-tune.
 import numpy as np
 import pytest
 
-from tfedge import keras_internals as internals
-from tfedge.backend import keras, keras3, tfmot
+from tfedge.core import keras_internals as internals
+from tfedge.core.backend import keras, keras3, tfmot
 
 
 def _functional(k):
@@ -68,7 +68,7 @@ def test_rename_layer_and_own_variables():
 
 def test_tfmot_registry_weight_names_and_quantize_wrapper_parts():
     model = _functional(keras)
-    from tfedge.serialization import tfmot_internal
+    from tfedge.core.serialization import tfmot_internal
 
     registry = tfmot_internal("sparsity.keras.prune_registry").PruneRegistry
     assert internals.weight_names(registry, model.get_layer("conv")) == ["kernel"]

@@ -13,14 +13,14 @@ import pytest
 from tfedge.cli import main
 from tfedge.converters import convert, convert_file
 from tfedge.converters.tensor_names import LayerMatcher, format_selection, output_layers
-from tfedge.errors import ConversionError
-from tfedge.inspector import inspect_model
+from tfedge.core.errors import ConversionError
+from tfedge.core.inspector import inspect_model
 
 FLAVOURS = ["tf_keras", "keras3"]
 
 
 def _api(flavour):
-    from tfedge.backend import keras, keras3
+    from tfedge.core.backend import keras, keras3
 
     return keras if flavour == "tf_keras" else keras3
 

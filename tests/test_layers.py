@@ -1,13 +1,18 @@
-"""The layers run one way: core <- models <- converters <- application, with no import loop.
+"""The layers are folders and run one way, with no import loop.
 
-Every ``import`` and ``from … import`` in every module is read from the source (also those inside
-functions), resolved the way Python resolves it (``tfedge.models.X`` is ``models/X.py``,
-``tfedge.converters.X`` is ``converters/X.py``; ``from package import name`` is the submodule
-when one has that name), and checked against the layer table below, which the README's layout
-table repeats.
+core (``tfedge/core``) <- models (``models/``) <- converters (``converters/``) <- devices
+(``tfedge/devices``) and reports (``tfedge/reports``), which do not import each other <-
+application (``tfedge/commands``, ``tfedge/cli.py``, ``tfedge/__main__.py``, ``tfedge/__init__.py``).
+
+Every ``import`` and ``from … import`` in every module, package ``__init__`` files and sub-folders
+included, is read from the source (also those inside functions), resolved the way Python
+resolves it (``tfedge.models.X`` is ``models/X.py``, ``tfedge.converters.X`` is
+``converters/X.py``; ``from package import name`` is the submodule when one has that name), and
+checked against the layer table below, which the README's Layout section repeats.
 """
 
 import ast
+import importlib
 from pathlib import Path
 
 import pytest
@@ -15,35 +20,30 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 FOLDERS = {"tfedge": "tfedge", "tfedge.models": "models", "tfedge.converters": "converters"}
 
-# Core modules of tfedge/; every other module there is application. models/ and converters/
-# are layers of their own.
-CORE = {
-    "tfedge.backend",
-    "tfedge.console",
-    "tfedge.data",
-    "tfedge.digits",
-    "tfedge.edgetpu",
-    "tfedge.errors",
-    "tfedge.files",
-    "tfedge.keras_internals",
-    "tfedge.yaml_input",
-    "tfedge.inspector",
-    "tfedge.loading",
-    "tfedge.runner",
-    "tfedge.serialization",
-    "tfedge.streams",
-    "tfedge.tflite_file",
-    "tfedge.version",
-}
-RANK = {"core": 0, "models": 1, "converters": 2, "application": 3}
+# (module prefix, layer); the first match wins.
+LAYERS = [
+    ("tfedge.version", "core"),
+    ("tfedge.core", "core"),
+    ("tfedge.models", "models"),
+    ("tfedge.converters", "converters"),
+    ("tfedge.devices", "devices"),
+    ("tfedge.reports", "reports"),
+    ("tfedge", "application"),
+]
+RANK = {"core": 0, "models": 1, "converters": 2, "devices": 3, "reports": 3, "application": 4}
+# What may sit directly in tfedge/ beside the layer folders.
+TOP = {"tfedge", "tfedge.__main__", "tfedge.cli", "tfedge.version"}
 
 
 def _modules() -> dict[str, Path]:
     modules = {}
     for package, folder in FOLDERS.items():
-        for path in sorted((ROOT / folder).glob("*.py")):
-            name = package if path.stem == "__init__" else f"{package}.{path.stem}"
-            modules[name] = path
+        base = ROOT / folder
+        for path in sorted(base.rglob("*.py")):
+            parts = list(path.relative_to(base).with_suffix("").parts)
+            if parts[-1] == "__init__":
+                parts = parts[:-1]
+            modules[".".join([package, *parts])] = path
     return modules
 
 
@@ -51,11 +51,10 @@ MODULES = _modules()
 
 
 def layer(module: str) -> str:
-    if module.startswith("tfedge.models"):
-        return "models"
-    if module.startswith("tfedge.converters"):
-        return "converters"
-    return "core" if module in CORE else "application"
+    for prefix, name in LAYERS:
+        if module == prefix or module.startswith(prefix + "."):
+            return name
+    raise AssertionError(f"{module} is in no layer")
 
 
 def imports_of(module: str) -> set[str]:
@@ -85,10 +84,21 @@ def imports_of(module: str) -> set[str]:
 GRAPH = {module: imports_of(module) for module in MODULES}
 
 
+def test_every_module_is_found_in_the_folders():
+    for name in ("tfedge.core", "tfedge.devices.runner", "tfedge.reports", "tfedge.commands.auto"):
+        assert name in MODULES
+    assert "tfedge.models" in MODULES and "tfedge.converters.tflite" in MODULES
+
+
 @pytest.mark.parametrize("module", sorted(MODULES))
-def test_no_module_imports_a_higher_layer(module):
-    upward = sorted(t for t in GRAPH[module] if RANK[layer(t)] > RANK[layer(module)])
-    assert not upward, f"{module} ({layer(module)}) imports higher layers: {upward}"
+def test_no_module_imports_a_higher_or_sibling_layer(module):
+    own = layer(module)
+    wrong = sorted(
+        t
+        for t in GRAPH[module]
+        if RANK[layer(t)] > RANK[own] or (RANK[layer(t)] == RANK[own] and layer(t) != own)
+    )
+    assert not wrong, f"{module} ({own}) imports higher or sibling layers: {wrong}"
 
 
 def test_no_import_loops():
@@ -109,9 +119,33 @@ def test_no_import_loops():
     assert not loops, "import loops: " + "; ".join(" -> ".join(loop) for loop in loops)
 
 
-def test_core_modules_exist():
-    assert CORE <= set(MODULES), f"CORE names missing modules: {sorted(CORE - set(MODULES))}"
+def test_tfedge_top_holds_only_the_entry_points():
+    top = {m for m, path in MODULES.items() if path.parent == ROOT / "tfedge"}
+    loose = sorted(top - TOP)
+    assert not loose, f"modules directly in tfedge/ outside a layer folder: {loose}"
 
 
 def test_the_device_runner_imports_nothing_of_the_project():
-    assert GRAPH["tfedge.runner"] == set()
+    # It is copied alone to the device and run there with only numpy and a LiteRT interpreter.
+    assert GRAPH["tfedge.devices.runner"] == set()
+
+
+def test_no_module_imports_the_package_it_sits_in():
+    # A package's __init__ imports its modules; a module importing its own package back (``from
+    # tfedge.converters import convert`` inside converters/) is the loop through the __init__.
+    back = sorted(
+        f"{module} -> {target}"
+        for module, targets in GRAPH.items()
+        for target in targets
+        if MODULES[target].stem == "__init__" and module.startswith(target + ".")
+    )
+    assert not back, f"modules importing their own package: {back}"
+
+
+@pytest.mark.parametrize("old", sorted(importlib.import_module("tfedge").MOVED))
+def test_an_old_module_path_is_the_moved_module(old):
+    import tfedge
+
+    moved = importlib.import_module(f"tfedge.{old}")
+    assert moved is importlib.import_module(tfedge.MOVED[old])
+    assert moved.__spec__.name == tfedge.MOVED[old]

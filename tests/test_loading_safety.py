@@ -3,12 +3,12 @@
 import pytest
 
 from tfedge.cli import main
-from tfedge.loading import load_model
+from tfedge.core.loading import load_model
 
 
 def _lambda_model(flavour: str, marker):
     """A model whose Lambda layer writes ``marker`` when it runs (as a hostile file would)."""
-    from tfedge.backend import keras, keras3
+    from tfedge.core.backend import keras, keras3
 
     k = keras if flavour == "tf_keras" else keras3
     code = f"lambda x: (__import__('pathlib').Path({str(marker)!r}).write_text('ran'), x)[1]"
@@ -43,7 +43,7 @@ def test_a_trusted_file_loads_with_safe_mode_off(tmp_path):
 
 def test_the_private_safe_mode_scope_is_still_where_tfedge_reads_it():
     """tfedge's one use of tf_keras's private SafeModeScope: an upgrade that moves it fails here."""
-    from tfedge.backend import keras2_safe_mode
+    from tfedge.core.backend import keras2_safe_mode
 
     with keras2_safe_mode():
         from tf_keras.src.saving import serialization_lib

@@ -20,7 +20,6 @@ import pytest
 from ai_edge_litert import schema_py_generated as tfl
 from ai_edge_litert.interpreter import Interpreter
 
-from tfedge.backend import keras, tf
 from tfedge.converters.metadata import (
     LABELS_FILE_NAME,
     METADATA_NAME,
@@ -29,7 +28,8 @@ from tfedge.converters.metadata import (
     read_labels_file,
     read_metadata,
 )
-from tfedge.errors import ConversionError, InputFileError
+from tfedge.core.backend import keras, tf
+from tfedge.core.errors import ConversionError, InputFileError
 
 REPO = Path(__file__).resolve().parents[1]
 SUPPORT_VENV = REPO / ".venv-tflite-support"

@@ -50,7 +50,7 @@ def _convert_function(tf, module, fn, int8: bool) -> bytes:
 def stateful(tmp_path_factory):
     """``relu(x - last)`` with ``last`` a resource variable (float32 and int8), a stateless
     ``relu(x)`` twin, and data labelled with ``argmax(x)``."""
-    from tfedge.backend import tf
+    from tfedge.core.backend import tf
 
     class Delta(tf.Module):
         def __init__(self):
@@ -114,7 +114,7 @@ def _as_custom_op(blob: bytes, custom_code: str) -> bytes:
 def custom_op(tmp_path_factory):
     """A transpose convolution as a built-in TRANSPOSE_CONV, as the custom
     Convolution2DTransposeBias, and as a custom operator no runtime has."""
-    from tfedge.backend import keras, tf
+    from tfedge.core.backend import keras, tf
 
     model = keras.Sequential(
         [
@@ -301,7 +301,7 @@ def test_mutated_stateful_and_custom_models(stateful, custom_op, tmp_path, kind)
 
 def test_compare_refuses_a_string_model_in_one_line(tmp_path, capsys):
     """A model that takes and returns strings: bench runs it, compare says it feeds numbers."""
-    from tfedge.backend import tf
+    from tfedge.core.backend import tf
 
     class Strings(tf.Module):
         @tf.function(input_signature=[tf.TensorSpec([1], tf.string)])

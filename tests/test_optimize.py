@@ -8,8 +8,8 @@ import sys
 import pytest
 
 from tfedge.cli import main
-from tfedge.errors import OptimizationError
-from tfedge.optimize import load_recipe, stages_from_flags
+from tfedge.commands.optimize import load_recipe, stages_from_flags
+from tfedge.core.errors import OptimizationError
 
 pytestmark = pytest.mark.slow
 
@@ -106,7 +106,7 @@ def test_optimize_report_page_in_a_browser(optimized, browser):
 
 
 def test_optimized_tflite_is_fully_int8_and_sparse(optimized):
-    from tfedge.inspector import inspect_model
+    from tfedge.core.inspector import inspect_model
 
     _, out = optimized
     info = inspect_model(out / "model.tflite")
@@ -117,7 +117,7 @@ def test_optimized_tflite_is_fully_int8_and_sparse(optimized):
 
 
 def test_optimized_keras_model_loads_again(optimized, digits):
-    from tfedge.loading import load_model
+    from tfedge.core.loading import load_model
 
     _, out = optimized
     model = load_model(out / "model.keras").model
@@ -176,7 +176,7 @@ def test_optimize_rejects_bad_input(capsys, digits_cnn_path, tmp_path, test_npz)
 
 
 def test_keras3_model_is_rebuilt_for_the_training_wrappers(tmp_path, digits, train_npz, test_npz):
-    from tfedge.backend import keras3
+    from tfedge.core.backend import keras3
 
     keras3.utils.set_random_seed(0)
     L = keras3.layers
@@ -255,7 +255,7 @@ def test_mirrored_strategy_with_two_logical_cpus(tmp_path, digits_cnn_path, trai
 def test_distill_flag_trains_a_half_size_student(
     tmp_path, digits_cnn_path, train_npz, test_npz, trained_digits_cnn
 ):
-    from tfedge.loading import load_model
+    from tfedge.core.loading import load_model
 
     out = tmp_path / "distilled"
     argv = [

@@ -34,4 +34,4 @@ def test_wheel_installs_recipes_targets_and_expected_figures(tmp_path):
     assert {f"tfedge/models/recipes/{name}" for name in recipes} <= names
     assert {f"tfedge/converters/targets/{name}" for name in targets} <= names
     assert "tfedge/models/expected.json" in names
-    assert "tfedge/runner.py" in names
+    assert "tfedge/devices/runner.py" in names

@@ -5,7 +5,7 @@ import gzip
 import numpy as np
 import pytest
 
-from tfedge.errors import OptimizationError
+from tfedge.core.errors import OptimizationError
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +28,7 @@ def pruned_int8(pruned, digits):
 def test_pruned_int8_model_is_sparse_fully_integer_and_accurate(
     pruned_int8, trained_digits_cnn, digits, accuracy_of, tmp_path, tflite_accuracy
 ):
-    from tfedge.inspector import inspect_model
+    from tfedge.core.inspector import inspect_model
 
     info = inspect_model(pruned_int8)
     assert info["fully_integer"]
@@ -66,7 +66,7 @@ def test_input_model_is_left_untouched(trained_digits_cnn, digits):
 
 
 def test_pruned_model_saves_and_loads(pruned, digits, tmp_path):
-    from tfedge.loading import load_model
+    from tfedge.core.loading import load_model
 
     path = tmp_path / "pruned.keras"
     pruned.save(path)
@@ -127,7 +127,7 @@ def test_constant_schedule_and_skip_by_name_and_type(trained_digits_cnn, digits)
 
 
 def test_nested_model_is_flattened_and_pruned(digits):
-    from tfedge.backend import keras
+    from tfedge.core.backend import keras
     from tfedge.models.pruning import prune, weight_sparsity
 
     layers = keras.layers
@@ -171,7 +171,7 @@ def test_bad_arguments_say_what_to_do(trained_digits_cnn, digits, kwargs, messag
 
 
 def test_data_without_labels_is_refused(trained_digits_cnn, digits):
-    from tfedge.data import Dataset
+    from tfedge.core.data import Dataset
     from tfedge.models.pruning import prune
 
     with pytest.raises(OptimizationError, match="labels"):
@@ -179,7 +179,7 @@ def test_data_without_labels_is_refused(trained_digits_cnn, digits):
 
 
 def test_prunes_under_a_distribution_strategy(trained_digits_cnn, digits):
-    from tfedge.backend import tf
+    from tfedge.core.backend import tf
     from tfedge.models.pruning import prune, weight_sparsity
 
     strategy = tf.distribute.MirroredStrategy(["/cpu:0"])
@@ -196,7 +196,7 @@ def test_prunes_under_a_distribution_strategy(trained_digits_cnn, digits):
 
 
 def test_keras3_model_is_rebuilt_and_pruned(digits):
-    from tfedge.backend import keras3
+    from tfedge.core.backend import keras3
     from tfedge.models.pruning import prune, weight_sparsity
 
     keras3.utils.set_random_seed(0)
@@ -231,8 +231,8 @@ def test_structure_forms(structure, expected):
 
 def test_skipped_layers_stay_dense_and_are_not_made_up_for(digits):
     """An MLP with its last layer skipped: the others hold the sparsity asked, no more."""
-    from tfedge.backend import keras
-    from tfedge.data import Dataset
+    from tfedge.core.backend import keras
+    from tfedge.core.data import Dataset
     from tfedge.models.pruning import prune, pruning_plan, weight_sparsity
 
     L = keras.layers
@@ -257,7 +257,7 @@ def test_depthwise_kernels_tfmot_leaves_dense_are_pruned_by_tfedge(digits):
     own masks prune the depthwise kernels, so every kernel holds the target."""
     import numpy as np
 
-    from tfedge.backend import keras
+    from tfedge.core.backend import keras
     from tfedge.models.pruning import prune, pruning_plan
 
     L = keras.layers

@@ -3,11 +3,11 @@
 import numpy as np
 import pytest
 
-from tfedge.errors import OptimizationError
+from tfedge.core.errors import OptimizationError
 
 
 def assert_fully_int8(blob: bytes) -> dict:
-    from tfedge.inspector import inspect_model
+    from tfedge.core.inspector import inspect_model
 
     info = inspect_model(blob)
     assert info["fully_integer"], info["float_ops"]
@@ -36,7 +36,7 @@ def test_qat_model_converts_to_fully_int8_and_keeps_accuracy(
 
 def test_qat_model_saves_and_loads_through_tfedge(qat_model, digits, tmp_path):
     from tfedge.converters import convert
-    from tfedge.loading import load_model
+    from tfedge.core.loading import load_model
 
     path = tmp_path / "qat.keras"
     qat_model.save(path)
@@ -49,7 +49,7 @@ def test_qat_model_saves_and_loads_through_tfedge(qat_model, digits, tmp_path):
 
 
 def _nested():
-    from tfedge.backend import keras
+    from tfedge.core.backend import keras
 
     layers = keras.layers
     backbone = keras.Sequential(
@@ -65,7 +65,7 @@ def _nested():
 
 
 def _rescaling():
-    from tfedge.backend import keras
+    from tfedge.core.backend import keras
 
     layers = keras.layers
     inputs = keras.Input((16, 16, 1))
@@ -76,7 +76,7 @@ def _rescaling():
 
 
 def _upsampling_and_transpose():
-    from tfedge.backend import keras
+    from tfedge.core.backend import keras
 
     layers = keras.layers
     inputs = keras.Input((16, 16, 1))
@@ -89,7 +89,7 @@ def _upsampling_and_transpose():
 
 
 def _batchnorm_not_after_conv():
-    from tfedge.backend import keras
+    from tfedge.core.backend import keras
 
     layers = keras.layers
     inputs = keras.Input((16, 16, 1))
@@ -105,7 +105,7 @@ def _batchnorm_not_after_conv():
 
 
 def _unsupported_layers():
-    from tfedge.backend import keras
+    from tfedge.core.backend import keras
 
     layers = keras.layers
     inputs = keras.Input((16, 16, 1))
@@ -127,8 +127,8 @@ def _unsupported_layers():
     ],
 )
 def test_qat_of_the_models_people_have_converts_fully_int8(make, digits):
-    from tfedge.backend import keras
     from tfedge.converters import convert
+    from tfedge.core.backend import keras
     from tfedge.models.qat import float_layers, quantize_aware
     from tfedge.models.training import evaluate, fit
 
@@ -163,7 +163,7 @@ def test_collaborative_qat_preserves_and_round_trips(
     preserve, pruned_and_clustered, digits, tmp_path, tflite_accuracy
 ):
     from tfedge.converters import convert
-    from tfedge.loading import load_model
+    from tfedge.core.loading import load_model
     from tfedge.models.qat import quantize_aware
 
     source = pruned_and_clustered[preserve]
@@ -199,7 +199,7 @@ def test_unknown_preserve_is_refused(trained_digits_cnn, digits):
 
 
 def test_calibrated_ranges_give_qat_a_post_training_start(trained_digits_cnn, digits, accuracy_of):
-    from tfedge.backend import tfmot
+    from tfedge.core.backend import tfmot
     from tfedge.models.qat import calibrate_ranges
 
     qat = tfmot().quantization.keras.quantize_model(trained_digits_cnn)
@@ -212,7 +212,7 @@ def test_calibrated_ranges_give_qat_a_post_training_start(trained_digits_cnn, di
 
 def test_qat_adds_no_operator_to_the_int8_graph_of_a_batchnorm_model(digits):
     from tfedge.converters import convert
-    from tfedge.inspector import inspect_model
+    from tfedge.core.inspector import inspect_model
     from tfedge.models.qat import quantize_aware
     from tfedge.models.zoo import build, train
 
@@ -230,9 +230,9 @@ def test_binary_classifier_with_one_output_is_pruned_and_quantized(
     digits, activation, tmp_path, tflite_accuracy
 ):
     """A (batch, 1) sigmoid or logit classifier fine-tunes through prune + PQAT + int8."""
-    from tfedge.backend import keras
     from tfedge.converters import convert
-    from tfedge.data import Dataset
+    from tfedge.core.backend import keras
+    from tfedge.core.data import Dataset
     from tfedge.models import training
     from tfedge.models.pruning import prune
     from tfedge.models.qat import quantize_aware
@@ -262,8 +262,8 @@ def test_binary_classifier_with_one_output_is_pruned_and_quantized(
 
 def test_pqat_keeps_the_zeros_of_layers_qat_leaves_float(digits):
     """tfmot does not wrap Conv1D: its pruned zeros must survive PQAT all the same."""
-    from tfedge.backend import keras
-    from tfedge.data import Dataset
+    from tfedge.core.backend import keras
+    from tfedge.core.data import Dataset
     from tfedge.models.pruning import prune, weight_sparsity
     from tfedge.models.qat import float_layers, quantize_aware
 
@@ -295,7 +295,7 @@ def test_qat_keeps_zeros_and_clusters_of_batchnorm_convolutions_in_the_int8_file
     guarded those kernels: a DS-CNN's pointwise convs lost their zeros. Every kernel is held now,
     and what the int8 file holds per channel is what the earlier stage left (BN folded)."""
     from tfedge.converters import convert
-    from tfedge.inspector import inspect_model
+    from tfedge.core.inspector import inspect_model
     from tfedge.models.clustering import cluster
     from tfedge.models.pruning import prune
     from tfedge.models.qat import quantize_aware

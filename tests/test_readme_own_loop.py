@@ -35,7 +35,7 @@ def test_the_section_has_the_three_snippets():
 
 
 def test_keras3_snippet(tmp_path, monkeypatch, digits, tflite_accuracy):
-    from tfedge.backend import is_keras3_model, keras3
+    from tfedge.core.backend import is_keras3_model, keras3
 
     monkeypatch.chdir(tmp_path)
     namespace = {}
@@ -55,7 +55,7 @@ def test_keras3_snippet(tmp_path, monkeypatch, digits, tflite_accuracy):
 
 
 def test_tf_keras_snippets(tmp_path, monkeypatch, digits, tflite_accuracy):
-    from tfedge.backend import is_keras2_model
+    from tfedge.core.backend import is_keras2_model
     from tfedge.models.pruning import weight_sparsity
 
     monkeypatch.chdir(tmp_path)

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from tfedge.backend import is_keras2_model, keras, keras3
-from tfedge.errors import OptimizationError
+from tfedge.core.backend import is_keras2_model, keras, keras3
+from tfedge.core.errors import OptimizationError
 from tfedge.models.rebuild import to_keras2
 
 K = keras3
@@ -57,7 +57,7 @@ def keras3_file(tmp_path_factory):
 
 
 def test_functional_model_from_a_keras3_file(keras3_file, tmp_path):
-    from tfedge.loading import load_model
+    from tfedge.core.loading import load_model
 
     loaded = load_model(keras3_file)
     assert loaded.keras_version == 3
@@ -87,7 +87,7 @@ def test_a_path_is_accepted_and_stages_run_on_the_result(keras3_file):
 
 
 def test_sequential(tmp_path):
-    from tfedge.loading import load_model
+    from tfedge.core.loading import load_model
 
     seq = K.Sequential(
         [

@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 
 from tfedge.cli import main
-from tfedge.errors import OptimizationError
-from tfedge.inspector import inspect_model
+from tfedge.core.errors import OptimizationError
+from tfedge.core.inspector import inspect_model
 from tfedge.models.recipe import load_recipe, validate_recipe
 
 SHIPPED = sorted((Path(__file__).resolve().parent.parent / "models" / "recipes").glob("*.yaml"))

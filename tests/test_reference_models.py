@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from tfedge.converters import convert
-from tfedge.inspector import inspect_model
+from tfedge.core.inspector import inspect_model
 from tfedge.models import zoo
 from tfedge.models.reference import PUBLISHED
 
@@ -26,7 +26,7 @@ def test_reference_model_matches_its_published_size(name, tmp_path):
 
 
 def test_build_names_the_real_size_references_for_an_unknown_name():
-    from tfedge.errors import OptimizationError
+    from tfedge.core.errors import OptimizationError
 
     with pytest.raises(OptimizationError, match="vww_mobilenet") as caught:
         zoo.build("mobilenet_v3")

@@ -18,10 +18,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tfedge.device import LocalDevice, RemoteError
-from tfedge.errors import DeviceError
-from tfedge.fleet import bench_fleet, bench_on_device
-from tfedge.ssh import SshDevice, parse_device
+from tfedge.core.errors import DeviceError
+from tfedge.devices.fleet import bench_fleet, bench_on_device
+from tfedge.devices.protocol import LocalDevice, RemoteError
+from tfedge.devices.ssh import SshDevice, parse_device
 
 ROOT = Path(__file__).resolve().parents[1]
 PI_URL = "ssh://tfedge-pi"
@@ -114,8 +114,8 @@ def small_npz(digits, tmp_path_factory):
 @pytest.fixture(scope="module")
 def tiny_model(digits, tmp_path_factory):
     """A tiny int8 model with fixed random weights (seed 0): the same file every session."""
-    from tfedge.backend import keras
     from tfedge.converters import convert
+    from tfedge.core.backend import keras
 
     keras.utils.set_random_seed(0)
     model = keras.Sequential(
@@ -220,7 +220,7 @@ def test_ssh_argv_is_safe():
 
 
 def test_local_device_matches_the_in_process_runner(digits_tflite, small_npz):
-    from tfedge import runner
+    from tfedge.devices import runner
 
     model = digits_tflite["int8"]
     rows = bench_on_device("local", [model], small_npz, warmup=1, runs=3)
@@ -256,7 +256,7 @@ def test_fleet_keeps_the_local_rows_when_a_host_is_dead(tiny_model, small_npz):
 
 
 def test_missing_model_file_is_an_input_error(tmp_path):
-    from tfedge.errors import InputFileError
+    from tfedge.core.errors import InputFileError
 
     with pytest.raises(InputFileError):
         bench_fleet(["local"], [tmp_path / "nope.tflite"])
@@ -320,7 +320,7 @@ def _row(device, outputs, predictions, emulated=False):
     ],
 )
 def test_the_table_marks_emulated_latency_and_compares_outputs(pi_outputs, pi_predictions, verdict):
-    from tfedge.bench import format_results
+    from tfedge.commands.bench import format_results
 
     text = format_results(
         [_row("local", "o1", "p1"), _row(PI_URL, pi_outputs, pi_predictions, emulated=True)]
@@ -469,8 +469,8 @@ def _kill_session_of(pi, marker: str) -> list[int]:
 @pytest.fixture(scope="module")
 def slow_model(digits, tmp_path_factory):
     """An int8 model of three wide convolutions: about 170 ms per inference under emulation."""
-    from tfedge.backend import keras
     from tfedge.converters import convert
+    from tfedge.core.backend import keras
 
     layers = keras.layers
     model = keras.Sequential(

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from tfedge.cli import main
-from tfedge.plots import Point, pareto_front
+from tfedge.reports.plots import Point, pareto_front
 
 pytestmark = pytest.mark.slow
 
@@ -34,13 +34,13 @@ def benched(tmp_path_factory, trained_digits_cnn, digits, digits_tflite, test_np
     """Real bench results of the digits CNN as float32, int8 and int16x8, with an analysis JSON.
 
     The analysis uses the design's ``tfedge analyze --json`` format, filled from real
-    measurements: the per-layer error of the int8 model against float32 (``tfedge.compare``)
+    measurements: the per-layer error of the int8 model against float32 (``tfedge.commands.compare``)
     and, as fixes, the whole-model int16x8 and float32 conversions benched here.
     """
-    from tfedge.bench import bench
-    from tfedge.compare import compare
+    from tfedge.commands.bench import bench
+    from tfedge.commands.compare import compare
     from tfedge.converters import convert
-    from tfedge.inspector import inspect_model
+    from tfedge.core.inspector import inspect_model
 
     root = tmp_path_factory.mktemp("report")
     int16 = root / "digits_int16x8.tflite"
@@ -124,7 +124,7 @@ def test_browser_check_sees_a_request_leave_the_page(browser, tmp_path):
 
 
 def test_emulated_device_is_marked(benched, tmp_path):
-    from tfedge.report import render_html
+    from tfedge.reports.page import render_html
 
     local = benched["rows"][1]
     pi = {**local, "device": {**local["device"], "name": "ssh://pi", "emulated": True}}

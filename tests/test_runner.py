@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from tfedge.runner import bench_models
+from tfedge.devices.runner import bench_models
 
 
 def _top1_row(path, data):
@@ -25,8 +25,8 @@ def test_top1_agrees_with_the_accuracy(digits_tflite, digits, mode):
 
 def test_top1_of_a_binary_classifier_is_its_thresholded_output(tmp_path):
     """One sigmoid output: the class is 1 above 0.5, as the accuracy counts it."""
-    from tfedge.backend import keras
     from tfedge.converters import convert
+    from tfedge.core.backend import keras
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(200, 8)).astype("float32")

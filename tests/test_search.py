@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from tfedge.cli import main
-from tfedge.errors import OptimizationError
+from tfedge.core.errors import OptimizationError
 from tfedge.models import search
 
 pytestmark = pytest.mark.slow
@@ -380,7 +380,7 @@ def test_when_no_candidate_holds_on_held_back_data_ptq_is_the_fallback(tmp_path)
 
 
 def test_split_confirmation_is_seeded_stratified_and_disjoint(digits):
-    from tfedge.search import split_confirmation
+    from tfedge.commands.auto import split_confirmation
 
     val = digits[1].take(200, seed=1)
     search_part, confirm_part = split_confirmation(val)
@@ -417,7 +417,7 @@ def tiny(tmp_path_factory, digits, train_npz, test_npz):
 
 
 def test_the_evaluator_keeps_back_half_of_val_unless_it_is_small(tiny, digits, tmp_path, capsys):
-    from tfedge.search import MIN_SPLIT_SAMPLES, RecipeEvaluator
+    from tfedge.commands.auto import MIN_SPLIT_SAMPLES, RecipeEvaluator
 
     full = RecipeEvaluator(tiny["model"], tiny["train"], tiny["val"], out_dir=tmp_path / "a")
     assert len(full.val) + len(full.confirm) == len(digits[1])
@@ -486,8 +486,8 @@ def test_a_native_crash_in_a_fine_tune_is_retried_without_onednn(tiny, tmp_path,
     """A fine-tune process that dies by a signal (as TensorFlow's native crashes end it) runs
     the stage again in a new process with oneDNN's kernels off, where those crashes do not
     happen."""
-    from tfedge.search import RecipeEvaluator
-    from tfedge.stage_worker import WITHOUT_ONEDNN
+    from tfedge.commands.auto import RecipeEvaluator
+    from tfedge.commands.stage_worker import WITHOUT_ONEDNN
 
     evaluator = RecipeEvaluator(tiny["model"], tiny["train"], tiny["val"], out_dir=tmp_path, runs=5)
     recipe = {"stages": [{"name": "prune", "sparsity": 0.5, "epochs": 8}]}
@@ -502,8 +502,8 @@ def test_a_native_crash_in_a_fine_tune_is_retried_without_onednn(tiny, tmp_path,
 
 
 def test_the_evaluator_runs_the_worst_layer_in_int16_and_marks_the_edgetpu(tiny, tmp_path):
-    from tfedge.inspector import inspect_model
-    from tfedge.search import RecipeEvaluator
+    from tfedge.commands.auto import RecipeEvaluator
+    from tfedge.core.inspector import inspect_model
 
     evaluator = RecipeEvaluator(tiny["model"], tiny["train"], tiny["val"], out_dir=tmp_path, runs=3)
     try:
@@ -521,7 +521,7 @@ def test_the_evaluator_runs_the_worst_layer_in_int16_and_marks_the_edgetpu(tiny,
 
 
 def test_a_screen_fine_tunes_briefly_on_a_share_of_the_data(tiny, tmp_path):
-    from tfedge.search import RecipeEvaluator
+    from tfedge.commands.auto import RecipeEvaluator
 
     evaluator = RecipeEvaluator(tiny["model"], tiny["train"], tiny["val"], out_dir=tmp_path, runs=3)
     recipe = {"stages": [{"name": "prune", "sparsity": 0.5, "epochs": 3}]}
@@ -539,8 +539,8 @@ def test_a_screen_fine_tunes_briefly_on_a_share_of_the_data(tiny, tmp_path):
 def test_a_fine_tune_that_crashes_twice_fails_that_candidate_only(tiny, tmp_path, crashing):
     """Crashing with oneDNN on and off fails the candidate with the signal named; the
     evaluator's next candidate runs in a new process."""
-    from tfedge.search import RecipeEvaluator
-    from tfedge.stage_worker import WITHOUT_ONEDNN
+    from tfedge.commands.auto import RecipeEvaluator
+    from tfedge.commands.stage_worker import WITHOUT_ONEDNN
 
     evaluator = RecipeEvaluator(tiny["model"], tiny["train"], tiny["val"], out_dir=tmp_path, runs=5)
     try:
@@ -569,8 +569,8 @@ def test_a_fine_tune_that_crashes_twice_fails_that_candidate_only(tiny, tmp_path
 def test_a_model_the_fine_tune_process_cannot_load_is_trained_here(digits, tmp_path, capsys):
     """A custom layer registered only in the user's program is unknown to the child process:
     the fine-tunes then run in the search's own process, with a warning."""
-    from tfedge.backend import keras
-    from tfedge.search import RecipeEvaluator
+    from tfedge.commands.auto import RecipeEvaluator
+    from tfedge.core.backend import keras
 
     @keras.utils.register_keras_serializable(package="tfedge_test_only_here")
     class Scale(keras.layers.Layer):
@@ -608,7 +608,7 @@ def test_a_model_the_fine_tune_process_cannot_load_is_trained_here(digits, tmp_p
 
 
 def test_a_stage_error_in_the_fine_tune_process_comes_back_with_its_hint(tiny, tmp_path):
-    from tfedge.search import RecipeEvaluator
+    from tfedge.commands.auto import RecipeEvaluator
 
     evaluator = RecipeEvaluator(tiny["model"], tiny["train"], tiny["val"], out_dir=tmp_path)
     try:
@@ -666,8 +666,8 @@ def searched(tiny, tmp_path_factory):
 
 
 def test_auto_writes_the_best_model_report_and_recipe(searched, tiny, tflite_accuracy, tmp_path):
-    from tfedge.data import load_data
-    from tfedge.inspector import inspect_model
+    from tfedge.core.data import load_data
+    from tfedge.core.inspector import inspect_model
 
     status, out = searched
     assert status == 0
@@ -709,7 +709,7 @@ def test_auto_writes_the_best_model_report_and_recipe(searched, tiny, tflite_acc
 
 
 def test_recipe_yaml_reproduces_the_chosen_model(searched, tiny, tflite_accuracy, tmp_path):
-    from tfedge.data import load_data
+    from tfedge.core.data import load_data
 
     _, out = searched
     report = json.loads((out / "report.json").read_text())

@@ -1,7 +1,7 @@
 """Data read as a stream of checked batches: TFRecord shards, image folders, npz, tf.data.
 
 Every test writes real files (JPEG, TFRecord, npz) in a temporary folder and forces streaming with
-``in_memory_bytes=0`` (or ``tfedge.streams.IN_MEMORY_BYTES = 0`` through the command line), so the
+``in_memory_bytes=0`` (or ``tfedge.core.streams.IN_MEMORY_BYTES = 0`` through the command line), so the
 small sets here take the same path as a large one.
 """
 
@@ -10,9 +10,9 @@ import re
 import numpy as np
 import pytest
 
-from tfedge.data import Dataset, load_data
-from tfedge.errors import DataError
-from tfedge.streams import DataStream, calibration_samples, stream_data
+from tfedge.core.data import Dataset, load_data
+from tfedge.core.errors import DataError
+from tfedge.core.streams import DataStream, calibration_samples, stream_data
 
 SHAPE = (8, 8, 1)
 CLASSES = 3
@@ -41,7 +41,7 @@ def images():
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory, images):
     """The images as 3 TFRecord shards of 40 records (image/encoded JPEG, image/class/label)."""
-    from tfedge.backend import tf
+    from tfedge.core.backend import tf
 
     folder = tmp_path_factory.mktemp("shards")
     x, y = images
@@ -55,7 +55,7 @@ def shards(tmp_path_factory, images):
 @pytest.fixture(scope="module")
 def jpeg_folder(tmp_path_factory, images):
     """The same images as JPEG files, one sub-folder per class."""
-    from tfedge.backend import tf
+    from tfedge.core.backend import tf
 
     root = tmp_path_factory.mktemp("jpegs")
     x, y = images
@@ -69,7 +69,7 @@ def jpeg_folder(tmp_path_factory, images):
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
     """A small Keras 3 CNN on 8x8x1 images with 3 classes, saved as ``.keras``."""
-    from tfedge.backend import keras3
+    from tfedge.core.backend import keras3
 
     keras3.utils.set_random_seed(0)
     model = keras3.Sequential(
@@ -107,7 +107,7 @@ def test_tfrecord_shards_stream_in_file_order(shards, jpeg_folder, images):
 
 
 def test_tfrecord_other_feature_names_follow_a_hash(tmp_path, images):
-    from tfedge.backend import tf
+    from tfedge.core.backend import tf
 
     with tf.io.TFRecordWriter(str(tmp_path / "a.tfrecord")) as writer:
         for i in range(10):
@@ -150,7 +150,7 @@ def test_uncompressed_npz_is_memory_mapped_and_compressed_read_in_chunks(tmp_pat
 
 @pytest.mark.parametrize("form", ["pairs", "pairs batched", "x only", "dicts batched"])
 def test_tf_data_dataset_is_consumed_as_a_stream(form, images):
-    from tfedge.backend import tf
+    from tfedge.core.backend import tf
 
     x = images[0].astype(np.float32)
     y = images[1]
@@ -170,7 +170,7 @@ def test_tf_data_dataset_is_consumed_as_a_stream(form, images):
 
 
 def test_an_infinite_tf_data_dataset_is_refused(images):
-    from tfedge.backend import tf
+    from tfedge.core.backend import tf
 
     endless = tf.data.Dataset.from_tensor_slices(images[0].astype(np.float32)).repeat()
     with pytest.raises(DataError, match="infinite"):
@@ -193,8 +193,8 @@ def test_a_nan_deep_in_an_npz_names_its_index(tmp_path):
 
 
 def test_a_bad_label_deep_in_the_shards_is_one_error_line(tmp_path, images, tiny_model, capsys):
-    from tfedge.backend import tf
     from tfedge.cli import main
+    from tfedge.core.backend import tf
 
     x, y = images
     for shard in range(3):
@@ -214,7 +214,7 @@ def test_a_bad_label_deep_in_the_shards_is_one_error_line(tmp_path, images, tiny
 
 def test_convert_calibrates_from_tfrecord_shards_on_the_command_line(shards, tiny_model, tmp_path):
     from tfedge.cli import main
-    from tfedge.inspector import inspect_model
+    from tfedge.core.inspector import inspect_model
 
     out = tmp_path / "m.tflite"
     code = main(
@@ -240,7 +240,7 @@ def test_calibration_samples_are_seeded(shards):
 
 
 def test_fine_tune_and_accuracy_stream_from_tf_data(shards, jpeg_folder):
-    from tfedge.backend import keras
+    from tfedge.core.backend import keras
     from tfedge.models.training import evaluate, fit
 
     train = stream_data(
@@ -269,10 +269,10 @@ def test_optimize_fine_tunes_from_streamed_shards(
 ):
     import json
 
-    import tfedge.streams
+    import tfedge.core.streams
     from tfedge.cli import main
 
-    monkeypatch.setattr(tfedge.streams, "IN_MEMORY_BYTES", 0)
+    monkeypatch.setattr(tfedge.core.streams, "IN_MEMORY_BYTES", 0)
     code = main(
         [
             "optimize",
@@ -295,8 +295,8 @@ def test_optimize_fine_tunes_from_streamed_shards(
 
 
 def test_the_runner_reads_a_large_uncompressed_npz_slice_by_slice(tmp_path):
-    from tfedge.runner import NpzArray, _stored_member
-    from tfedge.runner import load_data as runner_data
+    from tfedge.devices.runner import NpzArray, _stored_member
+    from tfedge.devices.runner import load_data as runner_data
 
     x = np.random.default_rng(2).random((2100, 8192), dtype=np.float32)  # 69 MB as float32
     np.savez(tmp_path / "big.npz", x=x, y=np.arange(2100) % 4)
@@ -321,7 +321,7 @@ def test_a_shuffled_pass_over_shards_is_a_permutation(shards, images):
 
 @pytest.mark.parametrize("shuffle", [None, 5])
 def test_a_corrupt_record_deep_in_the_shards_is_named(tmp_path, images, shuffle):
-    from tfedge.backend import tf
+    from tfedge.core.backend import tf
 
     x, y = images
     for shard in range(3):

@@ -4,8 +4,8 @@ import pytest
 
 from tfedge.converters import convert
 from tfedge.converters.targets import builtin_targets, load_target
-from tfedge.errors import ConversionError
-from tfedge.inspector import inspect_model
+from tfedge.core.errors import ConversionError
+from tfedge.core.inspector import inspect_model
 
 
 def test_builtin_profiles():
@@ -37,7 +37,7 @@ def test_edgetpu_target_refuses_other_modes(mode, io, needle, option, trained_di
 
 
 def test_edgetpu_target_names_the_operator_it_cannot_run(digits):
-    from tfedge.backend import keras
+    from tfedge.core.backend import keras
 
     inputs = keras.Input((16, 16, 1))
     x = keras.layers.Flatten()(inputs)

@@ -57,8 +57,8 @@ def test_a_model_with_short_names_is_returned_as_is(digits_tflite):
 
 def test_a_model_with_two_outputs_converts_and_keeps_its_output_names():
     """shorten_names once failed on a model with two outputs (a numpy array has no truth value)."""
-    from tfedge.backend import keras3
     from tfedge.converters import convert
+    from tfedge.core.backend import keras3
 
     inputs = keras3.Input((4,))
     x = keras3.layers.Dense(4, name="trunk")(inputs)

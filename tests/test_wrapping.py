@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 
-from tfedge.errors import OptimizationError
+from tfedge.core.errors import OptimizationError
 
 # The user's fine-tune: 3 epochs, 6 for PCQAT (its clusters start once the sparsity is reached).
 FIT_EPOCHS = {"prune": 3, "cluster": 3, "qat": 3, "pcqat": 6}
@@ -53,14 +53,14 @@ def _cnn(api, train, with_bn=False):
 @pytest.fixture(scope="module")
 def user_models(digits):
     """``{"keras3": model, "tf_keras": model}``: the same CNN trained in each Keras."""
-    from tfedge.backend import keras, keras3
+    from tfedge.core.backend import keras, keras3
 
     train, _ = digits
     return {"keras3": _cnn(keras3, train), "tf_keras": _cnn(keras, train)}
 
 
 def _api(flavour):
-    from tfedge.backend import keras, keras3
+    from tfedge.core.backend import keras, keras3
 
     return keras3 if flavour == "keras3" else keras
 
@@ -89,8 +89,8 @@ def _per_channel_values(name: str, kernel: np.ndarray) -> int:
 @pytest.mark.parametrize("flavour", ["keras3", "tf_keras"])
 def test_own_fit_then_int8(user_models, digits, tflite_accuracy, tmp_path, flavour, scheme):
     from tfedge import models
-    from tfedge.backend import is_keras3_model
     from tfedge.converters import convert
+    from tfedge.core.backend import is_keras3_model
 
     train, test = digits
     api, model = _api(flavour), user_models[flavour]
@@ -129,8 +129,8 @@ def test_own_fit_then_int8(user_models, digits, tflite_accuracy, tmp_path, flavo
 
 def test_keras3_qat_saves_and_loads_as_keras(user_models, digits, tmp_path, train_npz):
     from tfedge import models
-    from tfedge.backend import keras3
-    from tfedge.loading import load_model
+    from tfedge.core.backend import keras3
+    from tfedge.core.loading import load_model
 
     train, test = digits
     m = models.wrap(user_models["keras3"], qat=True)
@@ -170,9 +170,9 @@ def test_keras3_qat_saves_and_loads_as_keras(user_models, digits, tmp_path, trai
 
 def test_keras3_batch_norm_is_folded_before_qat(digits):
     from tfedge import models
-    from tfedge.backend import keras3
     from tfedge.converters import convert
-    from tfedge.inspector import inspect_model
+    from tfedge.core.backend import keras3
+    from tfedge.core.inspector import inspect_model
     from tfedge.models.fake_quant import fold_batch_norms
 
     train, test = digits
@@ -199,7 +199,7 @@ def test_keras3_batch_norm_is_folded_before_qat(digits):
 @pytest.mark.parametrize("flavour", ["keras3", "tf_keras"])
 def test_gradient_tape_loop_with_step(user_models, digits, flavour):
     from tfedge import models
-    from tfedge.backend import tf
+    from tfedge.core.backend import tf
     from tfedge.models.pruning import weight_sparsity
 
     train, _ = digits
@@ -231,7 +231,7 @@ def test_polynomial_schedule_in_own_loop_needs_steps(user_models):
 
 def test_a_layer_keras3_qat_cannot_wrap_is_named(digits):
     from tfedge import models
-    from tfedge.backend import keras3
+    from tfedge.core.backend import keras3
 
     inputs = keras3.Input((16, 16, 1))
     x = keras3.layers.SeparableConv2D(8, 3, name="sep")(inputs)

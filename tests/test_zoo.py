@@ -2,7 +2,7 @@
 
 import pytest
 
-from tfedge.errors import OptimizationError
+from tfedge.core.errors import OptimizationError
 from tfedge.models import zoo
 
 QUICK_EPOCHS = 3
@@ -14,8 +14,8 @@ EXPECTED_KEYS = {"float_accuracy", "int8_accuracy", "int8_size_bytes", "int8_p50
 @pytest.mark.parametrize("name", sorted(zoo.ZOO))
 def test_zoo_model_trains_and_converts_fully_int8(name, digits):
     from tfedge.converters import convert
-    from tfedge.inspector import inspect_model
-    from tfedge.runner import bench_models
+    from tfedge.core.inspector import inspect_model
+    from tfedge.devices.runner import bench_models
 
     train, test = digits
     expected = zoo.expected(name)
@@ -77,7 +77,7 @@ def test_unknown_model_lists_the_zoo():
 
 @pytest.mark.parametrize("name", sorted(zoo.ZOO))
 def test_recipe_and_expected_figures(name):
-    from tfedge.optimize import STAGES, load_recipe
+    from tfedge.commands.optimize import STAGES, load_recipe
 
     recipe = load_recipe(zoo.recipe_path(name))
     assert recipe["model"]["name"] == name

@@ -1,7 +1,7 @@
 """The ``tfedge`` command line (click).
 
 :func:`main` is a plain function that returns the exit status, so it can be tested in-process;
-:func:`run` is the console script. Expected failures (:class:`~tfedge.errors.TfedgeError`, bad
+:func:`run` is the console script. Expected failures (:class:`~tfedge.core.errors.TfedgeError`, bad
 options) print one ``Error:`` line, a ``Hint:`` where one helps, and exit with status 1; ``--debug``
 anywhere on the line shows the traceback and TensorFlow's own logs instead.
 
@@ -19,9 +19,9 @@ from pathlib import Path
 import click
 
 from tfedge.converters import IO_TYPES, MODES
-from tfedge.errors import TfedgeError
-from tfedge.files import refuse_overwrite
-from tfedge.runner import DEFAULT_RUNS, DEFAULT_WARMUP
+from tfedge.core.errors import TfedgeError
+from tfedge.core.files import refuse_overwrite
+from tfedge.devices.runner import DEFAULT_RUNS, DEFAULT_WARMUP
 from tfedge.version import __version__
 
 __all__ = ["main", "run", "cli"]
@@ -48,7 +48,7 @@ def cli():
 @click.option("--epochs", default=10, show_default=True, type=click.IntRange(1, 500))
 def demo(out_dir, epochs):
     """Train the digits reference CNN, convert to int8, bench float32 vs int8, write a report."""
-    from tfedge.demo import run_demo
+    from tfedge.commands.demo import run_demo
 
     if Path(out_dir).exists() and not Path(out_dir).is_dir():
         raise TfedgeError(
@@ -108,8 +108,8 @@ def convert(
         {"-o": output},
         {"MODEL": model, "--calib": calib, "--labels": labels, "--target": _file(target)},
     )
-    from tfedge.console import echo
     from tfedge.converters import convert_file
+    from tfedge.core.console import echo
 
     result = convert_file(
         model,
@@ -270,8 +270,8 @@ def optimize(
             "--target": _file(target),
         },
     )
-    from tfedge.optimize import load_recipe, stages_from_flags
-    from tfedge.optimize import optimize as run_optimize
+    from tfedge.commands.optimize import load_recipe, stages_from_flags
+    from tfedge.commands.optimize import optimize as run_optimize
 
     flags = (
         any(v not in (None, False) for v in (prune, structured, prune_filters, cluster, factorize))
@@ -281,7 +281,7 @@ def optimize(
     search_options = (tolerance, objective, budget_minutes, trials, storage, study_name, fidelity)
     if auto:
         _check_auto(flags or recipe, strategy, devices, storage, study_name, tolerance)
-        from tfedge.search import auto_optimize
+        from tfedge.commands.auto import auto_optimize
 
         auto_optimize(
             model,
@@ -328,7 +328,7 @@ def optimize(
         from tfedge.models.training import resolve_strategy
 
         strategy_name, strategy = strategy, resolve_strategy(strategy)
-        from tfedge.console import echo
+        from tfedge.core.console import echo
 
         kind = (
             "MultiWorkerMirroredStrategy" if strategy_name == "multiworker" else "MirroredStrategy"
@@ -369,8 +369,8 @@ def optimize(
 @click.option("--calib-samples", default=200, show_default=True, type=click.IntRange(1, 100000))
 def analyze(model, calib, data, json_path, explorer, fix, output, calib_samples):
     """Per-layer int8 error against the float model; --fix finds the fix that keeps accuracy."""
-    from tfedge.analysis import analyze as run_analyze
-    from tfedge.console import echo
+    from tfedge.commands.analyze import analyze as run_analyze
+    from tfedge.core.console import echo
 
     if output and not fix:
         raise click.UsageError("-o goes with --fix (the fixed model)")
@@ -457,7 +457,7 @@ def _check_auto(stage_flags, strategy, devices, storage, study_name, tolerance) 
 @click.option("--json", "as_json", is_flag=True, help="Print the design's JSON instead of a table.")
 def inspect_command(model, as_json):
     """Show a .tflite model's operators, tensors, integer-ness and EdgeTPU verdict (no TensorFlow)."""
-    from tfedge.inspector import format_table, inspect_model
+    from tfedge.core.inspector import format_table, inspect_model
 
     info = inspect_model(model)
     if as_json:
@@ -501,9 +501,9 @@ def bench(
     html_path,
 ):
     """Measure accuracy, size and latency of .tflite models, locally or on devices."""
-    from tfedge.bench import bench as run_bench
-    from tfedge.bench import failed_rows, format_results
-    from tfedge.console import echo
+    from tfedge.commands.bench import bench as run_bench
+    from tfedge.commands.bench import failed_rows, format_results
+    from tfedge.core.console import echo
 
     refuse_overwrite(
         {"--json": json_path, "--html": html_path},
@@ -544,7 +544,7 @@ def bench(
     if json_path:
         echo(f"results: {json_path}")
     if html_path:
-        from tfedge.report import write_html
+        from tfedge.reports.page import write_html
 
         write_html(
             html_path, rows, title="tfedge bench: " + ", ".join(Path(m).name for m in models)
@@ -559,8 +559,8 @@ def bench(
 @click.option("--title", help="Page title (default: the input file names).")
 def report(inputs, output, title):
     """One self-contained HTML page (table and plots) from bench, optimize or analyze JSON files."""
-    from tfedge.console import echo
-    from tfedge.report import build_report
+    from tfedge.core.console import echo
+    from tfedge.reports.page import build_report
 
     refuse_overwrite({"-o": output}, {"RESULTS": list(inputs)})
     echo(f"report: {build_report(inputs, output, title=title)}")
@@ -577,9 +577,9 @@ def report(inputs, output, title):
 @click.option("--json", "json_path", type=click.Path(), help="Write the comparison JSON here.")
 def compare(model_a, model_b, data, samples, json_path):
     """Run two .tflite models on the same inputs: output differences and the first divergent op."""
-    from tfedge.compare import compare as run_compare
-    from tfedge.compare import format_comparison, write_json
-    from tfedge.console import echo
+    from tfedge.commands.compare import compare as run_compare
+    from tfedge.commands.compare import format_comparison, write_json
+    from tfedge.core.console import echo
 
     refuse_overwrite({"--json": json_path}, {"A": model_a, "B": model_b, "--data": data})
     result = run_compare(model_a, model_b, data=data, samples=samples)

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from tfedge.console import quiet
-from tfedge.errors import DataError, InputFileError, missing_file, tf_message
+from tfedge.core.console import quiet
+from tfedge.core.errors import DataError, InputFileError, missing_file, tf_message
 
 __all__ = ["Dataset", "load_data", "check_labels", "is_tfrecord", "DATA_HINT"]
 
@@ -112,7 +112,7 @@ class Dataset:
         Example:
             >>> Dataset(np.zeros((4, 2)), np.arange(4)).as_tf_dataset(2).cardinality()  # doctest: +SKIP
         """
-        from tfedge.backend import tf
+        from tfedge.core.backend import tf
 
         tensors = self.x if self.y is None else (self.x, self.y)
         dataset = tf.data.Dataset.from_tensor_slices(tensors)
@@ -178,7 +178,7 @@ def load_data(
     elif isinstance(source, (str, Path)) and is_tfrecord(source):
         raise DataError(
             f"{name} {source} is TFRecord shards, which are read as a stream",
-            "open them with tfedge.streams.stream_data(...) (the command line does)",
+            "open them with tfedge.core.streams.stream_data(...) (the command line does)",
         )
     elif isinstance(source, (str, Path)):
         path = Path(source)
@@ -379,7 +379,7 @@ def check_labels(
         >>> check_labels(Dataset(np.zeros((2, 4)), np.array([0, 12])), 10, "--data")
         Traceback (most recent call last):
         ...
-        tfedge.errors.DataError: --data label 1 is 12 but the model has 10 classes (0..9)
+        tfedge.core.errors.DataError: --data label 1 is 12 but the model has 10 classes (0..9)
     """
     if data.y is None or not len(data.y):
         return
@@ -427,7 +427,7 @@ def _folder_files(path: Path, name: str):
 
 def _load_folder(path: Path, input_shape, name: str) -> Dataset:
     classes, files = _folder_files(path, name)
-    from tfedge.backend import tf
+    from tfedge.core.backend import tf
 
     height = width = None
     channels = 3

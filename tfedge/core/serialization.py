@@ -1,19 +1,19 @@
 """Every tfmot class needed to load a model that tfedge's compression stages produced.
 
-:func:`tfedge.loading.load_model` passes these to Keras, so a QAT model (tfmot's quantize
+:func:`tfedge.core.loading.load_model` passes these to Keras, so a QAT model (tfmot's quantize
 wrappers, quantizers and configs, including the sparsity- and cluster-preserving ones) saved with
 ``model.save("model.keras")`` loads again without any scope. Importing this module is cheap:
 TensorFlow and tfmot are imported when :func:`custom_objects` is called.
 
 Example:
-    >>> from tfedge.serialization import custom_objects
+    >>> from tfedge.core.serialization import custom_objects
     >>> "QuantizeWrapperV2" in custom_objects()  # doctest: +SKIP
     True
 """
 
 import importlib
 
-from tfedge.keras_internals import own_variables
+from tfedge.core.keras_internals import own_variables
 
 __all__ = ["custom_objects", "tfmot_internal", "patch_tfmot_saving"]
 
@@ -32,12 +32,12 @@ _patched = False
 def tfmot_internal(path: str):
     """A module inside tfmot's ``python.core`` package (registries, wrappers, quantizers).
 
-    tfmot itself is imported by :mod:`tfedge.backend`; this only reaches into it.
+    tfmot itself is imported by :mod:`tfedge.core.backend`; this only reaches into it.
 
     Example:
         >>> tfmot_internal("sparsity.keras.prune_registry").PruneRegistry  # doctest: +SKIP
     """
-    from tfedge.backend import tfmot
+    from tfedge.core.backend import tfmot
 
     return importlib.import_module(f"{tfmot().__name__}.python.core.{path}")
 
@@ -77,7 +77,7 @@ def _save_own_variables(self, store):
 def _load_own_variables(self, store):
     keys = set(store.keys())
     if keys and all(key.isdigit() for key in keys):  # a file saved without the fix
-        from tfedge.backend import keras
+        from tfedge.core.backend import keras
 
         return keras.layers.Layer.load_own_variables(self, store)
     for key, variable in _keyed_variables(self):
@@ -131,10 +131,10 @@ def custom_objects() -> dict:
         A new dict, safe to modify.
 
     Example:
-        >>> from tfedge.backend import keras
+        >>> from tfedge.core.backend import keras
         >>> model = keras.models.load_model("qat.keras", custom_objects=custom_objects())  # doctest: +SKIP
     """
-    from tfedge.backend import tfmot
+    from tfedge.core.backend import tfmot
 
     patch_tfmot_saving()
     mot = tfmot()

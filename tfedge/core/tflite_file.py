@@ -3,12 +3,12 @@
 The file is parsed with the flatbuffer schema that ships with ``ai-edge-litert``
 (``ai_edge_litert.schema_py_generated``), an install requirement of the host package; the
 device-side runner does not use this module. Every offset read from the file is checked against
-its size, and any failure of the parser becomes :class:`tfedge.errors.InputFileError`, so a
+its size, and any failure of the parser becomes :class:`tfedge.core.errors.InputFileError`, so a
 truncated, corrupt or foreign file gives one clear error and never a traceback from the
 flatbuffer library.
 
 Example:
-    >>> from tfedge.tflite_file import read_model, op_names
+    >>> from tfedge.core.tflite_file import read_model, op_names
     >>> model = read_model("model.tflite")  # doctest: +SKIP
     >>> names = op_names()
     >>> [op_name(model, op, names) for op in model.graphs[0].operators]  # doctest: +SKIP
@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from ai_edge_litert import schema_py_generated as _schema
 
-from tfedge.errors import InputFileError, missing_file
+from tfedge.core.errors import InputFileError, missing_file
 
 __all__ = [
     "Model",

@@ -29,8 +29,8 @@ import signal
 import subprocess
 import sys
 
-from tfedge.console import echo
-from tfedge.errors import OptimizationError, first_line
+from tfedge.core.console import echo
+from tfedge.core.errors import OptimizationError, first_line
 
 __all__ = [
     "StageWorker",
@@ -133,7 +133,7 @@ class StageWorker:
         child_env = {**os.environ, "PYTHONPATH": path, **(env or {})}
         try:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "tfedge.stage_worker", json.dumps(config)],
+                [sys.executable, "-m", "tfedge.commands.stage_worker", json.dumps(config)],
                 stdin=subprocess.PIPE,
                 pass_fds=(write_fd,),
                 text=True,
@@ -317,11 +317,11 @@ def _serve(config: dict) -> None:
         reply.flush()
 
     try:
-        from tfedge.loading import load_model
+        from tfedge.commands.optimize import run_stage, save_atomically
+        from tfedge.core.loading import load_model
+        from tfedge.core.streams import stream_data
         from tfedge.models.cloning import frozen_copy
         from tfedge.models.training import resolve_strategy
-        from tfedge.optimize import run_stage, save_atomically
-        from tfedge.streams import stream_data
 
         base = load_model(config["base"]).model
         teacher = frozen_copy(base)
@@ -355,7 +355,7 @@ def _serve(config: dict) -> None:
 
 
 def main(argv=None) -> None:
-    """The child's entry point: ``python -m tfedge.stage_worker CONFIG_JSON``."""
+    """The child's entry point: ``python -m tfedge.commands.stage_worker CONFIG_JSON``."""
     config = json.loads((argv if argv is not None else sys.argv[1:])[0])
     # Ctrl-C reaches the whole process group: the parent stops this child itself, and a
     # KeyboardInterrupt here would only print a traceback.

@@ -1,7 +1,7 @@
 """Host side of ``tfedge bench``: check inputs, run the device runner locally or on devices, collect.
 
-Local runs start :mod:`tfedge.runner` in a subprocess of their own (:mod:`tfedge.device`);
-``ssh://`` devices (:mod:`tfedge.ssh`) copy the same runner to the device and run it there. Either way the rows have the
+Local runs start :mod:`tfedge.devices.runner` in a subprocess of their own (:mod:`tfedge.devices.protocol`);
+``ssh://`` devices (:mod:`tfedge.devices.ssh`) copy the same runner to the device and run it there. Either way the rows have the
 same JSON schema, so accuracy and ``outputs_sha256`` compare across devices directly.
 
 Example:
@@ -14,9 +14,9 @@ import tempfile
 import threading
 from pathlib import Path
 
-from tfedge.errors import InputFileError, missing_file
-from tfedge.files import write_atomically
-from tfedge.runner import DEFAULT_RUNS, DEFAULT_WARMUP
+from tfedge.core.errors import InputFileError, missing_file
+from tfedge.core.files import write_atomically
+from tfedge.devices.runner import DEFAULT_RUNS, DEFAULT_WARMUP
 from tfedge.version import __version__
 
 __all__ = [
@@ -70,8 +70,9 @@ def prepare_data(data, model_path):
     """Load ``data`` (any accepted form) shaped for the model's input; returns ``(x, y)`` or None."""
     if data is None:
         return None
-    from tfedge.inspector import inspect_model
-    from tfedge.streams import stream_data, to_arrays
+    from tfedge.core.inspector import inspect_model
+    from tfedge.core.streams import stream_data
+    from tfedge.devices.arrays import to_arrays
 
     info = inspect_model(model_path)
     shape = tuple(info["input"][0]["shape"][1:]) if info["input"] else None
@@ -94,8 +95,8 @@ def check_labels(y, model_paths) -> None:
     """
     if y is None or not len(y):
         return
-    from tfedge.errors import DataError
-    from tfedge.inspector import inspect_model
+    from tfedge.core.errors import DataError
+    from tfedge.core.inspector import inspect_model
 
     low, high = int(y.min()), int(y.max())
     for path in model_paths:
@@ -177,8 +178,8 @@ def bench(
         if on_result:
             on_result(row)
 
-    from tfedge.console import progress
-    from tfedge.fleet import bench_fleet
+    from tfedge.core.console import progress
+    from tfedge.devices.fleet import bench_fleet
 
     devices = list(devices or ["local"])
     bar = progress(total=len(paths) * len(devices), desc="benchmarking", unit="model")

@@ -5,7 +5,7 @@ a temporary file while TensorFlow works (the text is kept for error messages), a
 :func:`progress` draws on a copy of the real terminal taken before any redirection.
 
 Example:
-    >>> from tfedge.console import progress, quiet
+    >>> from tfedge.core.console import progress, quiet
     >>> with quiet():
     ...     for _ in progress(range(3), desc="calibrating"):
     ...         pass

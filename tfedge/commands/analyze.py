@@ -21,8 +21,8 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from tfedge.errors import DataError, TfedgeError
-from tfedge.files import write_atomically
+from tfedge.core.errors import DataError, TfedgeError
+from tfedge.core.files import write_atomically
 
 __all__ = ["analyze", "explorer_node_data", "TOLERANCE", "WORST_K"]
 
@@ -94,8 +94,8 @@ def analyze(
     """
     from tfedge.converters.layer_errors import layer_errors
     from tfedge.converters.tflite import input_shape_of
-    from tfedge.loading import LoadedModel, load_model
-    from tfedge.streams import stream_data
+    from tfedge.core.loading import LoadedModel, load_model
+    from tfedge.core.streams import stream_data
 
     if fix and data is None:
         raise DataError(
@@ -109,7 +109,7 @@ def analyze(
     if isinstance(keras_model, LoadedModel):
         keras_model = keras_model.model
     shape = input_shape_of(keras_model)
-    # The checks every command shares (tfedge.data): shapes, NaN or infinite inputs, labels the
+    # The checks every command shares (tfedge.core.data): shapes, NaN or infinite inputs, labels the
     # model cannot predict; each names the data and its first bad sample, before any conversion.
     stream_data(calib, input_shape=shape, name="calibration data")
     evaluation = None
@@ -155,7 +155,7 @@ def explorer_node_data(rows: Sequence[dict], int8_model) -> dict:
         >>> data["results"]["sequential/dense/MatMul_1"]  # doctest: +SKIP
         {'value': -3.1}
     """
-    from tfedge.inspector import inspect_model
+    from tfedge.core.inspector import inspect_model
 
     operators = inspect_model(int8_model, detail=True)
     names = {(t["subgraph"], t["index"]): t["name"] for t in operators["tensors"]}
@@ -221,16 +221,16 @@ def _candidates(keras_model, worst, float_blob) -> list[tuple[str, list, dict]]:
 
 
 def _fix(keras_model, calib, evaluation, worst, calib_samples, runs, output) -> dict:
-    from tfedge.console import progress
     from tfedge.converters import convert, convert_file
-    from tfedge.inspector import inspect_model
-    from tfedge.runner import bench_models
+    from tfedge.core.console import progress
+    from tfedge.core.inspector import inspect_model
+    from tfedge.devices.runner import bench_models
 
     float_blob = convert(keras_model, mode="float32")
     candidates = _candidates(keras_model, worst, float_blob)
     fixes, blobs = [], {}
     with tempfile.TemporaryDirectory(prefix="tfedge-analyze-") as tmp:
-        from tfedge.streams import to_arrays
+        from tfedge.devices.arrays import to_arrays
 
         arrays = to_arrays(evaluation, tmp)  # a large set streams through LiteRT from disk
 

@@ -14,8 +14,8 @@ Example:
 
 import numpy as np
 
-from tfedge.inspector import inspect_model
-from tfedge.tflite_file import read_model, weight_values
+from tfedge.core.inspector import inspect_model
+from tfedge.core.tflite_file import read_model, weight_values
 
 __all__ = ["requested_after", "compression_entry", "format_compression", "StagePlans", "TOLERANCE"]
 
@@ -334,7 +334,7 @@ class StagePlans:
 
     def entry(self, tflite_path, model) -> dict:
         """:func:`compression_entry` of the stage's (or, before any stage, the baseline's) file."""
-        from tfedge.errors import OptimizationError
+        from tfedge.core.errors import OptimizationError
         from tfedge.models.pruning import pruning_plan
 
         source = self.kernels_model if self.kernels_model is not None else model

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import yaml
 
-from tfedge.errors import TfedgeError, yaml_problem
+from tfedge.core.errors import TfedgeError, yaml_problem
 
 __all__ = ["read_yaml", "MAX_YAML_BYTES"]
 
@@ -41,7 +41,7 @@ def read_yaml(path, what: str, error: type[TfedgeError], hint: str | None = None
     Args:
         path: the file.
         what: what to call it in messages (``"recipe"``, ``"target profile"``).
-        error: the :class:`~tfedge.errors.TfedgeError` subclass to raise.
+        error: the :class:`~tfedge.core.errors.TfedgeError` subclass to raise.
         hint: the hint of every error (what a valid file looks like).
 
     Returns:
@@ -52,11 +52,11 @@ def read_yaml(path, what: str, error: type[TfedgeError], hint: str | None = None
             valid YAML, or uses aliases.
 
     Example:
-        >>> from tfedge.errors import OptimizationError
+        >>> from tfedge.core.errors import OptimizationError
         >>> read_yaml("missing.yaml", "recipe", OptimizationError)
         Traceback (most recent call last):
         ...
-        tfedge.errors.OptimizationError: recipe not found: missing.yaml
+        tfedge.core.errors.OptimizationError: recipe not found: missing.yaml
     """
     path = Path(path)
     if not path.is_file():

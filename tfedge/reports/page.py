@@ -3,7 +3,7 @@
 The page shows the results table, accuracy against gzip size and against p50 latency with the
 Pareto front marked, each model's per-run latency distribution, the per-layer error and fixes of
 any ``tfedge analyze`` JSON among the inputs, and the device, runtime and emulated-device marker.
-Plots are inline SVG drawn by matplotlib (:mod:`tfedge.plots`); the page has no script and loads
+Plots are inline SVG drawn by matplotlib (:mod:`tfedge.reports.plots`); the page has no script and loads
 nothing: it opens the same offline, from an e-mail or from a CI artifact.
 
 Inputs are the JSON files tfedge writes: ``tfedge bench --json`` (``{"results": [...]}``),
@@ -22,8 +22,8 @@ import math
 import re
 from pathlib import Path
 
-from tfedge.errors import InputFileError, missing_file
-from tfedge.files import write_atomically
+from tfedge.core.errors import InputFileError, missing_file
+from tfedge.core.files import write_atomically
 from tfedge.version import __version__
 
 __all__ = ["load_inputs", "build_report", "render_html", "write_html"]
@@ -363,7 +363,7 @@ def _figure_html(anchor: str, svg: str, caption: str) -> str:
 
 
 def _plots(rows) -> tuple[str, list[str]]:
-    from tfedge.plots import Point, latency_svg, pareto_svg
+    from tfedge.reports.plots import Point, latency_svg, pareto_svg
 
     ok = [r for r in rows if not r.get("error")]
     labels = dict(zip(map(id, ok), _labels(ok), strict=True))
@@ -475,7 +475,7 @@ def _number(value) -> float:
 
 
 def _analysis(analysis: dict, number: int) -> str:
-    from tfedge.plots import layer_error_svg
+    from tfedge.reports.plots import layer_error_svg
 
     model = str(analysis.get("model", "?"))
     worst = [r for r in analysis.get("worst") or [] if isinstance(r, dict)] or sorted(

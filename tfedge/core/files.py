@@ -11,7 +11,7 @@ the usual umask), whoever writes them.
 Example:
     >>> refuse_overwrite({"-o": "model.keras"}, {"MODEL": "model.keras"})  # doctest: +SKIP
     Traceback (most recent call last):
-    tfedge.errors.InputFileError: -o model.keras is the input MODEL (model.keras): ...
+    tfedge.core.errors.InputFileError: -o model.keras is the input MODEL (model.keras): ...
 """
 
 import glob
@@ -20,7 +20,7 @@ import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-from tfedge.errors import InputFileError
+from tfedge.core.errors import InputFileError
 
 __all__ = ["refuse_overwrite", "write_atomically", "inputs_of"]
 
@@ -118,7 +118,7 @@ def refuse_overwrite(
     Example:
         >>> refuse_overwrite({"--json": "a.json"}, {"RESULTS": ["a.json"]})  # doctest: +SKIP
         Traceback (most recent call last):
-        tfedge.errors.InputFileError: --json a.json is the input RESULTS (a.json): ...
+        tfedge.core.errors.InputFileError: --json a.json is the input RESULTS (a.json): ...
     """
     written = [(flag, path) for flag, value in outputs.items() for path in inputs_of(value)]
     read = [(name, path) for name, value in inputs.items() for path in inputs_of(value)]

@@ -6,7 +6,7 @@ functions, the same frozen float teacher, so ``tfedge optimize --recipe`` reprod
 converts the result to fully-int8 TFLite and benches it with LiteRT on the validation data, on this
 machine or on an ssh device. Stage outputs are cached by their stage list, so the recipes that share
 a start (prune 80 % → + cluster 16 → + QAT) train it once. The fine-tunes run in a child process
-(:class:`tfedge.stage_worker.StageWorker`): a native crash inside TensorFlow fails that candidate,
+(:class:`tfedge.commands.stage_worker.StageWorker`): a native crash inside TensorFlow fails that candidate,
 and the search goes on.
 
 :func:`auto_optimize` ties both together and writes ``DIR/model.tflite`` (the best on the objective
@@ -37,9 +37,9 @@ from pathlib import Path
 
 import numpy as np
 
-from tfedge.console import echo
-from tfedge.errors import OptimizationError, first_line
-from tfedge.files import write_atomically
+from tfedge.core.console import echo
+from tfedge.core.errors import OptimizationError, first_line
+from tfedge.core.files import write_atomically
 from tfedge.models.recipe import validate_recipe
 from tfedge.version import __version__
 
@@ -92,7 +92,7 @@ def split_confirmation(data, fraction: float = CONFIRM_FRACTION, seed: int = CON
         >>> len(search_part) + len(confirm_part) == len(val)  # doctest: +SKIP
         True
     """
-    from tfedge.data import Dataset
+    from tfedge.core.data import Dataset
 
     rng = np.random.default_rng(seed)
     held = []
@@ -146,8 +146,8 @@ class RecipeEvaluator:
     plus ``stage`` (the recipe's label), ``keras_accuracy`` and ``keras_model`` (its saved path).
 
     Args:
-        model: a ``.keras``/``.h5`` path, a :class:`~tfedge.loading.LoadedModel` or a tf_keras model.
-        train: labelled training data (any form :func:`tfedge.data.load_data` takes).
+        model: a ``.keras``/``.h5`` path, a :class:`~tfedge.core.loading.LoadedModel` or a tf_keras model.
+        train: labelled training data (any form :func:`tfedge.core.data.load_data` takes).
         val: labelled validation data; accuracy is measured on it.
         out_dir: the search folder (``cache/`` and ``candidates/`` go there).
         device: where latency is measured: ``"local"`` or ``"ssh://[USER@]HOST[:PORT]"``.
@@ -158,7 +158,7 @@ class RecipeEvaluator:
         calib_samples: calibration samples per int8 conversion.
         confirm_fraction: the part of ``val`` kept back for confirmation (0 keeps none; with
             fewer than :data:`MIN_SPLIT_SAMPLES` samples none is kept, with a warning).
-        isolate: run the fine-tunes in a child process (:class:`tfedge.stage_worker.StageWorker`),
+        isolate: run the fine-tunes in a child process (:class:`tfedge.commands.stage_worker.StageWorker`),
             so a native crash inside TensorFlow fails that candidate instead of ending the
             search. A ``strategy`` given as an object (not a name) cannot cross to the child:
             the fine-tunes then run in this process.
@@ -188,8 +188,8 @@ class RecipeEvaluator:
         isolate: bool = True,
     ):
         from tfedge.converters import input_shape_of
-        from tfedge.data import load_data
-        from tfedge.loading import LoadedModel, load_model
+        from tfedge.core.data import load_data
+        from tfedge.core.loading import LoadedModel, load_model
 
         self.out = Path(out_dir)
         self.cache = self.out / "cache"
@@ -252,7 +252,7 @@ class RecipeEvaluator:
             >>> evaluate.confirm_correct(result.best).mean()  # doctest: +SKIP
             0.9749
         """
-        from tfedge.runner import bench_models
+        from tfedge.devices.runner import bench_models
 
         tflite = Path(str((candidate.get("figures") or {}).get("model") or ""))
         if not tflite.is_file():
@@ -285,7 +285,7 @@ class RecipeEvaluator:
         return self._teacher
 
     def _stage_key(self, stages, fidelity=None) -> str:
-        from tfedge.optimize import code_key
+        from tfedge.commands.optimize import code_key
 
         settings = {"model": self.fingerprint, "stages": stages, "code": code_key(stages)}
         if fidelity:
@@ -298,10 +298,10 @@ class RecipeEvaluator:
         return hashlib.sha256(text.encode()).hexdigest()[:20]
 
     def _run_stages(self, stages, on_stage=None, fidelity=None):
-        from tfedge.loading import load_model
+        from tfedge.commands.optimize import STAGES
+        from tfedge.core.loading import load_model
         from tfedge.models.search import recipe_label
         from tfedge.models.training import evaluate
-        from tfedge.optimize import STAGES
 
         current, source = self.base, None
         for index, stage in enumerate(stages):
@@ -335,8 +335,8 @@ class RecipeEvaluator:
         An error of the stage itself carries ``stages`` (the recipe up to it), so the search
         skips the recipes that start the same way; a crash or a child that cannot start does not.
         """
-        from tfedge.loading import load_model
-        from tfedge.stage_worker import StageFailed, WorkerUnavailable
+        from tfedge.commands.stage_worker import StageFailed, WorkerUnavailable
+        from tfedge.core.loading import load_model
 
         stage = prefix[-1]
         worker = self._stage_worker()
@@ -366,8 +366,8 @@ class RecipeEvaluator:
             raise
 
     def _run_here(self, model, stage: dict, path: Path, fraction=None):
-        from tfedge.optimize import run_stage, save_atomically
-        from tfedge.stage_worker import fraction_of
+        from tfedge.commands.optimize import run_stage, save_atomically
+        from tfedge.commands.stage_worker import fraction_of
 
         model = run_stage(
             stage,
@@ -385,8 +385,8 @@ class RecipeEvaluator:
         if not self.isolate:
             return None
         if self._worker is None:
-            from tfedge.optimize import save_atomically
-            from tfedge.stage_worker import StageWorker
+            from tfedge.commands.optimize import save_atomically
+            from tfedge.commands.stage_worker import StageWorker
 
             base = self.cache / f"base-{self.fingerprint['model']}.keras"
             train = self.cache / f"train-{self.fingerprint['train']}.npz"
@@ -414,9 +414,9 @@ class RecipeEvaluator:
             self._worker.close()
 
     def __call__(self, recipe: dict, on_stage=None, fidelity: dict | None = None) -> dict:
-        from tfedge.bench import bench
+        from tfedge.commands.bench import bench
         from tfedge.converters import convert
-        from tfedge.inspector import inspect_model
+        from tfedge.core.inspector import inspect_model
         from tfedge.models.search import recipe_key, recipe_label
         from tfedge.models.training import evaluate
 
@@ -791,7 +791,7 @@ def write_outputs(result, out_dir, evaluator=None) -> dict:
 
 def _write_html(path: Path, rows, result) -> None:
     """The report page (candidates table, Pareto fronts of accuracy vs size and vs p50)."""
-    from tfedge.report import write_html
+    from tfedge.reports.page import write_html
 
     reference_device = rows[0].get("device")
     shown = []

@@ -22,12 +22,12 @@ import os
 import time
 from pathlib import Path
 
-from tfedge.console import echo
-from tfedge.errors import OptimizationError
-from tfedge.files import write_atomically
+from tfedge.core.console import echo
+from tfedge.core.errors import OptimizationError
+from tfedge.core.files import write_atomically
+from tfedge.devices.runner import DEFAULT_RUNS
 from tfedge.models.recipe import STAGES, load_recipe
 from tfedge.models.recipe import with_preservation as _with_preservation
-from tfedge.runner import DEFAULT_RUNS
 
 __all__ = [
     "STAGES",
@@ -199,8 +199,8 @@ def _label(stage: dict) -> str:
 def _accuracy(model, data) -> float:
     import numpy as np
 
+    from tfedge.core.streams import DataStream
     from tfedge.models.training import outputs_probabilities, predicted_labels
-    from tfedge.streams import DataStream
 
     if isinstance(data, DataStream):  # streamed: batch by batch
         from tfedge.models.training import evaluate
@@ -230,9 +230,9 @@ def optimize(
     """Run the stages, convert each result to int8, bench everything in one run, write the report.
 
     Args:
-        model: a ``.keras`` / ``.h5`` path (Keras 2 or 3), a :class:`~tfedge.loading.LoadedModel`,
+        model: a ``.keras`` / ``.h5`` path (Keras 2 or 3), a :class:`~tfedge.core.loading.LoadedModel`,
             or a tf_keras model.
-        train: training data (any form :func:`tfedge.data.load_data` accepts), with labels.
+        train: training data (any form :func:`tfedge.core.data.load_data` accepts), with labels.
         val: validation data, with labels; accuracy is measured on it.
         stages: ``[{"name": "prune", "sparsity": 0.8}, {"name": "qat"}, ...]``.
         out_dir: the output folder.
@@ -250,15 +250,15 @@ def optimize(
     Returns:
         The report dict (also written to ``out_dir/report.json``).
     """
-    from tfedge.bench import bench, format_results, write_results
-    from tfedge.compression_report import StagePlans, format_compression
+    from tfedge.commands.bench import bench, format_results, write_results
     from tfedge.converters import convert, input_shape_of
-    from tfedge.loading import LoadedModel, load_model
+    from tfedge.core.loading import LoadedModel, load_model
+    from tfedge.core.streams import stream_data
     from tfedge.models.cloning import frozen_copy
     from tfedge.models.rebuild import to_keras2
     from tfedge.models.training import num_classes
-    from tfedge.report import write_html
-    from tfedge.streams import stream_data
+    from tfedge.reports.compression import StagePlans, format_compression
+    from tfedge.reports.page import write_html
 
     out = Path(out_dir)
     checkpoints = out / "checkpoints"

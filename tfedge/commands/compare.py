@@ -22,10 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
-from tfedge.bench import check_tflite
-from tfedge.errors import DataError, InputFileError, first_line, shape_text
-from tfedge.files import write_atomically
-from tfedge.tflite_file import custom_ops, read_model, state_names
+from tfedge.commands.bench import check_tflite
+from tfedge.core.errors import DataError, InputFileError, first_line, shape_text
+from tfedge.core.files import write_atomically
+from tfedge.core.tflite_file import custom_ops, read_model, state_names
 
 __all__ = ["compare", "format_comparison", "write_json"]
 
@@ -205,7 +205,8 @@ def _inputs(data, a: _Model, b: _Model, samples: int | None):
             None,
             f"{len(x)} seeded random inputs in [{span[0]:.3g}, {span[1]:.3g}]",
         )
-    from tfedge.streams import stream_data, to_arrays
+    from tfedge.core.streams import stream_data
+    from tfedge.devices.arrays import to_arrays
 
     dataset = stream_data(data, input_shape=shape_a, name="--data")
     dataset = dataset.take(samples) if samples else dataset
@@ -255,7 +256,7 @@ def _operators(path) -> list[dict]:
     The interpreter lists them only through a private method; its tensor indices are the
     flatbuffer's, so the file says the same.
     """
-    from tfedge.tflite_file import op_name, op_names, read_model
+    from tfedge.core.tflite_file import op_name, op_names, read_model
 
     model = read_model(path)
     names = op_names()
@@ -318,7 +319,7 @@ def compare(
         >>> result = compare("model_f32.tflite", "model_int8.tflite", "test.npz")  # doctest: +SKIP
         >>> print(format_comparison(result))  # doctest: +SKIP
     """
-    from tfedge.console import quiet
+    from tfedge.core.console import quiet
 
     path_a = check_tflite(model_a, "A", TFLITE_HINT)
     path_b = check_tflite(model_b, "B", TFLITE_HINT)
@@ -351,7 +352,7 @@ def _state_note(traits: dict) -> list[str]:
 
 
 def _compare(path_a: Path, path_b: Path, data, samples, layers: bool) -> dict:
-    from tfedge.console import progress
+    from tfedge.core.console import progress
 
     traits = {"A": _traits(path_a), "B": _traits(path_b)}
     a, b = _Model(path_a, "A", False, **traits["A"]), _Model(path_b, "B", False, **traits["B"])
@@ -447,7 +448,7 @@ def _compare_layers(path_a: Path, path_b: Path, x: np.ndarray, traits: dict) -> 
     intermediate = [m for m in matched if m["a"]["name"] not in outputs]
     if not intermediate:
         return {"same_model": False, "tensors": [], "first_divergence": None}
-    from tfedge.console import progress
+    from tfedge.core.console import progress
 
     stats = [_Stats() for _ in matched]
     for sample in progress(x, desc="comparing every tensor", unit="sample"):

@@ -11,9 +11,9 @@ Example:
 
 from pathlib import Path
 
-from tfedge.console import echo
-from tfedge.files import write_atomically
-from tfedge.runner import DEFAULT_RUNS
+from tfedge.core.console import echo
+from tfedge.core.files import write_atomically
+from tfedge.devices.runner import DEFAULT_RUNS
 
 __all__ = ["run_demo"]
 
@@ -22,12 +22,12 @@ def run_demo(
     out_dir="tfedge-demo", epochs: int = 10, runs: int = DEFAULT_RUNS, compress: bool = True
 ) -> dict:
     """Run the demo pipeline and return the report (also written to ``out_dir``)."""
-    from tfedge.bench import bench, format_results, write_results
-    from tfedge.console import progress
+    from tfedge.commands.bench import bench, format_results, write_results
     from tfedge.converters import convert
-    from tfedge.digits import load_digits
+    from tfedge.core.console import progress
+    from tfedge.core.digits import load_digits
     from tfedge.models.zoo import build, train
-    from tfedge.report import write_html
+    from tfedge.reports.page import write_html
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -103,7 +103,7 @@ def _split(data, count: int):
     """The training data less ``count`` samples, and those samples (a seeded random choice)."""
     import numpy as np
 
-    from tfedge.data import Dataset
+    from tfedge.core.data import Dataset
 
     index = np.random.default_rng(0).permutation(len(data))
     held, kept = index[:count], index[count:]

@@ -1,8 +1,8 @@
 """Data sets read as a stream of checked batches, in bounded memory, from any form a user has.
 
-:func:`stream_data` opens the forms of :func:`tfedge.data.load_data` plus TFRecord shards, and
+:func:`stream_data` opens the forms of :func:`tfedge.core.data.load_data` plus TFRecord shards, and
 gives back an object every consumer reads the same way: ``batches()`` (float32 ``x``, int64 ``y``
-or None, each batch checked as :func:`~tfedge.data.load_data` checks a whole set),
+or None, each batch checked as :func:`~tfedge.core.data.load_data` checks a whole set),
 ``sample(count)`` (calibration samples), ``as_tf_dataset()`` (a prefetched ``tf.data`` view for
 fine-tunes), ``len()``, ``head(count)`` and ``save(path)`` (an ``.npz`` written batch by batch).
 
@@ -11,7 +11,7 @@ How each form is read:
 - an ``.npz``: its arrays memory-mapped where the archive stores them uncompressed
   (``numpy.savez``); a compressed one (``numpy.savez_compressed``) is read member-wise in chunks;
 - an image folder (one sub-folder per class): decoded per batch by ``tf.data`` and resized to the
-  model's input (bilinear, raw 0-255 values, as :func:`~tfedge.data.load_data`);
+  model's input (bilinear, raw 0-255 values, as :func:`~tfedge.core.data.load_data`);
 - TFRecord shards, a glob such as ``'shards/*.tfrecord'``: ``tf.train.Example`` records with an
   encoded image in ``image/encoded`` and an integer label in ``image/class/label``; other feature
   names follow a ``#``: ``'shards/*.tfrecord#image=jpeg,label=class'`` (``label=`` with nothing
@@ -20,7 +20,7 @@ How each form is read:
 - numpy arrays ``x`` or ``(x, y)``.
 
 A set that holds at most :data:`IN_MEMORY_BYTES` as float32 is read whole into a
-:class:`~tfedge.data.Dataset` (it has the same methods); a larger one streams.
+:class:`~tfedge.core.data.Dataset` (it has the same methods); a larger one streams.
 
 Calibration samples (:meth:`DataStream.sample`): from an ``.npz`` (uncompressed), an image folder or
 arrays, a seeded random choice over the whole set (the same samples whatever the batch size);
@@ -44,8 +44,8 @@ from pathlib import Path
 
 import numpy as np
 
-from tfedge.console import quiet
-from tfedge.data import (
+from tfedge.core.console import quiet
+from tfedge.core.data import (
     DATA_HINT,
     Dataset,
     _checked,
@@ -54,7 +54,7 @@ from tfedge.data import (
     is_tfrecord,
     load_data,
 )
-from tfedge.errors import DataError, InputFileError, first_line, tf_message
+from tfedge.core.errors import DataError, InputFileError, first_line, tf_message
 
 __all__ = [
     "DataStream",
@@ -65,7 +65,6 @@ __all__ = [
     "TFRECORD_FEATURES",
     "SAMPLE_BUFFER_FACTOR",
     "SHUFFLE_RECORDS",
-    "to_arrays",
     "write_npz",
 ]
 
@@ -99,7 +98,7 @@ def stream_data(
 
     Args:
         source: an ``.npz`` path, an image folder, a TFRecord glob, ``x``, ``(x, y)``, a dict
-            with ``x``/``y``, a :class:`~tfedge.data.Dataset`, a :class:`DataStream` or a
+            with ``x``/``y``, a :class:`~tfedge.core.data.Dataset`, a :class:`DataStream` or a
             ``tf.data.Dataset``.
         input_shape: the model's input shape without the batch axis; images are resized to it
             and every batch is checked against it.
@@ -111,12 +110,12 @@ def stream_data(
             0 always streams).
 
     Returns:
-        A :class:`~tfedge.data.Dataset` (small sets) or a :class:`DataStream`; both have
+        A :class:`~tfedge.core.data.Dataset` (small sets) or a :class:`DataStream`; both have
         ``batches``, ``sample``, ``head``, ``as_tf_dataset``, ``save`` and ``len``.
 
     Raises:
         InputFileError: a missing or unreadable file, a glob that matches nothing.
-        DataError: the checks of :func:`~tfedge.data.load_data`, run on the first batch here and
+        DataError: the checks of :func:`~tfedge.core.data.load_data`, run on the first batch here and
             on every later batch as it is read (naming the file or index of the first bad sample).
 
     Example:
@@ -404,7 +403,7 @@ class DataStream:
         Example:
             >>> model.fit(stream.as_tf_dataset(32, shuffle=True), epochs=1)  # doctest: +SKIP
         """
-        from tfedge.backend import tf
+        from tfedge.core.backend import tf
 
         epoch = [0]
         random_access = self._reader.random_access
@@ -511,31 +510,6 @@ class _LazyColumn:
     def __array__(self, dtype=None, copy=None):
         values = self[:]
         return values if dtype is None else values.astype(dtype)
-
-
-def to_arrays(data, folder=None) -> tuple:
-    """``(x, y)`` of a set: its own arrays when in memory, else an ``.npz`` on disk read by slices.
-
-    A :class:`DataStream` is written batch by batch to ``folder/data.npz`` (default: a temporary
-    folder removed when the process ends) and ``x`` comes back as a
-    :class:`~tfedge.runner.NpzArray` (``len``, ``shape``, slices, iteration; ``x.path`` is the
-    file), so the LiteRT runner reads it a batch at a time.
-
-    Example:
-        >>> x, y = to_arrays(stream_data("shards/*.tfrecord"), tmp)  # doctest: +SKIP
-    """
-    if not isinstance(data, DataStream):
-        return data.x, data.y
-    from tfedge.runner import load_data as runner_data
-
-    if folder is None:
-        import atexit
-        import shutil
-        import tempfile
-
-        folder = tempfile.mkdtemp(prefix="tfedge-data-")
-        atexit.register(shutil.rmtree, folder, True)
-    return runner_data(str(data.save(Path(folder) / "data.npz")))
 
 
 def write_npz(path, batches, count: int, sample_shape) -> Path:
@@ -751,7 +725,7 @@ class _FolderReader(_Reader):
 
     def __init__(self, path: Path, input_shape, name):
         # The listing and its errors are load_data's own (the same words whether read whole or not).
-        from tfedge import data as data_module
+        import tfedge.core.data as data_module
 
         self.path = path
         self.source = str(path)
@@ -781,7 +755,7 @@ class _FolderReader(_Reader):
         return _file_key(self.files)
 
     def _decode_eager(self, file):
-        from tfedge.backend import tf
+        from tfedge.core.backend import tf
 
         try:
             with quiet():  # libjpeg's own "Input file read error" line on stderr
@@ -799,7 +773,7 @@ class _FolderReader(_Reader):
         return np.asarray(image, dtype=np.float32)
 
     def raw(self, batch_size, order=None, shuffle=None):
-        from tfedge.backend import tf
+        from tfedge.core.backend import tf
 
         ids = np.arange(len(self.files)) if order is None else np.asarray(order)
         height, width, channels = self.height, self.width, self.channels
@@ -861,7 +835,7 @@ class _TfRecordReader(_Reader):
         self._inspect_first()
 
     def _inspect_first(self):
-        from tfedge.backend import tf
+        from tfedge.core.backend import tf
 
         first = None
         for file in self.files:
@@ -929,7 +903,7 @@ class _TfRecordReader(_Reader):
 
     def count(self):
         if self.counts is None:
-            from tfedge.backend import tf
+            from tfedge.core.backend import tf
 
             self.counts = {
                 file: int(tf.data.TFRecordDataset(file).reduce(np.int64(0), lambda n, _: n + 1))
@@ -962,7 +936,7 @@ class _TfRecordReader(_Reader):
         return _file_key(self.files)
 
     def _parse(self):
-        from tfedge.backend import tf
+        from tfedge.core.backend import tf
 
         image_key, label_key = self.features["image"], self.features["label"]
         spec = {}
@@ -998,7 +972,7 @@ class _TfRecordReader(_Reader):
         return parse
 
     def raw(self, batch_size, order=None, shuffle=None):
-        from tfedge.backend import tf
+        from tfedge.core.backend import tf
 
         parse = self._parse()
         records = tf.data.TFRecordDataset(self.order)
@@ -1032,7 +1006,7 @@ class _TfRecordReader(_Reader):
     def _bad_record(self, position, count, parse, exc):
         """The error for the first record from ``position`` (``count`` of them, None: all) that
         does not parse or decode."""
-        from tfedge.backend import tf
+        from tfedge.core.backend import tf
 
         records = tf.data.TFRecordDataset(self.order).skip(position)
         if count is not None:
@@ -1056,7 +1030,7 @@ class _TfDatasetReader(_Reader):
     """A user's ``tf.data.Dataset``, batched or not, read front to back."""
 
     def __init__(self, dataset, input_shape, name):
-        from tfedge.backend import tf
+        from tfedge.core.backend import tf
 
         if int(dataset.cardinality()) == int(tf.data.INFINITE_CARDINALITY):
             raise DataError(

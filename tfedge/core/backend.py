@@ -5,7 +5,7 @@ Every other module takes ``tf``, ``keras`` (Keras 2, the ``tf_keras`` package th
 Importing this module keeps TensorFlow's C++ and Python log noise off the terminal.
 
 Example:
-    >>> from tfedge.backend import keras, tf
+    >>> from tfedge.core.backend import keras, tf
     >>> model = keras.Sequential([keras.layers.Dense(2, input_shape=(3,))])
 """
 
@@ -24,7 +24,7 @@ warnings.filterwarnings("ignore", category=DeprecationWarning)
 warnings.filterwarnings("ignore", category=FutureWarning)
 warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated.*")
 
-from tfedge.console import quiet  # noqa: E402
+from tfedge.core.console import quiet  # noqa: E402
 
 # TensorFlow's C++ side logs (oneDNN, CUDA probing) before absl is set up, whatever the env says.
 with quiet():

@@ -21,7 +21,7 @@ The compiler itself is driven by :mod:`tfedge.converters.edgetpu_compiler`; the 
 is loaded by the device-side runner. This module does not import TensorFlow.
 
 Example:
-    >>> from tfedge.inspector import inspect_model
+    >>> from tfedge.core.inspector import inspect_model
     >>> inspect_model("model_int8.tflite")["edgetpu"]["compatible"]  # doctest: +SKIP
     True
 """
@@ -286,7 +286,7 @@ def predict_mapping(info_or_model: dict) -> dict:
     """Predict how ``edgetpu_compiler`` would split a model between the EdgeTPU and the CPU.
 
     Args:
-        info_or_model: a dict from :func:`tfedge.inspector.inspect_model` made with
+        info_or_model: a dict from :func:`tfedge.core.inspector.inspect_model` made with
             ``detail=True`` (one without the detail is answered from its own ``"edgetpu"``
             entry, which ``inspect_model`` fills with this function).
 

@@ -25,7 +25,7 @@ import weakref
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from tfedge.device import (
+from tfedge.devices.protocol import (
     RUNNER_PATH,
     URL_FORMS,
     Device,

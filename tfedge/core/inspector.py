@@ -1,10 +1,10 @@
 """What a ``.tflite`` file holds, without TensorFlow: operators, I/O, quantization, weights, EdgeTPU fit.
 
-The file is read by :mod:`tfedge.tflite_file`; this module turns it into the facts ``tfedge
-inspect`` prints (and ``--json`` writes), and asks :mod:`tfedge.edgetpu` for the EdgeTPU verdict.
+The file is read by :mod:`tfedge.core.tflite_file`; this module turns it into the facts ``tfedge
+inspect`` prints (and ``--json`` writes), and asks :mod:`tfedge.core.edgetpu` for the EdgeTPU verdict.
 
 Example:
-    >>> from tfedge.inspector import inspect_model, format_table
+    >>> from tfedge.core.inspector import inspect_model, format_table
     >>> info = inspect_model("model.tflite")  # doctest: +SKIP
     >>> info["fully_integer"], info["ops"]  # doctest: +SKIP
     (True, {'CONV_2D': 1, 'MAX_POOL_2D': 1, 'RESHAPE': 1, 'FULLY_CONNECTED': 1})
@@ -17,9 +17,9 @@ from collections import Counter
 
 import numpy as np
 
-from tfedge import edgetpu
-from tfedge.errors import shape_text
-from tfedge.tflite_file import (
+import tfedge.core.edgetpu as edgetpu
+from tfedge.core.errors import shape_text
+from tfedge.core.tflite_file import (
     Graph,
     Model,
     Operator,
@@ -327,7 +327,7 @@ def inspect_model(path_or_bytes, detail: bool = False) -> dict:
         - ``weights``: one entry per such filter: ``name``, ``op``, ``dtype``, ``shape``,
           ``elements``, ``zeros``, ``sparsity`` and ``unique_values`` (the most distinct values
           in one quantization group), plus ``subgraph``, ``tensor`` (index) and ``per_axis``;
-        - ``edgetpu``: :func:`tfedge.edgetpu.predict_mapping` of the model;
+        - ``edgetpu``: :func:`tfedge.core.edgetpu.predict_mapping` of the model;
         - extras: ``metadata_names``, ``min_runtime_version``, ``has_tflite_metadata``,
           ``edgetpu_compiled``, ``subgraphs``, ``operators``, ``signatures``,
           ``schema_version``, ``description``;

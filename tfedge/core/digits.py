@@ -11,7 +11,7 @@ Example:
 
 import numpy as np
 
-from tfedge.data import Dataset
+from tfedge.core.data import Dataset
 
 __all__ = ["load_digits", "TEST_SIZE"]
 

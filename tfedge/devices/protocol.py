@@ -1,8 +1,8 @@
 """A device that runs tfedge's one-file runner: the :class:`Device` protocol and ``local``.
 
-A device runs the runner (:mod:`tfedge.runner`) with ``python3`` and streams one JSON line per
+A device runs the runner (:mod:`tfedge.devices.runner`) with ``python3`` and streams one JSON line per
 model back. The local device runs the same file in a subprocess of its own (so a crash or a
-hung model never takes the caller down), and :class:`tfedge.ssh.SshDevice` runs it over ssh:
+hung model never takes the caller down), and :class:`tfedge.devices.ssh.SshDevice` runs it over ssh:
 local and ssh devices share one code path and give rows of the same schema (the bench JSON
 schema), with ``model`` set to the host-side name and ``device.name`` set to the URL given.
 
@@ -27,8 +27,8 @@ from collections import deque
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from tfedge.errors import DeviceError, InputFileError
-from tfedge.runner import DEFAULT_RUNS, DEFAULT_WARMUP
+from tfedge.core.errors import DeviceError, InputFileError
+from tfedge.devices.runner import DEFAULT_RUNS, DEFAULT_WARMUP
 
 __all__ = ["Device", "LocalDevice", "RemoteError", "RUNNER_PATH", "URL_FORMS"]
 

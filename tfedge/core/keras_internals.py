@@ -12,7 +12,7 @@ Names used: tf_keras ``KerasTensor._keras_history`` (Keras 3: ``.operation`` for
 ``Sequential._functional``, ``Layer._name``, ``Layer._trainable_weights`` /
 ``._non_trainable_weights``; tfmot ``QuantizeWrapper._weight_vars`` / ``._quantize_activations`` / ``._output_quantizers``
 and a registry's ``._weight_names``. (tf_keras's ``SafeModeScope`` is behind
-``tfedge.backend.keras2_safe_mode``; the device-side runner reads LiteRT's
+``tfedge.core.backend.keras2_safe_mode``; the device-side runner reads LiteRT's
 ``Interpreter._get_ops_details`` for per-operator timing, the only listing LiteRT has.)
 
 Example:

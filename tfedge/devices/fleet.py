@@ -12,10 +12,10 @@ import threading
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
-from tfedge.device import URL_FORMS, Device, RemoteError
-from tfedge.errors import InputFileError
-from tfedge.runner import DEFAULT_RUNS, DEFAULT_WARMUP
-from tfedge.ssh import parse_device
+from tfedge.core.errors import InputFileError
+from tfedge.devices.protocol import URL_FORMS, Device, RemoteError
+from tfedge.devices.runner import DEFAULT_RUNS, DEFAULT_WARMUP
+from tfedge.devices.ssh import parse_device
 
 __all__ = ["bench_on_device", "bench_fleet"]
 

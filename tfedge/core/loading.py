@@ -1,7 +1,7 @@
 """Load a user's model: a ``.keras`` or ``.h5`` file (Keras 2 or Keras 3) or a SavedModel directory.
 
 The file is checked before TensorFlow sees it, so a missing, truncated or mislabelled file gives a
-clear :class:`~tfedge.errors.InputFileError` instead of a deep traceback.
+clear :class:`~tfedge.core.errors.InputFileError` instead of a deep traceback.
 
 Example:
     >>> loaded = load_model("model.keras")  # doctest: +SKIP
@@ -14,7 +14,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from tfedge.errors import InputFileError, missing_file
+from tfedge.core.errors import InputFileError, missing_file
 
 __all__ = ["LoadedModel", "load_model", "detect_format", "MODEL_HINT"]
 
@@ -166,8 +166,8 @@ def load_model(path, custom_objects: dict | None = None, safe_mode: bool = True)
         >>> load_model("digits.keras").model.summary()  # doctest: +SKIP
     """
     fmt, keras_version = detect_format(path)
-    from tfedge.backend import keras, keras2_safe_mode, keras3, tf
-    from tfedge.console import quiet
+    from tfedge.core.backend import keras, keras2_safe_mode, keras3, tf
+    from tfedge.core.console import quiet
 
     objects = dict(_tfedge_custom_objects())
     objects.update(custom_objects or {})
@@ -195,7 +195,7 @@ def load_model(path, custom_objects: dict | None = None, safe_mode: bool = True)
                 "tfedge does not run code from model files",
                 "rebuild that layer as a custom layer class registered with "
                 "keras.saving.register_keras_serializable, or, for a file you trust, load it in "
-                "Python with tfedge.loading.load_model(path, safe_mode=False)",
+                "Python with tfedge.core.loading.load_model(path, safe_mode=False)",
             ) from exc
         message = str(exc).strip().splitlines()
         detail = message[0] if message else type(exc).__name__
@@ -208,7 +208,7 @@ def load_model(path, custom_objects: dict | None = None, safe_mode: bool = True)
 
 
 def _tfedge_custom_objects() -> dict:
-    from tfedge.serialization import custom_objects
+    from tfedge.core.serialization import custom_objects
 
     return custom_objects()
 
@@ -218,7 +218,7 @@ class _tfmot_scope:
 
     def __enter__(self):
         self._scopes = []
-        from tfedge.backend import tfmot
+        from tfedge.core.backend import tfmot
 
         mot = tfmot()
         scopes = (
