@@ -64,6 +64,21 @@ def zero_lowest(model, fraction=0.5):
     return model
 
 
+def test_the_package_re_exports_the_names_of_its_concept_modules():
+    import tfedge.models.filter_pruning as package
+    import tfedge.models.filter_pruning.analysis as analysis
+    import tfedge.models.filter_pruning.scoring as scoring
+    import tfedge.models.filter_pruning.stage as stage
+    import tfedge.models.filter_pruning.surgery as surgery
+
+    assert package.filter_groups is analysis.filter_groups
+    assert package.FilterGroup is analysis.FilterGroup
+    assert package.CRITERIA is scoring.CRITERIA == ("l1", "l2", "taylor")
+    assert package.shrink is surgery.shrink and package.PruningPlan is surgery.PruningPlan
+    assert package.prune_filters is stage.prune_filters
+    assert all(hasattr(package, name) for name in package.__all__)
+
+
 def test_groups_tie_residual_adds():
     groups = {tuple(g.layers): g for g in filter_groups(kitchen_sink())}
     assert ("c2", "sep") in groups or ("sep", "c2") in groups
