@@ -162,6 +162,16 @@ def test_optimize_report_json_gets_keras_accuracy_and_stages(benched, capsys, tm
     assert "<th>Keras accuracy</th>" in text and ">int16x8</td>" in text
 
 
+def test_the_page_keeps_its_public_names():
+    import tfedge
+    import tfedge.reports.inputs as inputs
+    import tfedge.reports.page as page
+
+    assert page.__all__ == ["load_inputs", "build_report", "render_html", "write_html"]
+    assert page.load_inputs is inputs.load_inputs
+    assert tfedge.MOVED["report"] == "tfedge.reports.page"
+
+
 @pytest.mark.parametrize(
     "points, front",
     [
