@@ -23,172 +23,25 @@ from pathlib import Path
 import numpy as np
 
 from tfedge.commands.bench import check_tflite
-from tfedge.core.errors import DataError, InputFileError, first_line, shape_text
+from tfedge.commands.compared_model import ComparedModel, numeric, quant_step, type_name
+from tfedge.commands.tensor_diff import DiffStats, matched_tensors, round_sig
+from tfedge.core.errors import DataError, InputFileError, shape_text
 from tfedge.core.files import write_atomically
 from tfedge.core.tflite_file import custom_ops, read_model, state_names
 
 __all__ = ["compare", "format_comparison", "write_json"]
 
 RANDOM_SAMPLES = 64
+
+
 TFLITE_HINT = "pass two .tflite files written by `tfedge convert` (or any TFLite converter)"
-LOAD_HINT = "check the file with `tfedge inspect`; it may be cut short or need a newer LiteRT"
-CUSTOM_HINT = (
-    "compare runs models on LiteRT's own kernels; run this one in the framework that registers "
-    "its custom operators (e.g. MediaPipe)"
-)
 
 
-class _Model:
-    """One ``.tflite`` model in the LiteRT interpreter, fed float samples, read back as float.
-
-    A stateful model (``state`` names its variables) gets a fresh interpreter before every
-    sample but the first: LiteRT's ``reset_all_variables()`` does not reset resource variables.
-    """
-
-    def __init__(self, path: Path, label: str, preserve: bool, state=(), custom=()):
-        from ai_edge_litert.interpreter import OpResolverType
-
-        self.path, self.label, self.state, self.fresh = path, label, list(state), True
-        self.options = {}
-        if preserve:
-            # The default XNNPACK delegate runs fused subgraphs whose inner tensors are never
-            # written; the built-in kernels keep every tensor.
-            self.options = {
-                "experimental_preserve_all_tensors": True,
-                "experimental_op_resolver_type": OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
-            }
-        try:
-            self._load()
-            # inside the try: a damaged tensor name fails here (UnicodeDecodeError)
-            self.inputs = self.interpreter.get_input_details()
-            self.outputs = self.interpreter.get_output_details()
-        except Exception as exc:
-            if custom:
-                raise InputFileError(
-                    f"model {label} ({path}) uses custom operators LiteRT has no kernel for "
-                    f"({', '.join(custom)}): {first_line(exc, 200)}",
-                    CUSTOM_HINT,
-                ) from None
-            raise InputFileError(
-                f"model {label} ({path}) does not load in LiteRT: {first_line(exc, 200)}",
-                LOAD_HINT,
-            ) from None
-        if len(self.inputs) != 1:
-            raise InputFileError(
-                f"model {label} ({path}) has {len(self.inputs)} inputs; compare feeds "
-                "single-input models",
-                "export a single-input model",
-            )
-        self.input = self.inputs[0]
-        if not _numeric(self.input):
-            raise InputFileError(
-                f"model {label} ({path}) takes {_type_name(self.input)} input "
-                f"({self.input['name']}); compare feeds numbers",
-                "compare models whose input is a numeric tensor",
-            )
-        self.batch = int(self.input["shape"][0]) if len(self.input["shape"]) else 1
-
-    def _load(self) -> None:
-        from ai_edge_litert.interpreter import Interpreter
-
-        self.interpreter = Interpreter(model_path=str(self.path), **self.options)
-        self.interpreter.allocate_tensors()
-
-    def feed(self, sample: np.ndarray) -> None:
-        if self.state and not self.fresh:
-            self._load()  # the same file loaded before: same tensor indices
-        self.fresh = False
-        detail = self.input
-        shape = tuple(int(d) for d in detail["shape"])
-        x = np.asarray(sample, dtype=np.float64).reshape((1, *shape[1:]))
-        if self.batch > 1:
-            x = np.concatenate([x, np.zeros((self.batch - 1, *shape[1:]))])
-        dtype = np.dtype(detail["dtype"])
-        if dtype.kind in "iu":
-            scale, zero_point = detail["quantization"]
-            if scale:
-                x = np.round(x / scale) + zero_point
-            info = np.iinfo(dtype)
-            x = np.clip(x, info.min, info.max)
-        try:
-            self.interpreter.set_tensor(detail["index"], x.astype(dtype))
-            self.interpreter.invoke()
-        except Exception as exc:  # a damaged model that loads but cannot run
-            raise InputFileError(
-                f"model {self.label} ({self.path}) fails to run in LiteRT: {first_line(exc, 200)}",
-                LOAD_HINT,
-            ) from None
-
-    def value(self, detail: dict) -> np.ndarray:
-        """The first sample of a tensor as float64, dequantized with its scale and zero point."""
-        raw = self.interpreter.get_tensor(detail["index"])
-        values = np.asarray(raw)[:1].astype(np.float64) if raw.ndim else raw.astype(np.float64)
-        scale, zero_point = detail.get("quantization", (0.0, 0))
-        if scale and np.dtype(detail["dtype"]).kind in "iu":
-            values = (values - zero_point) * scale
-        return values.reshape(-1)
-
-    def input_range(self) -> tuple[float, float] | None:
-        dtype = np.dtype(self.input["dtype"])
-        scale, zero_point = self.input["quantization"]
-        if dtype.kind not in "iu" or not scale:
-            return None
-        info = np.iinfo(dtype)
-        return (info.min - zero_point) * scale, (info.max - zero_point) * scale
-
-
-class _Stats:
-    """Running difference statistics of a tensor in B against the same tensor in A."""
-
-    def __init__(self):
-        self.max_abs = 0.0
-        self.sum_abs = 0.0
-        self.signal = 0.0
-        self.noise = 0.0
-        self.dot = 0.0
-        self.norm_b = 0.0
-        self.count = 0
-
-    def add(self, a: np.ndarray, b: np.ndarray) -> None:
-        diff = np.abs(a - b)
-        if diff.size:
-            self.max_abs = max(self.max_abs, float(diff.max()))
-        self.sum_abs += float(diff.sum())
-        self.signal += float(np.square(a).sum())
-        self.noise += float(np.square(a - b).sum())
-        self.dot += float((a * b).sum())
-        self.norm_b += float(np.square(b).sum())
-        self.count += diff.size
-
-    def as_dict(self) -> dict:
-        return {
-            "max_abs_diff": _round(self.max_abs),
-            "mean_abs_diff": _round(self.sum_abs / self.count) if self.count else None,
-            "rmse": _round(math.sqrt(self.noise / self.count)) if self.count else None,
-            "sqnr_db": _sqnr(self.signal, self.noise),
-            "identical": self.noise == 0,
-            "cosine": _round(self.dot / math.sqrt(self.signal * self.norm_b))
-            if self.signal and self.norm_b
-            else None,
-        }
-
-
-def _round(value: float, digits: int = 6):
-    return float(f"{value:.{digits}g}")
-
-
-def _sqnr(signal: float, noise: float):
-    """10 log10(signal / noise) in dB; None when the values are identical or A's are all zero."""
-    if noise == 0 or signal == 0:
-        return None
-    return round(10 * math.log10(signal / noise), 2)
-
-
-def _sample_shape(model: _Model) -> tuple:
+def _sample_shape(model: ComparedModel) -> tuple:
     return tuple(int(d) for d in model.input["shape"][1:])
 
 
-def _inputs(data, a: _Model, b: _Model, samples: int | None):
+def _inputs(data, a: ComparedModel, b: ComparedModel, samples: int | None):
     """The float samples both models get, their labels (or None), and where they came from."""
     shape_a, shape_b = _sample_shape(a), _sample_shape(b)
     if int(np.prod(shape_a)) != int(np.prod(shape_b)):
@@ -212,72 +65,6 @@ def _inputs(data, a: _Model, b: _Model, samples: int | None):
     dataset = dataset.take(samples) if samples else dataset
     x, y = to_arrays(dataset)
     return x, y, f"{len(x)} samples of {dataset.source}"
-
-
-def _matched_tensors(a: _Model, b: _Model) -> list[dict]:
-    """A's operator outputs, in execution order, that B has too (same name and element count).
-
-    Empty when the two do not look like conversions of one source model.
-    """
-    details_a = {t["index"]: t for t in a.interpreter.get_tensor_details()}
-    by_name_b = {}
-    for detail in b.interpreter.get_tensor_details():
-        by_name_b.setdefault(detail["name"], detail)
-    graph_inputs = {d["index"] for d in a.inputs}
-    matched, seen, candidates, reshaped = [], set(), 0, 0
-    for op in _operators(a.path):
-        for index in op["outputs"]:
-            detail = details_a.get(int(index))
-            if detail is None or index in graph_inputs or detail["name"] in seen:
-                continue
-            candidates += 1
-            other = by_name_b.get(detail["name"])
-            if other is None:
-                continue
-            if int(np.prod(other["shape"])) != int(np.prod(detail["shape"])):
-                reshaped += 1  # same name, another shape: another architecture
-                continue
-            if not (_numeric(detail) and _numeric(other)):
-                continue  # a resource variable's handle, a string: no values to compare
-            seen.add(detail["name"])
-            matched.append(
-                {"op_index": int(op["index"]), "op": op["op_name"], "a": detail, "b": other}
-            )
-    # Tensor names alone (Identity, StatefulPartitionedCall...) match across unrelated models:
-    # the same source means most of A's operator outputs are in B, none with another shape.
-    if reshaped or len(matched) * 2 < candidates:
-        return []
-    return matched
-
-
-def _operators(path) -> list[dict]:
-    """The main subgraph's operators in execution order, read from the flatbuffer.
-
-    The interpreter lists them only through a private method; its tensor indices are the
-    flatbuffer's, so the file says the same.
-    """
-    from tfedge.core.tflite_file import op_name, op_names, read_model
-
-    model = read_model(path)
-    names = op_names()
-    return [
-        {"index": op.index, "op_name": op_name(model, op, names), "outputs": op.outputs}
-        for op in model.graphs[0].operators
-    ]
-
-
-def _numeric(detail: dict) -> bool:
-    return np.dtype(detail["dtype"]).kind in "biuf"
-
-
-def _type_name(detail: dict) -> str:
-    dtype = np.dtype(detail["dtype"])
-    return {"S": "string", "U": "string", "O": "resource"}.get(dtype.kind, dtype.name)
-
-
-def _step(detail: dict) -> float:
-    scale, _ = detail.get("quantization", (0.0, 0))
-    return float(scale) if scale and np.dtype(detail["dtype"]).kind in "iu" else 0.0
 
 
 def _top1(values: np.ndarray) -> np.ndarray:
@@ -355,7 +142,10 @@ def _compare(path_a: Path, path_b: Path, data, samples, layers: bool) -> dict:
     from tfedge.core.console import progress
 
     traits = {"A": _traits(path_a), "B": _traits(path_b)}
-    a, b = _Model(path_a, "A", False, **traits["A"]), _Model(path_b, "B", False, **traits["B"])
+    a, b = (
+        ComparedModel(path_a, "A", False, **traits["A"]),
+        ComparedModel(path_b, "B", False, **traits["B"]),
+    )
     if len(a.outputs) != len(b.outputs):
         raise InputFileError(
             f"the models have {len(a.outputs)} and {len(b.outputs)} outputs",
@@ -368,10 +158,10 @@ def _compare(path_a: Path, path_b: Path, data, samples, layers: bool) -> dict:
                 f"{shape_text(out_b['shape'])} in B",
                 "compare two conversions of the same model",
             )
-        if not (_numeric(out_a) and _numeric(out_b)):
+        if not (numeric(out_a) and numeric(out_b)):
             raise InputFileError(
-                f"output {number} ({out_a['name']}) holds {_type_name(out_a)} in A and "
-                f"{_type_name(out_b)} in B; compare measures numeric outputs",
+                f"output {number} ({out_a['name']}) holds {type_name(out_a)} in A and "
+                f"{type_name(out_b)} in B; compare measures numeric outputs",
                 "compare models whose outputs are numbers",
             )
     x, y, source = _inputs(data, a, b, samples)
@@ -385,7 +175,7 @@ def _compare(path_a: Path, path_b: Path, data, samples, layers: bool) -> dict:
                 "pass data labelled for these models",
                 option="data",
             )
-    stats = [_Stats() for _ in a.outputs]
+    stats = [DiffStats() for _ in a.outputs]
     firsts = {"a": [], "b": []}
     for sample in progress(x, desc="comparing outputs", unit="sample"):
         a.feed(sample)
@@ -429,7 +219,7 @@ def _compare_layers(path_a: Path, path_b: Path, x: np.ndarray, traits: dict) -> 
     models = {}
     for label, path in (("A", path_a), ("B", path_b)):
         try:
-            models[label] = _Model(path, label, True, traits[label]["state"])
+            models[label] = ComparedModel(path, label, True, traits[label]["state"])
         except InputFileError as exc:
             # It ran with the default delegate (the outputs are compared): custom operators
             # that only the delegate implements, e.g. MediaPipe's Convolution2DTransposeBias.
@@ -443,14 +233,14 @@ def _compare_layers(path_a: Path, path_b: Path, x: np.ndarray, traits: dict) -> 
                 "whose fused kernels keep no intermediate tensor: outputs compared only",
             }
     a, b = models["A"], models["B"]
-    matched = _matched_tensors(a, b)
+    matched = matched_tensors(a, b)
     outputs = {d["name"] for d in a.outputs}
     intermediate = [m for m in matched if m["a"]["name"] not in outputs]
     if not intermediate:
         return {"same_model": False, "tensors": [], "first_divergence": None}
     from tfedge.core.console import progress
 
-    stats = [_Stats() for _ in matched]
+    stats = [DiffStats() for _ in matched]
     for sample in progress(x, desc="comparing every tensor", unit="sample"):
         a.feed(sample)
         b.feed(sample)
@@ -459,12 +249,12 @@ def _compare_layers(path_a: Path, path_b: Path, x: np.ndarray, traits: dict) -> 
     tensors = []
     first = None
     for match, stat in zip(matched, stats, strict=True):
-        step = max(_step(match["a"]), _step(match["b"]))
+        step = max(quant_step(match["a"]), quant_step(match["b"]))
         entry = {
             "op_index": match["op_index"],
             "op": match["op"],
             "name": match["a"]["name"],
-            "step": _round(step) if step else None,
+            "step": round_sig(step) if step else None,
             **stat.as_dict(),
         }
         # Beyond rounding: more than one quantization step of the coarser tensor apart (float
