@@ -14,7 +14,6 @@ Example:
 from __future__ import annotations
 
 import os
-import re
 import shlex
 import shutil
 import subprocess
@@ -27,7 +26,6 @@ from pathlib import Path
 
 from tfedge.devices.protocol import (
     RUNNER_PATH,
-    URL_FORMS,
     Device,
     LocalDevice,
     RemoteError,
@@ -38,14 +36,12 @@ from tfedge.devices.protocol import (
     python_argv,
     sha256_file,
 )
+from tfedge.devices.urls import IPV6_RE, NAME_RE, bad_url, parse_ssh_url
 
 __all__ = ["SshDevice", "parse_device", "DEFAULT_CONNECT_TIMEOUT"]
 
 DEFAULT_CONNECT_TIMEOUT = 10.0
 REMOTE_CACHE = "~/.cache/tfedge"
-
-_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
-_IPV6_RE = re.compile(r"^\[[0-9A-Fa-f:.]+(%[A-Za-z0-9_.-]+)?\]$")
 
 Row = dict
 
@@ -72,54 +68,10 @@ def parse_device(url: str, ssh_config=None, **options) -> Device:
         >>> parse_device("local").url
         'local'
     """
-    if not isinstance(url, str):
-        raise _bad_url(url, "a device URL must be a string")
-    text = url.strip()
-    if text == "local":
+    if isinstance(url, str) and url.strip() == "local":
         return LocalDevice(timeout=options.get("timeout"))
-    if "://" not in text:
-        hint = f"write ssh://{text}" if _NAME_RE.match(text) else None
-        raise _bad_url(url, "it has no scheme", hint)
-    scheme, _, rest = text.partition("://")
-    if scheme != "ssh":
-        raise _bad_url(url, f"unknown scheme {scheme!r}")
-    if any(c in rest for c in "/?#") or any(c.isspace() for c in rest):
-        raise _bad_url(url, "a path, query or spaces follow the host")
-    user = None
-    if "@" in rest:
-        user, _, rest = rest.rpartition("@")
-        if ":" in user:
-            raise _bad_url(
-                url, "it carries a password", "tfedge uses ssh keys only: drop ':PASSWORD'"
-            )
-        if not _NAME_RE.match(user):
-            raise _bad_url(url, f"the user name {user!r} is not a valid user name")
-    port = None
-    if rest.startswith("["):
-        host, sep, tail = rest.partition("]")
-        host += sep
-        if not _IPV6_RE.match(host):
-            raise _bad_url(url, f"{host!r} is not a bracketed IPv6 address")
-        host = host[1:-1]
-    else:
-        host, colon, tail = rest.partition(":")
-        tail = colon + tail
-        if not _NAME_RE.match(host or "-"):
-            raise _bad_url(url, f"the host {host!r} is not a host name, address or ssh alias")
-    if tail:
-        digits = tail[1:]
-        if not tail.startswith(":") or not digits.isdigit() or not 0 < int(digits) < 65536:
-            raise _bad_url(url, f"the port {tail[1:]!r} is not a number from 1 to 65535")
-        port = int(digits)
-    return SshDevice(host, user=user, port=port, url=text, ssh_config=ssh_config, **options)
-
-
-def _bad_url(url, why: str, hint: str | None = None) -> RemoteError:
-    return RemoteError(
-        f"bad device URL {url!r}: {why}; expected {URL_FORMS}",
-        hint or "e.g. --device local, --device ssh://pi@192.168.1.20, --device ssh://tfedge-pi",
-        kind="bad_url",
-    )
+    user, host, port = parse_ssh_url(url)
+    return SshDevice(host, user=user, port=port, url=url.strip(), ssh_config=ssh_config, **options)
 
 
 # ------------------------------------------------------------------------------------ devices
@@ -184,10 +136,10 @@ class SshDevice(Device):
         multiplex: bool = True,
         ssh: str = "ssh",
     ):
-        if not _NAME_RE.match(host) and not _IPV6_RE.match(f"[{host}]"):
-            raise _bad_url(host, f"the host {host!r} is not a host name, address or ssh alias")
-        if user is not None and not _NAME_RE.match(user):
-            raise _bad_url(user, f"the user name {user!r} is not a valid user name")
+        if not NAME_RE.match(host) and not IPV6_RE.match(f"[{host}]"):
+            raise bad_url(host, f"the host {host!r} is not a host name, address or ssh alias")
+        if user is not None and not NAME_RE.match(user):
+            raise bad_url(user, f"the user name {user!r} is not a valid user name")
         self.host = host
         self.user = user
         self.port = port
