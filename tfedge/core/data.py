@@ -455,18 +455,28 @@ def _load_folder(path: Path, input_shape, name: str) -> Dataset:
     return Dataset(x, y, classes, str(path))
 
 
+def split_element(element):
+    """``(x as an array, y or None)`` of one ``tf.data`` element: ``x``, ``(x, y)`` or a dict.
+
+    Example:
+        >>> split_element({"x": [1.0, 2.0], "y": 1})
+        (array([1., 2.]), 1)
+    """
+    if isinstance(element, dict):
+        x, y = element.get("x"), element.get("y")
+    elif isinstance(element, (tuple, list)):
+        x, y = element[0], (element[1] if len(element) > 1 else None)
+    else:
+        x, y = element, None
+    return np.asarray(x), y
+
+
 def _load_tf_dataset(dataset, input_shape, name: str, limit: int | None) -> Dataset:
     xs, ys = [], []
     count = 0
     rank = None if input_shape is None else len(input_shape)
     for element in dataset:
-        if isinstance(element, dict):
-            x, y = element.get("x"), element.get("y")
-        elif isinstance(element, (tuple, list)):
-            x, y = element[0], (element[1] if len(element) > 1 else None)
-        else:
-            x, y = element, None
-        x = np.asarray(x)
+        x, y = split_element(element)
         batched = x.ndim > rank if rank is not None else x.ndim >= 2
         if not batched:
             x = x[np.newaxis]
