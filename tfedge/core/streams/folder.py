@@ -1,5 +1,6 @@
 """Image folders (one sub-folder per class), decoded per batch by ``tf.data``."""
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -7,7 +8,7 @@ import numpy as np
 from tfedge.core.console import quiet
 from tfedge.core.data import DATA_HINT
 from tfedge.core.errors import InputFileError, tf_message
-from tfedge.core.streams.readers import _file_key, _Reader
+from tfedge.core.streams.readers import _file_key, _Reader, decode_resized
 
 
 class _FolderReader(_Reader):
@@ -71,17 +72,7 @@ class _FolderReader(_Reader):
         height, width, channels = self.height, self.width, self.channels
 
         def decode(file):
-            image = tf.io.decode_image(
-                tf.io.read_file(file), channels=channels, expand_animations=False
-            )
-            same = tf.logical_and(tf.shape(image)[0] == height, tf.shape(image)[1] == width)
-            image = tf.cond(
-                same,
-                lambda: tf.cast(image, tf.float32),
-                lambda: tf.image.resize(image, (height, width), method="bilinear"),
-            )
-            image.set_shape((height, width, channels))
-            return image
+            return decode_resized(tf.io.read_file(file), height, width, channels)
 
         dataset = (
             tf.data.Dataset.from_tensor_slices(self.files[ids])
@@ -101,3 +92,30 @@ class _FolderReader(_Reader):
                     f"cannot decode the images {self.files[chunk[0]]} ...", DATA_HINT
                 ) from None
             yield x, self.labels[chunk], chunk
+
+    def file_dataset(self, batch_size: int, shuffle: bool = False, seed: int = 0):
+        """``(x, y)`` batches from a file-list pipeline (``tf.data`` FILE auto-sharding sees the
+        files: each worker of a MultiWorkerMirroredStrategy reads its own share); None where a
+        path holds a glob character (``tf.data.Dataset.list_files`` would read it as a pattern).
+        """
+        from tfedge.core.backend import tf
+
+        if any(set(file) & set("*?[\\") for file in self.files):
+            return None
+        height, width, channels = self.height, self.width, self.channels
+        prefixes = [str(self.path / name) + os.sep for name in self.class_names]
+        heads = tf.constant(prefixes)
+        lengths = tf.constant([len(prefix.encode()) for prefix in prefixes])
+
+        def decode(file):
+            # The label is the class folder the path starts with.
+            starts = tf.strings.substr(
+                tf.fill(tf.shape(heads), file), tf.zeros_like(lengths), lengths
+            )
+            label = tf.argmax(tf.cast(tf.equal(starts, heads), tf.int32), output_type=tf.int64)
+            return decode_resized(tf.io.read_file(file), height, width, channels), label
+
+        files = tf.data.Dataset.list_files(list(self.files), shuffle=False)
+        if shuffle:
+            files = files.shuffle(len(self.files), seed=seed, reshuffle_each_iteration=True)
+        return files.map(decode, num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size)

@@ -24,6 +24,28 @@ class _nothing:
         return False
 
 
+def decode_resized(encoded, height: int, width: int, channels: int):
+    """In a ``tf.data`` map: decode an encoded image to float32 ``(height, width, channels)``.
+
+    Resized (bilinear) only where its size differs; raw 0-255 values, as
+    :func:`~tfedge.core.data.load_data` reads an image.
+
+    Example:
+        >>> folder.map(lambda f: decode_resized(tf.io.read_file(f), 96, 96, 3))  # doctest: +SKIP
+    """
+    from tfedge.core.backend import tf
+
+    image = tf.io.decode_image(encoded, channels=channels, expand_animations=False)
+    same = tf.logical_and(tf.shape(image)[0] == height, tf.shape(image)[1] == width)
+    image = tf.cond(
+        same,
+        lambda: tf.cast(image, tf.float32),
+        lambda: tf.image.resize(image, (height, width), method="bilinear"),
+    )
+    image.set_shape((height, width, channels))
+    return image
+
+
 def _file_key(paths) -> str:
     digest = hashlib.sha256()
     for path in paths:

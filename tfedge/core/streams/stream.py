@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tfedge.core.data import DATA_HINT, Dataset, _checked, check_labels
+from tfedge.core.data import DATA_HINT, Dataset, _checked, check_labels, sharded
 from tfedge.core.errors import DataError
 from tfedge.core.streams.npz import write_npz
 from tfedge.core.streams.readers import DEFAULT_BATCH, SAMPLE_BUFFER_FACTOR
@@ -211,7 +211,13 @@ class DataStream:
         return self._reader.key()
 
     def as_tf_dataset(
-        self, batch_size: int = 32, *, shuffle: bool = False, seed: int = 0, prefetch: bool = True
+        self,
+        batch_size: int = 32,
+        *,
+        shuffle: bool = False,
+        seed: int = 0,
+        prefetch: bool = True,
+        workers: int = 1,
     ):
         """A ``tf.data.Dataset`` of checked ``(x, y)`` batches (``x`` alone without labels).
 
@@ -221,10 +227,25 @@ class DataStream:
         it, so the buffer costs a few KB a record); a ``tf.data`` pipeline or a compressed
         ``.npz`` is read in its own order (shuffle a pipeline yourself).
 
+        With ``workers`` above 1 (a MultiWorkerMirroredStrategy), TFRecord shards and image
+        folders come from a ``tf.data`` pipeline over their file list that each worker reads a
+        share of (FILE auto-sharding: every ``workers``-th file; at least as many files as
+        workers), decoded in the graph and not checked batch by batch (the first batches were
+        checked when the stream was opened). Other forms (``.npz``, arrays, a ``tf.data``
+        pipeline), or fewer files than workers: the checked batches, of which each worker keeps
+        every ``workers``-th (DATA auto-sharding: all read, each trains on its share).
+
         Example:
             >>> model.fit(stream.as_tf_dataset(32, shuffle=True), epochs=1)  # doctest: +SKIP
         """
         from tfedge.core.backend import tf
+
+        files = getattr(self._reader, "files", ())
+        if workers > 1 and hasattr(self._reader, "file_dataset") and len(files) >= workers:
+            dataset = self._reader.file_dataset(batch_size, shuffle=shuffle, seed=seed)
+            if dataset is not None:
+                dataset = sharded(dataset, workers, by_file=True)
+                return dataset.prefetch(tf.data.AUTOTUNE) if prefetch else dataset
 
         epoch = [0]
         random_access = self._reader.random_access
@@ -258,6 +279,7 @@ class DataStream:
             dataset = dataset.apply(
                 tf.data.experimental.assert_cardinality(math.ceil(count / batch_size))
             )
+        dataset = sharded(dataset, workers)
         return dataset.prefetch(tf.data.AUTOTUNE) if prefetch else dataset
 
     def save(self, path) -> Path:

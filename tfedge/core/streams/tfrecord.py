@@ -6,7 +6,7 @@ import os
 import numpy as np
 
 from tfedge.core.errors import DataError, InputFileError, first_line, tf_message
-from tfedge.core.streams.readers import SHUFFLE_RECORDS, _file_key, _Reader
+from tfedge.core.streams.readers import SHUFFLE_RECORDS, _file_key, _Reader, decode_resized
 
 #: The default feature names of TFRecord shards (``tf.train.Example``).
 TFRECORD_FEATURES = {"image": "image/encoded", "label": "image/class/label"}
@@ -159,16 +159,7 @@ class _TfRecordReader(_Reader):
         def parse(record):
             features = tf.io.parse_single_example(record, spec)
             if self.kind == "bytes_list":
-                image = tf.io.decode_image(
-                    features[image_key], channels=channels, expand_animations=False
-                )
-                same = tf.logical_and(tf.shape(image)[0] == height, tf.shape(image)[1] == width)
-                image = tf.cond(
-                    same,
-                    lambda: tf.cast(image, tf.float32),
-                    lambda: tf.image.resize(image, (height, width), method="bilinear"),
-                )
-                image.set_shape(shape)
+                image = decode_resized(features[image_key], height, width, channels)
             else:
                 image = tf.reshape(tf.cast(features[image_key], tf.float32), shape)
             if self.labelled:
@@ -176,6 +167,29 @@ class _TfRecordReader(_Reader):
             return (image,)
 
         return parse
+
+    def file_dataset(self, batch_size: int, shuffle: bool = False, seed: int = 0):
+        """``(x, y)`` batches (``x`` alone without labels) from a pipeline over the shard list,
+        so that ``tf.data`` FILE auto-sharding gives each worker of a MultiWorkerMirroredStrategy
+        its own shards. With ``shuffle``: the shards in a seeded order, read four at a time, and
+        a shuffle buffer of :data:`SHUFFLE_RECORDS` serialized records."""
+        from tfedge.core.backend import tf
+
+        parse = self._parse()
+        files = tf.data.Dataset.from_tensor_slices(self.files)
+        if shuffle:
+            files = files.shuffle(len(self.files), seed=seed, reshuffle_each_iteration=True)
+        records = files.interleave(
+            tf.data.TFRecordDataset,
+            cycle_length=min(4, len(self.files)) if shuffle else 1,
+            num_parallel_calls=tf.data.AUTOTUNE,
+        )
+        if shuffle:
+            records = records.shuffle(SHUFFLE_RECORDS, seed=seed)
+        decoded = records.map(parse, num_parallel_calls=tf.data.AUTOTUNE)
+        if not self.labelled:
+            decoded = decoded.map(lambda x: x)
+        return decoded.batch(batch_size)
 
     def raw(self, batch_size, order=None, shuffle=None):
         from tfedge.core.backend import tf
