@@ -126,7 +126,14 @@ def _multiworker():
             "host:port and a worker task",
             'e.g. {"cluster": {"worker": ["a:2222", "b:2222"]}, "task": {"type": "worker", "index": 0}}',
         )
-    return tf.distribute.MultiWorkerMirroredStrategy()
+    try:
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    except RuntimeError as exc:  # "Collective ops must be configured at program startup"
+        raise OptimizationError(
+            f"cannot start MultiWorkerMirroredStrategy: {exc}",
+            "create it before anything runs TensorFlow: call resolve_strategy('multiworker') "
+            "first in the program (the command line does)",
+        ) from None
 
 
 def worker_count(strategy) -> int:

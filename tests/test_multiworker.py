@@ -35,6 +35,7 @@ from tfedge.core.streams import stream_data
 
 shards, out, batch = sys.argv[1], sys.argv[2], int(sys.argv[3])
 train = stream_data(shards, input_shape=(8, 8, 1), in_memory_bytes=0, require_labels=True)
+val = stream_data(shards, input_shape=(8, 8, 1), in_memory_bytes=0, require_labels=True)
 with strategy.scope():
     model = keras.Sequential(
         [
@@ -52,7 +53,7 @@ class Steps(keras.callbacks.Callback):
         steps.append(batch)
 
 
-fit(model, train, None, epochs=1, batch_size=batch, strategy=strategy, callbacks=[Steps()])
+best = fit(model, train, val, epochs=1, batch_size=batch, strategy=strategy, callbacks=[Steps()])
 # This worker's share of the fit pipeline, distributed the way Keras distributes it.
 seen = set()
 dataset = train.as_tf_dataset(batch, shuffle=True, workers=worker_count(strategy))
@@ -64,6 +65,7 @@ with open(out, "w") as handle:
         {
             "workers": worker_count(strategy),
             "steps": len(steps),
+            "val_accuracy": best.best,
             "labels": sorted(seen),
             "weights": [w.tolist() for w in model.get_weights()],
         },
@@ -177,5 +179,30 @@ def test_two_workers_on_loopback_each_train_on_their_own_shards(numbered_shards,
     assert set(first["labels"]) | set(second["labels"]) == set(range(SHARDS))
     # One epoch is the global batch count (each worker a half-size batch over its half).
     assert first["steps"] == second["steps"] == SHARDS * PER_SHARD // BATCH
+    assert first["val_accuracy"] == pytest.approx(second["val_accuracy"])
+    assert 0 <= first["val_accuracy"] <= 1
     for a, b in zip(first["weights"], second["weights"], strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_multiworker_after_tensorflow_ran_is_one_clear_error():
+    script = (
+        "from tfedge.core.backend import tf\n"
+        "from tfedge.core.errors import OptimizationError\n"
+        "from tfedge.models.training import resolve_strategy\n"
+        "tf.ones(1).numpy()\n"
+        "try:\n"
+        "    resolve_strategy('multiworker')\n"
+        "except OptimizationError as exc:\n"
+        "    print('refused:', exc, exc.hint)\n"
+    )
+    cluster = {"worker": [f"127.0.0.1:{_free_ports(1)[0]}"]}
+    env = dict(
+        os.environ,
+        TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": 0}}),
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "refused:" in done.stdout and "resolve_strategy('multiworker')" in done.stdout
