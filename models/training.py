@@ -29,6 +29,7 @@ __all__ = [
     "epochs_for",
     "strategy_scope",
     "resolve_strategy",
+    "worker_count",
     "check_data",
     "outputs_probabilities",
     "fit",
@@ -125,7 +126,28 @@ def _multiworker():
             "host:port and a worker task",
             'e.g. {"cluster": {"worker": ["a:2222", "b:2222"]}, "task": {"type": "worker", "index": 0}}',
         )
-    return tf.distribute.MultiWorkerMirroredStrategy()
+    try:
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    except RuntimeError as exc:  # "Collective ops must be configured at program startup"
+        raise OptimizationError(
+            f"cannot start MultiWorkerMirroredStrategy: {exc}",
+            "create it before anything runs TensorFlow: call resolve_strategy('multiworker') "
+            "first in the program (the command line does)",
+        ) from None
+
+
+def worker_count(strategy) -> int:
+    """The machines that train together: a MultiWorkerMirroredStrategy's workers, else 1.
+
+    Example:
+        >>> worker_count(None)
+        1
+    """
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None:
+        return 1
+    jobs = resolver.cluster_spec().as_dict()
+    return max(1, len(jobs.get("chief", [])) + len(jobs.get("worker", [])))
 
 
 def strategy_scope(strategy):
@@ -426,7 +448,10 @@ def fit(
         teacher: a model to distill from, or None for plain label training.
         temperature: the distillation temperature.
         alpha: the weight of the true-label loss in distillation (1 - alpha for the teacher's).
-        strategy: a ``tf.distribute`` strategy to compile and fit under, or None.
+        strategy: a ``tf.distribute`` strategy (or its name) to compile and fit under, or None.
+            Under a MultiWorkerMirroredStrategy a streamed set is sharded per worker: by file
+            for TFRecord shards and image folders, by batch otherwise (see
+            :meth:`~tfedge.core.streams.DataStream.as_tf_dataset`).
         callbacks: extra Keras callbacks (e.g. tfmot's ``UpdatePruningStep``).
         restore_best: restore the best epoch's weights at the end (needs ``val``).
         restore_from: only epochs from this one on (0-based) compete for "best".
@@ -446,6 +471,7 @@ def fit(
     check_data(train, "training", model)
     if val is not None:
         check_data(val, "validation", model)
+    strategy = resolve_strategy(strategy)
     if teacher is not None:
         teacher = to_keras2(teacher)
     if seed is not None:
@@ -489,8 +515,11 @@ def fit(
         all_callbacks.append(best)
     streamed = _streamed(train) or _streamed(val)
     if streamed:  # a tf.data pipeline with prefetch: the set is never held whole
-        inputs = {"x": train.as_tf_dataset(batch_size, shuffle=True, seed=seed or 0)}
-        validation = None if val is None else val.as_tf_dataset(batch_size)
+        workers = worker_count(strategy)
+        inputs = {
+            "x": train.as_tf_dataset(batch_size, shuffle=True, seed=seed or 0, workers=workers)
+        }
+        validation = None if val is None else val.as_tf_dataset(batch_size, workers=workers)
     else:
         inputs = {"x": train.x, "y": train.y, "batch_size": batch_size, "shuffle": True}
         validation = None if val is None else (val.x, val.y)

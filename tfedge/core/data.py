@@ -105,9 +105,18 @@ class Dataset:
         return digest.hexdigest()[:16]
 
     def as_tf_dataset(
-        self, batch_size: int = 32, *, shuffle: bool = False, seed: int = 0, prefetch: bool = True
+        self,
+        batch_size: int = 32,
+        *,
+        shuffle: bool = False,
+        seed: int = 0,
+        prefetch: bool = True,
+        workers: int = 1,
     ):
         """A batched ``tf.data.Dataset`` of ``(x, y)`` (``x`` alone without labels).
+
+        With ``workers`` above 1 (a MultiWorkerMirroredStrategy), each worker keeps every
+        ``workers``-th batch (``tf.data`` DATA auto-sharding: the data is not in files).
 
         Example:
             >>> Dataset(np.zeros((4, 2)), np.arange(4)).as_tf_dataset(2).cardinality()  # doctest: +SKIP
@@ -118,7 +127,7 @@ class Dataset:
         dataset = tf.data.Dataset.from_tensor_slices(tensors)
         if shuffle:
             dataset = dataset.shuffle(len(self), seed=seed, reshuffle_each_iteration=True)
-        dataset = dataset.batch(batch_size)
+        dataset = sharded(dataset.batch(batch_size), workers)
         return dataset.prefetch(tf.data.AUTOTUNE) if prefetch else dataset
 
     def save(self, path) -> Path:
@@ -129,6 +138,25 @@ class Dataset:
             arrays["y"] = self.y
         np.savez(path, **arrays)
         return path
+
+
+def sharded(dataset, workers: int, by_file: bool = False):
+    """``dataset`` with how the workers of a MultiWorkerMirroredStrategy split it (1: as it is).
+
+    ``by_file``: each worker reads its own files (``tf.data`` FILE auto-sharding; the pipeline
+    must start from a file list); else each keeps every ``workers``-th batch (DATA).
+
+    Example:
+        >>> sharded(dataset, 2, by_file=True)  # doctest: +SKIP
+    """
+    if workers <= 1:
+        return dataset
+    from tfedge.core.backend import tf
+
+    policy = tf.data.experimental.AutoShardPolicy
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = policy.FILE if by_file else policy.DATA
+    return dataset.with_options(options)
 
 
 def load_data(
@@ -455,18 +483,28 @@ def _load_folder(path: Path, input_shape, name: str) -> Dataset:
     return Dataset(x, y, classes, str(path))
 
 
+def split_element(element):
+    """``(x as an array, y or None)`` of one ``tf.data`` element: ``x``, ``(x, y)`` or a dict.
+
+    Example:
+        >>> split_element({"x": [1.0, 2.0], "y": 1})
+        (array([1., 2.]), 1)
+    """
+    if isinstance(element, dict):
+        x, y = element.get("x"), element.get("y")
+    elif isinstance(element, (tuple, list)):
+        x, y = element[0], (element[1] if len(element) > 1 else None)
+    else:
+        x, y = element, None
+    return np.asarray(x), y
+
+
 def _load_tf_dataset(dataset, input_shape, name: str, limit: int | None) -> Dataset:
     xs, ys = [], []
     count = 0
     rank = None if input_shape is None else len(input_shape)
     for element in dataset:
-        if isinstance(element, dict):
-            x, y = element.get("x"), element.get("y")
-        elif isinstance(element, (tuple, list)):
-            x, y = element[0], (element[1] if len(element) > 1 else None)
-        else:
-            x, y = element, None
-        x = np.asarray(x)
+        x, y = split_element(element)
         batched = x.ndim > rank if rank is not None else x.ndim >= 2
         if not batched:
             x = x[np.newaxis]

@@ -19,6 +19,7 @@ Example:
 """
 
 import argparse
+import collections
 import gzip
 import hashlib
 import json
@@ -26,6 +27,12 @@ import os
 import platform
 import sys
 import time
+import zipfile
+
+try:
+    import numpy as np
+except ImportError:  # main() says so in one error line
+    np = None
 
 __all__ = [
     "RunnerError",
@@ -44,25 +51,16 @@ EDGETPU_LIBRARY = {
     "Darwin": "libedgetpu.1.dylib",
     "Windows": "edgetpu.dll",
 }
-ARM_PARTS = {
-    "0xd03": "Cortex-A53",
-    "0xd04": "Cortex-A35",
-    "0xd05": "Cortex-A55",
-    "0xd07": "Cortex-A57",
-    "0xd08": "Cortex-A72",
-    "0xd09": "Cortex-A73",
-    "0xd0a": "Cortex-A75",
-    "0xd0b": "Cortex-A76",
-    "0xd0c": "Neoverse-N1",
-    "0xd40": "Neoverse-V1",
-    "0xd41": "Cortex-A78",
-    "0xd4f": "Neoverse-V2",
-    "0xd46": "Cortex-A510",
-    "0xd47": "Cortex-A710",
-    "0xd80": "Cortex-A520",
-    "0xd81": "Cortex-A720",
-    "0xd87": "Cortex-A725",
-}
+#: ARM core names by the part number in /proc/cpuinfo.
+ARM_PARTS = dict(
+    pair.split("=")
+    for pair in (
+        "0xd03=Cortex-A53 0xd04=Cortex-A35 0xd05=Cortex-A55 0xd07=Cortex-A57 0xd08=Cortex-A72 "
+        "0xd09=Cortex-A73 0xd0a=Cortex-A75 0xd0b=Cortex-A76 0xd0c=Neoverse-N1 "
+        "0xd40=Neoverse-V1 0xd41=Cortex-A78 0xd4f=Neoverse-V2 0xd46=Cortex-A510 "
+        "0xd47=Cortex-A710 0xd80=Cortex-A520 0xd81=Cortex-A720 0xd87=Cortex-A725"
+    ).split()
+)
 
 
 class RunnerError(Exception):
@@ -75,17 +73,12 @@ class RunnerError(Exception):
         self.code = code
 
 
-class Runtime:
-    """The interpreter found on this machine: its name, version, Interpreter class and delegate loader."""
+#: The interpreter found on this machine: its name, version, Interpreter class and delegate loader.
+Runtime = collections.namedtuple("Runtime", "name version interpreter load_delegate")
 
-    def __init__(self, name, version, interpreter, load_delegate):
-        self.name = name
-        self.version = version
-        self.interpreter = interpreter
-        self.load_delegate = load_delegate
 
-    def as_dict(self):
-        return {"name": self.name, "version": self.version}
+def _runtime_info(runtime):
+    return {"name": runtime.name, "version": runtime.version}
 
 
 def _distribution_version(name, module):
@@ -107,28 +100,9 @@ def install_hint():
     return "%s -m pip install ai-edge-litert   (Python %s on %s)" % (exe, py, machine)
 
 
-def find_runtime():
-    """Return the first interpreter that loads: ai_edge_litert, tflite_runtime, tensorflow.lite.
-
-    Raises:
-        RunnerError: when none is installed, with the pip command for this device.
-    """
-    tried = []
-    try:
-        from ai_edge_litert import interpreter as litert
-
-        version = _distribution_version("ai-edge-litert", litert)
-        return Runtime("ai-edge-litert", version, litert.Interpreter, litert.load_delegate)
-    except Exception as exc:  # ImportError, or a broken wheel (numpy ABI)
-        tried.append("ai_edge_litert (%s)" % _short(exc))
-    try:
-        from tflite_runtime import interpreter as tflr
-
-        version = _distribution_version("tflite-runtime", tflr)
-        return Runtime("tflite-runtime", version, tflr.Interpreter, tflr.load_delegate)
-    except Exception as exc:
-        tried.append("tflite_runtime (%s)" % _short(exc))
-    try:
+def _load_runtime(package):
+    """The :class:`Runtime` of one interpreter package; raises when it does not import."""
+    if package == "tensorflow":
         import warnings
 
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -136,11 +110,29 @@ def find_runtime():
             warnings.simplefilter("ignore")
             import tensorflow as tf
 
-        return Runtime(
-            "tensorflow", tf.__version__, tf.lite.Interpreter, tf.lite.experimental.load_delegate
-        )
-    except Exception as exc:
-        tried.append("tensorflow (%s)" % _short(exc))
+        delegate = tf.lite.experimental.load_delegate
+        return Runtime("tensorflow", tf.__version__, tf.lite.Interpreter, delegate)
+    if package == "ai_edge_litert":
+        from ai_edge_litert import interpreter as module
+    else:
+        from tflite_runtime import interpreter as module
+    name = package.replace("_", "-")
+    version = _distribution_version(name, module)
+    return Runtime(name, version, module.Interpreter, module.load_delegate)
+
+
+def find_runtime():
+    """Return the first interpreter that loads: ai_edge_litert, tflite_runtime, tensorflow.lite.
+
+    Raises:
+        RunnerError: when none is installed, with the pip command for this device.
+    """
+    tried = []
+    for package in ("ai_edge_litert", "tflite_runtime", "tensorflow"):
+        try:
+            return _load_runtime(package)
+        except Exception as exc:  # ImportError, or a broken wheel (numpy ABI)
+            tried.append("%s (%s)" % (package, _short(exc)))
     raise RunnerError(
         "no TFLite interpreter on this device (tried %s)" % "; ".join(tried),
         "install one: " + install_hint(),
@@ -161,17 +153,21 @@ def _read(path):
         return ""
 
 
-def cpu_name():
-    """A readable CPU name: the x86 model name, or the ARM core from its part number."""
-    info = _read("/proc/cpuinfo")
-    fields = {}
-    parts = set()
-    for line in info.splitlines():
+def _cpuinfo():
+    """``/proc/cpuinfo``: the first value of each field, and the ARM part numbers listed."""
+    fields, parts = {}, set()
+    for line in _read("/proc/cpuinfo").splitlines():
         key, _, value = line.partition(":")
         key, value = key.strip(), value.strip()
         if key == "CPU part":
             parts.add(value.lower())
         fields.setdefault(key, value)
+    return fields, parts
+
+
+def cpu_name():
+    """A readable CPU name: the x86 model name, or the ARM core from its part number."""
+    fields, parts = _cpuinfo()
     if fields.get("model name"):
         return fields["model name"]
     if parts:
@@ -182,14 +178,7 @@ def cpu_name():
 
 def board_model():
     """The board name (e.g. ``Raspberry Pi 4 Model B``) where the device tree or cpuinfo gives one."""
-    model = _read("/proc/device-tree/model").strip("\x00\n ")
-    if model:
-        return model
-    for line in _read("/proc/cpuinfo").splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() == "Model":
-            return value.strip()
-    return None
+    return _read("/proc/device-tree/model").strip("\x00\n ") or _cpuinfo()[0].get("Model")
 
 
 def device_info(name="local"):
@@ -219,8 +208,6 @@ class NpzArray:
     """
 
     def __init__(self, path, offset, dtype, shape):
-        import numpy as np
-
         self.path, self.offset, self.dtype, self.shape = path, offset, np.dtype(dtype), tuple(shape)
         self.row = int(np.prod(self.shape[1:], dtype=np.int64)) * self.dtype.itemsize
 
@@ -228,8 +215,6 @@ class NpzArray:
         return self.shape[0]
 
     def __getitem__(self, key):
-        import numpy as np
-
         if not isinstance(key, slice):
             return self[key : key + 1][0]
         start, stop, _ = key.indices(len(self))
@@ -250,22 +235,14 @@ class NpzArray:
 
 def _stored_member(path, name):
     """An :class:`NpzArray` for an uncompressed C-order member of an ``.npz``, else None."""
-    import zipfile
-
-    import numpy as np
-
     try:
         with zipfile.ZipFile(path) as archive:
             info = archive.getinfo(name + ".npy")
             if info.compress_type != zipfile.ZIP_STORED:
                 return None
             with archive.open(info) as member:
-                version = np.lib.format.read_magic(member)
-                read = (
-                    np.lib.format.read_array_header_1_0
-                    if version == (1, 0)
-                    else np.lib.format.read_array_header_2_0
-                )
+                major, _ = np.lib.format.read_magic(member)
+                read = getattr(np.lib.format, "read_array_header_%d_0" % min(major, 2))
                 shape, fortran, dtype = read(member)
                 header = member.tell()
         with open(path, "rb") as raw:
@@ -288,18 +265,9 @@ def load_data(path):
     Raises:
         RunnerError: when the file is unreadable or has no ``x`` array.
     """
-    import numpy as np
-
     large = _stored_member(path, "x")
-    if large is not None and len(large) * large.row > 64 * 2**20:
-        with np.load(path, allow_pickle=False) as npz:
-            y = np.asarray(npz["y"]) if "y" in npz.files else None
-        if y is not None and len(y) != len(large):
-            raise RunnerError(
-                "data file %s has %d inputs but %d labels" % (path, len(large), len(y)),
-                "x and y must have the same first dimension",
-            )
-        return large, y
+    if large is not None and len(large) * large.row <= 64 * 2**20:
+        large = None
     try:
         with np.load(path, allow_pickle=False) as npz:
             names = list(npz.files)
@@ -309,7 +277,7 @@ def load_data(path):
                     % (path, names),
                     "save it with numpy.savez(path, x=inputs, y=labels)",
                 )
-            x = np.asarray(npz["x"])
+            x = np.asarray(npz["x"]) if large is None else large
             y = np.asarray(npz["y"]) if "y" in names else None
     except RunnerError:
         raise
@@ -360,29 +328,25 @@ def _peak_rss_mb():
         return None
 
 
-def _tensor_info(detail):
-    scale, zero_point = detail.get("quantization", (0.0, 0))
-    return {
-        "name": detail.get("name"),
-        "dtype": _dtype_name(detail["dtype"]),
-        "shape": [int(d) for d in detail["shape"]],
-        "scale": float(scale),
-        "zero_point": int(zero_point),
-    }
-
-
-def _dtype_name(dtype):
-    import numpy as np
-
-    return np.dtype(dtype).name
+def _tensor_info(details):
+    """Name, dtype, shape and quantization of the tensors (one dict for a single one)."""
+    infos = [
+        {
+            "name": detail.get("name"),
+            "dtype": np.dtype(detail["dtype"]).name,
+            "shape": [int(d) for d in detail["shape"]],
+            "scale": float(detail.get("quantization", (0.0, 0))[0]),
+            "zero_point": int(detail.get("quantization", (0.0, 0))[1]),
+        }
+        for detail in details
+    ]
+    return infos[0] if len(infos) == 1 else infos
 
 
 class _Feeder:
     """Turns float samples into the model's input tensor (quantized with its own scale/zero point)."""
 
     def __init__(self, detail):
-        import numpy as np
-
         self.detail = detail
         self.dtype = np.dtype(detail["dtype"])
         self.shape = tuple(int(d) for d in detail["shape"])
@@ -391,8 +355,6 @@ class _Feeder:
         self.scale, self.zero_point = detail.get("quantization", (0.0, 0))
 
     def check(self, x):
-        import numpy as np
-
         sample = tuple(x.shape[1:])
         if sample == self.sample_shape:
             return
@@ -406,8 +368,6 @@ class _Feeder:
 
     def __call__(self, x):
         """Quantize a [b, ...] float batch into the input tensor, padding to the model's batch."""
-        import numpy as np
-
         count = x.shape[0]
         x = np.asarray(x).reshape((count,) + self.sample_shape)
         if count < self.batch:
@@ -422,8 +382,6 @@ class _Feeder:
 
     def random(self, seed=0):
         """A deterministic random input of the right dtype (used when no data is given)."""
-        import numpy as np
-
         rng = np.random.default_rng(seed)
         if self.dtype.kind in "iu":
             info = np.iinfo(self.dtype)
@@ -436,8 +394,6 @@ class _Feeder:
 
 def _scores(output, detail, count):
     """The first output of ``count`` samples as float64 rows (dequantized with its scale)."""
-    import numpy as np
-
     values = np.asarray(output)[:count].reshape(count, -1).astype(np.float64)
     scale, zero_point = detail.get("quantization", (0.0, 0))
     if scale:
@@ -451,8 +407,6 @@ def _is_probability(interpreter, detail, scores):
     Decided by the output's quantized range (an int8 LOGISTIC output spans [0, 1)), else by the
     operator that produces it, else by the values seen.
     """
-    import numpy as np
-
     scale, zero_point = detail.get("quantization", (0.0, 0))
     if scale and np.dtype(detail["dtype"]).kind in "iu":
         info = np.iinfo(detail["dtype"])
@@ -470,8 +424,6 @@ def _is_probability(interpreter, detail, scores):
 
 def _stateful(interpreter):
     """Whether the model keeps state between invocations: it has a resource (variable) tensor."""
-    import numpy as np
-
     try:
         return any(np.dtype(d["dtype"]).kind == "O" for d in interpreter.get_tensor_details())
     except Exception:
@@ -479,8 +431,6 @@ def _stateful(interpreter):
 
 
 def _labels(y):
-    import numpy as np
-
     y = np.asarray(y)
     if y.ndim > 1 and y.shape[-1] > 1:
         return y.reshape(len(y), -1).argmax(axis=1)
@@ -488,20 +438,13 @@ def _labels(y):
 
 
 def _stats(times_ms):
-    import numpy as np
-
     t = np.asarray(times_ms, dtype=np.float64)
     if t.size == 0:
         return None
-    return {
-        "mean": round(float(t.mean()), 4),
-        "std": round(float(t.std()), 4),
-        "min": round(float(t.min()), 4),
-        "p50": round(float(np.percentile(t, 50)), 4),
-        "p90": round(float(np.percentile(t, 90)), 4),
-        "p99": round(float(np.percentile(t, 99)), 4),
-        "max": round(float(t.max()), 4),
-    }
+    stats = {"mean": t.mean(), "std": t.std(), "min": t.min()}
+    stats.update({"p%d" % q: np.percentile(t, q) for q in (50, 90, 99)})
+    stats["max"] = t.max()
+    return {key: round(float(value), 4) for key, value in stats.items()}
 
 
 def bench_one(
@@ -533,8 +476,6 @@ def bench_one(
     Returns:
         The result dict of the bench JSON schema (see ``tfedge bench --json``).
     """
-    import numpy as np
-
     if not os.path.isfile(path):
         raise RunnerError("model file not found: %s" % path, "check the path")
     with open(path, "rb") as handle:
@@ -593,12 +534,13 @@ def bench_one(
     stateful = _stateful(interpreter)
     feeders = [_Feeder(detail) for detail in inputs]
 
-    def invoke():
-        interpreter.invoke()
-
     def set_inputs(batch_list):
         for feeder, batch in zip(feeders, batch_list):
             interpreter.set_tensor(feeder.detail["index"], batch)
+
+    def digest_outputs(count=None):
+        for detail in outputs:
+            digest.update(np.ascontiguousarray(interpreter.get_tensor(detail["index"])[:count]))
 
     accuracy = None
     samples = 0
@@ -615,11 +557,16 @@ def bench_one(
         feeder.check(x)
         batch = max(feeder.batch, 1)
         samples = int(len(x))
-        first = feeder(x[:batch])
-        set_inputs([first])
-        start = time.perf_counter()
-        invoke()
-        first_ms = (time.perf_counter() - start) * 1000.0
+        timing_inputs = [feeder(x[:batch])]
+    else:
+        timing_inputs = [feeder.random(seed) for seed, feeder in enumerate(feeders)]
+    set_inputs(timing_inputs)
+    start = time.perf_counter()
+    interpreter.invoke()
+    first_ms = (time.perf_counter() - start) * 1000.0
+    if data is None:
+        digest_outputs()
+    else:
         correct = 0
         binary = []
         kept = []
@@ -630,10 +577,8 @@ def bench_one(
                 interpreter = load()
             if offset:
                 set_inputs([feeder(x[offset : offset + count])])
-                invoke()
-            for detail in outputs:
-                value = interpreter.get_tensor(detail["index"])
-                digest.update(np.ascontiguousarray(value[:count]).tobytes())
+                interpreter.invoke()
+            digest_outputs(count)
             values = _scores(interpreter.get_tensor(outputs[0]["index"]), outputs[0], count)
             if values.shape[1] == 1:
                 binary.append(values[:, 0])  # thresholded below, once the whole output is seen
@@ -655,24 +600,15 @@ def bench_one(
             accuracy = round(correct / samples, 6)
         if keep_top1:
             result["top1"] = [int(v) for v in np.concatenate(kept)] if kept else []
-        timing_inputs = [first]
-    else:
-        timing_inputs = [feeder.random(seed) for seed, feeder in enumerate(feeders)]
-        set_inputs(timing_inputs)
-        start = time.perf_counter()
-        invoke()
-        first_ms = (time.perf_counter() - start) * 1000.0
-        for detail in outputs:
-            digest.update(np.ascontiguousarray(interpreter.get_tensor(detail["index"])).tobytes())
 
     set_inputs(timing_inputs)
     for _ in range(warmup):
-        invoke()
+        interpreter.invoke()
     times = []
     clock = time.perf_counter
     for _ in range(runs):
         start = clock()
-        invoke()
+        interpreter.invoke()
         times.append((clock() - start) * 1000.0)
 
     result.update(
@@ -693,14 +629,10 @@ def bench_one(
             "warmup": warmup,
             "runs": runs,
             "delegate": delegate,
-            "runtime": runtime.as_dict(),
+            "runtime": _runtime_info(runtime),
             "device": device or device_info(),
-            "input": _tensor_info(inputs[0])
-            if len(inputs) == 1
-            else [_tensor_info(d) for d in inputs],
-            "output": _tensor_info(outputs[0])
-            if len(outputs) == 1
-            else [_tensor_info(d) for d in outputs],
+            "input": _tensor_info(inputs),
+            "output": _tensor_info(outputs),
         }
     )
     return result
@@ -755,21 +687,25 @@ def bench_models(
                 {"model": name, "message": exc.message, "hint": exc.hint, "code": exc.code},
             )
         except Exception as exc:  # the interpreter on a damaged model: this model's row only
-            yield (
-                "error",
-                {
-                    "model": name,
-                    "message": "the interpreter failed on %s: %s: %s"
-                    % (path, type(exc).__name__, _short(exc)),
-                    "hint": "the file may be truncated or corrupt; convert or copy it again",
-                    "code": "interpreter",
-                },
+            message = "the interpreter failed on %s: %s: %s" % (
+                path,
+                type(exc).__name__,
+                _short(exc),
             )
+            hint = "the file may be truncated or corrupt; convert or copy it again"
+            yield "error", {"model": name, "message": message, "hint": hint, "code": "interpreter"}
 
 
 def _emit(obj):
     sys.stdout.write(json.dumps(obj, sort_keys=False) + "\n")
     sys.stdout.flush()
+
+
+def _fatal(message, hint=None, code=None):
+    """Print the error line of a failure that ends the run (``"model": null``); return 1."""
+    line = {"type": "error", "model": None, "message": message, "hint": hint}
+    _emit(line if code is None else dict(line, code=code))
+    return 1
 
 
 def main(argv=None):
@@ -789,57 +725,23 @@ def main(argv=None):
         parser.error("give one --name per --model")
     if not args.model and not args.info:
         parser.error("give at least one --model (or --info)")
-    try:
-        import numpy  # noqa: F401
-    except ImportError:
-        _emit(
-            {
-                "type": "error",
-                "model": None,
-                "message": "numpy is not installed on this device",
-                "hint": "install it: %s -m pip install numpy" % (sys.executable or "python3"),
-            }
+    if np is None:
+        return _fatal(
+            "numpy is not installed on this device",
+            "install it: %s -m pip install numpy" % (sys.executable or "python3"),
         )
-        return 1
     try:
         if args.info:
-            runtime = find_runtime()
-            _emit(
-                {
-                    "type": "info",
-                    "device": device_info(args.device_name),
-                    "runtime": runtime.as_dict(),
-                }
-            )
+            runtime = _runtime_info(find_runtime())
+            _emit({"type": "info", "device": device_info(args.device_name), "runtime": runtime})
             return 0
-        for kind, payload in bench_models(
-            args.model,
-            args.name,
-            args.data,
-            args.threads,
-            args.warmup,
-            args.runs,
-            args.delegate,
-            args.device_name,
-        ):
-            if kind == "result":
-                _emit({"type": "result", "result": payload})
-            else:
-                _emit(dict(type="error", **payload))
+        options = (args.threads, args.warmup, args.runs, args.delegate, args.device_name)
+        for kind, payload in bench_models(args.model, args.name, args.data, *options):
+            _emit({"type": kind, **({"result": payload} if kind == "result" else payload)})
     except RunnerError as exc:
-        _emit(
-            {
-                "type": "error",
-                "model": None,
-                "message": exc.message,
-                "hint": exc.hint,
-                "code": exc.code,
-            }
-        )
-        return 1
+        return _fatal(exc.message, exc.hint, exc.code)
     except KeyboardInterrupt:
-        _emit({"type": "error", "model": None, "message": "interrupted", "hint": None})
-        return 1
+        return _fatal("interrupted")
     return 0
 
 
