@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tfedge.converters.modes import INTEGER_MODES, IO_TYPES, MODES, Mode, mode_of
 from tfedge.core.errors import ConversionError, TfedgeError, first_line
 from tfedge.core.files import write_atomically
 
@@ -31,10 +32,7 @@ __all__ = [
     "input_shape_of",
 ]
 
-MODES = ("int8", "int16x8", "float16", "dynamic", "float32")
-IO_TYPES = ("int8", "uint8", "float32")
 DEFAULT_CALIB_SAMPLES = 300
-INTEGER_MODES = ("int8", "int16x8")
 
 
 @dataclass
@@ -277,34 +275,9 @@ def _convert(
 
         profile = load_target(target)
         mode, io = profile.resolve(mode, io)
-    if mode not in MODES:
-        raise ConversionError(
-            f"unknown mode {mode!r}; expected one of {', '.join(MODES)}",
-            "int8 is fully integer (the default); dynamic and float16 keep float activations",
-        )
-    if io is not None and io not in IO_TYPES:
-        raise ConversionError(
-            f"unknown input/output type {io!r}; expected one of {', '.join(IO_TYPES)}", option="io"
-        )
-    if mode == "int8":
-        io = io or "int8"
-    elif mode == "int16x8":
-        if io not in (None, "float32"):
-            raise ConversionError(
-                f"input/output type {io} does not fit mode int16x8, whose input and output are "
-                "int16 or float32",
-                "leave the input/output type out (float32 I/O) or use mode int8",
-                option="io",
-            )
-        io = "float32"
-    elif io not in (None, "float32"):
-        raise ConversionError(
-            f"input/output type {io} needs an integer model, but mode {mode} keeps float "
-            "activations",
-            "use mode int8 for int8/uint8 I/O",
-            option="io",
-        )
-    if mode in INTEGER_MODES and calib is None:
+    spec = mode_of(mode)
+    io = spec.resolve_io(io)
+    if spec.calibration and calib is None:
         raise ConversionError(
             f"mode {mode} needs calibration data to choose activation ranges",
             "give a few hundred representative inputs (.npz or an image folder) as the "
@@ -317,21 +290,18 @@ def _convert(
 
     keras_model = _resolve(model)
     specs = _input_specs(keras_model, input_shape)
-    if mode in INTEGER_MODES:
+    if spec.calibration:
         keras_model = _unrolled(keras_model)
     concrete = _concrete_function(keras_model, specs)
-    if mode in INTEGER_MODES:
+    if spec.calibration:
         _refuse_loops(concrete, mode)
 
     # No trackable object: with a Keras 3 model it leaves READ_VARIABLE ops behind; without it the
     # converter freezes the variables the function captured (``keras_model`` keeps them alive).
     converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete])
-    if mode != "float32":
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    if mode == "float16":
-        converter.target_spec.supported_types = [tf.float16]
+    _configure(converter, spec, io, keep_float)
     representative = None
-    if mode in INTEGER_MODES:
+    if spec.calibration:
         from tfedge.core.streams import calibration_samples
 
         data = calibration_samples(calib, calib_samples, input_shape=tuple(specs[0].shape[1:]))
@@ -346,20 +316,6 @@ def _convert(
                 yield [sample[np.newaxis].astype(np.float32)]
 
         converter.representative_dataset = representative
-    if mode == "int8":
-        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        if keep_float:
-            converter.target_spec.supported_ops = [
-                tf.lite.OpsSet.TFLITE_BUILTINS_INT8,
-                tf.lite.OpsSet.TFLITE_BUILTINS,
-            ]
-        io_type = {"int8": tf.int8, "uint8": tf.uint8, "float32": tf.float32}[io]
-        converter.inference_input_type = io_type
-        converter.inference_output_type = io_type
-    elif mode == "int16x8":
-        converter.target_spec.supported_ops = [
-            tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8
-        ]
 
     failure = None
     selected = []
@@ -385,7 +341,7 @@ def _convert(
     from tfedge.converters.tensor_names import shorten_names
 
     passes = [shorten_names]
-    if mode in INTEGER_MODES and not keep_float:
+    if spec.calibration and not keep_float:
         passes.insert(0, integerize_islands)
     blob = rewrite(blob, *passes)
     if labels is not None:
@@ -400,10 +356,26 @@ def _convert(
     from tfedge.core.inspector import inspect_model
 
     info = inspect_model(blob)
-    _check(info, mode, io, keep_float)
+    _check(info, spec, io, keep_float)
     if profile is not None:
         profile.check(blob, info)
     return Conversion(blob=blob, mode=mode, info=info, target=profile, selected=selected)
+
+
+def _configure(converter, spec: Mode, io: str | None, keep_float) -> None:
+    """Set ``converter``'s optimizations, operator sets and I/O types from the mode's table entry."""
+    from tfedge.core.backend import tf
+
+    if spec.optimize:
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if spec.supported_types:
+        converter.target_spec.supported_types = [getattr(tf, t) for t in spec.supported_types]
+    ops = (keep_float and spec.keep_float_ops) or spec.supported_ops
+    if ops:
+        converter.target_spec.supported_ops = [getattr(tf.lite.OpsSet, name) for name in ops]
+    if spec.set_io_type:
+        converter.inference_input_type = getattr(tf, io)
+        converter.inference_output_type = getattr(tf, io)
 
 
 def _normalization_from(calib, specs):
@@ -650,9 +622,9 @@ def _conversion_error(exc, log: str, mode: str) -> ConversionError:
     )
 
 
-def _check(info: dict, mode: str, io: str, keep_float) -> None:
-    """Fail when an int8 conversion left float operators or dynamic shapes behind."""
-    if mode != "int8" or keep_float:
+def _check(info: dict, spec: Mode, io: str, keep_float) -> None:
+    """Fail when a fully integer conversion left float operators or dynamic shapes behind."""
+    if not spec.fully_integer or keep_float:
         return
     if not info["static_shapes"]:
         raise ConversionError(
