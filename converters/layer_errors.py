@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tfedge.core.errors import ConversionError, TfedgeError
+from tfedge.core.errors import ConversionError, TfedgeError, first_line
 
 __all__ = ["layer_errors", "DEFAULT_SAMPLES"]
 
@@ -97,7 +97,7 @@ def layer_errors(model, calib, *, calib_samples: int = DEFAULT_SAMPLES) -> list[
             failure = exc
     if failure is not None:
         raise ConversionError(
-            f"the int8 conversion for per-layer analysis failed: {str(failure).splitlines()[0][:300]}",
+            f"the int8 conversion for per-layer analysis failed: {first_line(failure)}",
             "check that `tfedge convert MODEL --calib DATA` works; --debug shows the converter log",
         ) from failure
     pairs, values = _run_debug_model(debug_model, data.x)

@@ -21,6 +21,7 @@ import numpy as np
 from tfedge.converters.modes import INTEGER_MODES, IO_TYPES, MODES, Mode, mode_of
 from tfedge.core.errors import ConversionError, TfedgeError, first_line
 from tfedge.core.files import write_atomically
+from tfedge.core.streams import calibration_samples, stream_data
 
 __all__ = [
     "MODES",
@@ -105,7 +106,9 @@ def convert(
             ``float16`` (float16 weights), ``dynamic`` (int8 weights, float activations) or
             ``float32``.
         calib: calibration data for the integer modes, in any form :func:`tfedge.core.streams.stream_data`
-            accepts.
+            accepts. A set read already (the :class:`~tfedge.core.data.Dataset` or
+            :class:`~tfedge.core.streams.DataStream` that ``stream_data`` returns) is used as
+            it is, so a caller that converts many times reads its data once.
         io: input/output type: ``int8`` (default for int8), ``uint8`` or ``float32``.
         calib_samples: how many calibration samples to use (a seeded random choice).
         keep_float: layer names to leave in float (the model is then not fully integer).
@@ -301,9 +304,12 @@ def _convert(
     converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete])
     _configure(converter, spec, io, keep_float)
     representative = None
+    guess_normalization = labels is not None and mean is None and std is None
+    if calib is not None and (spec.calibration or guess_normalization):
+        # Read once (a path is parsed here; a set read already passes through) for the
+        # calibration and the normalization guess alike.
+        calib = stream_data(calib, input_shape=tuple(specs[0].shape[1:]), name="calibration data")
     if spec.calibration:
-        from tfedge.core.streams import calibration_samples
-
         data = calibration_samples(calib, calib_samples, input_shape=tuple(specs[0].shape[1:]))
         if len(specs) != 1:
             raise ConversionError(
@@ -348,8 +354,8 @@ def _convert(
         from tfedge.converters.metadata import add_metadata, read_labels_file
 
         names = read_labels_file(labels) if not isinstance(labels, (list, tuple)) else list(labels)
-        if mean is None and std is None and calib is not None:
-            mean, std = _normalization_from(calib, specs)
+        if guess_normalization and calib is not None:
+            mean, std = _normalization_from(calib)
         blob = add_metadata(
             blob, names, name=getattr(keras_model, "name", None), input_mean=mean, input_std=std
         )
@@ -378,11 +384,8 @@ def _configure(converter, spec: Mode, io: str | None, keep_float) -> None:
         converter.inference_output_type = getattr(tf, io)
 
 
-def _normalization_from(calib, specs):
+def _normalization_from(data):
     """Guess how raw 0-255 pixels map to the model's input from the calibration data's range."""
-    from tfedge.core.streams import stream_data
-
-    data = stream_data(calib, input_shape=tuple(specs[0].shape[1:]), name="calibration data")
     low, high = np.inf, -np.inf
     for x, _ in data.batches():  # the whole set's range, one batch at a time
         low, high = min(low, float(x.min())), max(high, float(x.max()))

@@ -111,7 +111,8 @@ def analyze(
     shape = input_shape_of(keras_model)
     # The checks every command shares (tfedge.core.data): shapes, NaN or infinite inputs, labels the
     # model cannot predict; each names the data and its first bad sample, before any conversion.
-    stream_data(calib, input_shape=shape, name="calibration data")
+    # The set is read here once; every conversion below takes it as read.
+    calib = stream_data(calib, input_shape=shape, name="calibration data")
     evaluation = None
     if data is not None:
         evaluation = stream_data(
