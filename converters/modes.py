@@ -79,6 +79,31 @@ class Mode:
             )
         return (io or self.io_types[0]) if self.io_types else io
 
+    def configure(self, converter, io: str | None = None, keep_float=()) -> None:
+        """Set a ``tf.lite.TFLiteConverter``'s optimizations, operator sets and I/O types.
+
+        Args:
+            converter: the converter to set up (its representative dataset is the caller's).
+            io: the I/O type (:meth:`resolve_io`'s answer), for a mode that sets it.
+            keep_float: layer names left float: the mode's ``keep_float_ops`` then apply.
+
+        Example:
+            >>> mode_of("int8").configure(converter, "int8")  # doctest: +SKIP
+        """
+        # TensorFlow is imported on first use: importing tfedge (and this table) must not.
+        from tfedge.core.backend import tf
+
+        if self.optimize:
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        if self.supported_types:
+            converter.target_spec.supported_types = [getattr(tf, t) for t in self.supported_types]
+        ops = (keep_float and self.keep_float_ops) or self.supported_ops
+        if ops:
+            converter.target_spec.supported_ops = [getattr(tf.lite.OpsSet, name) for name in ops]
+        if self.set_io_type:
+            converter.inference_input_type = getattr(tf, io)
+            converter.inference_output_type = getattr(tf, io)
+
 
 TABLE = (
     Mode(

@@ -302,7 +302,7 @@ def _convert(
     # No trackable object: with a Keras 3 model it leaves READ_VARIABLE ops behind; without it the
     # converter freezes the variables the function captured (``keras_model`` keeps them alive).
     converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete])
-    _configure(converter, spec, io, keep_float)
+    spec.configure(converter, io, keep_float)
     representative = None
     guess_normalization = labels is not None and mean is None and std is None
     if calib is not None and (spec.calibration or guess_normalization):
@@ -366,22 +366,6 @@ def _convert(
     if profile is not None:
         profile.check(blob, info)
     return Conversion(blob=blob, mode=mode, info=info, target=profile, selected=selected)
-
-
-def _configure(converter, spec: Mode, io: str | None, keep_float) -> None:
-    """Set ``converter``'s optimizations, operator sets and I/O types from the mode's table entry."""
-    from tfedge.core.backend import tf
-
-    if spec.optimize:
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    if spec.supported_types:
-        converter.target_spec.supported_types = [getattr(tf, t) for t in spec.supported_types]
-    ops = (keep_float and spec.keep_float_ops) or spec.supported_ops
-    if ops:
-        converter.target_spec.supported_ops = [getattr(tf.lite.OpsSet, name) for name in ops]
-    if spec.set_io_type:
-        converter.inference_input_type = getattr(tf, io)
-        converter.inference_output_type = getattr(tf, io)
 
 
 def _normalization_from(data):

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from tfedge.commands.bench import check_tflite
+from tfedge.core.error_stats import ErrorStats
 from tfedge.core.errors import DataError, InputFileError, first_line, shape_text
 from tfedge.core.files import write_atomically
 from tfedge.core.tflite_file import custom_ops, read_model, state_names
@@ -137,51 +138,21 @@ class _Model:
         return (info.min - zero_point) * scale, (info.max - zero_point) * scale
 
 
-class _Stats:
-    """Running difference statistics of a tensor in B against the same tensor in A."""
-
-    def __init__(self):
-        self.max_abs = 0.0
-        self.sum_abs = 0.0
-        self.signal = 0.0
-        self.noise = 0.0
-        self.dot = 0.0
-        self.norm_b = 0.0
-        self.count = 0
-
-    def add(self, a: np.ndarray, b: np.ndarray) -> None:
-        diff = np.abs(a - b)
-        if diff.size:
-            self.max_abs = max(self.max_abs, float(diff.max()))
-        self.sum_abs += float(diff.sum())
-        self.signal += float(np.square(a).sum())
-        self.noise += float(np.square(a - b).sum())
-        self.dot += float((a * b).sum())
-        self.norm_b += float(np.square(b).sum())
-        self.count += diff.size
-
-    def as_dict(self) -> dict:
-        return {
-            "max_abs_diff": _round(self.max_abs),
-            "mean_abs_diff": _round(self.sum_abs / self.count) if self.count else None,
-            "rmse": _round(math.sqrt(self.noise / self.count)) if self.count else None,
-            "sqnr_db": _sqnr(self.signal, self.noise),
-            "identical": self.noise == 0,
-            "cosine": _round(self.dot / math.sqrt(self.signal * self.norm_b))
-            if self.signal and self.norm_b
-            else None,
-        }
+def _differences(stat: ErrorStats) -> dict:
+    """A tensor's record: B's values against A's (the signal), as :class:`ErrorStats` defines them."""
+    sqnr, cosine = stat.sqnr_db(), stat.cosine
+    return {
+        "max_abs_diff": _round(stat.max_abs),
+        "mean_abs_diff": _round(stat.mean_abs) if stat.count else None,
+        "rmse": _round(stat.rmse) if stat.count else None,
+        "sqnr_db": None if sqnr is None else round(sqnr, 2),
+        "identical": stat.identical,
+        "cosine": None if cosine is None else _round(cosine),
+    }
 
 
 def _round(value: float, digits: int = 6):
     return float(f"{value:.{digits}g}")
-
-
-def _sqnr(signal: float, noise: float):
-    """10 log10(signal / noise) in dB; None when the values are identical or A's are all zero."""
-    if noise == 0 or signal == 0:
-        return None
-    return round(10 * math.log10(signal / noise), 2)
 
 
 def _sample_shape(model: _Model) -> tuple:
@@ -305,7 +276,9 @@ def compare(
         ``{"a", "b", "inputs", "samples", "outputs": [{"name", "shape", "max_abs_diff",
         "mean_abs_diff", "sqnr_db", "cosine", "top1_agreement"}], "accuracy": {"a", "b"} or None,
         "same_model", "tensors": [{"op_index", "op", "name", "step", ...}], "first_divergence",
-        "layers_skipped", "notes"}``. ``sqnr_db`` is None where the values are identical;
+        "layers_skipped", "notes"}``. ``sqnr_db`` is taken per channel, as
+        :class:`~tfedge.core.error_stats.ErrorStats` defines it for every tfedge report (A is
+        the signal; 300, the cap, where the values are identical, which ``identical`` says);
         ``layers_skipped`` says why no intermediate tensor was compared (custom operators only
         LiteRT's default delegate runs), else None; ``notes`` are lines for the reader, e.g. that
         a stateful model (resource variables) starts every sample from its initial state.
@@ -385,7 +358,7 @@ def _compare(path_a: Path, path_b: Path, data, samples, layers: bool) -> dict:
                 "pass data labelled for these models",
                 option="data",
             )
-    stats = [_Stats() for _ in a.outputs]
+    stats = [ErrorStats() for _ in a.outputs]
     firsts = {"a": [], "b": []}
     for sample in progress(x, desc="comparing outputs", unit="sample"):
         a.feed(sample)
@@ -399,7 +372,11 @@ def _compare(path_a: Path, path_b: Path, data, samples, layers: bool) -> dict:
     top_a, top_b = _top1(np.stack(firsts["a"])), _top1(np.stack(firsts["b"]))
     outputs = []
     for number, (out_a, stat) in enumerate(zip(a.outputs, stats, strict=True)):
-        entry = {"name": out_a["name"], "shape": [int(d) for d in out_a["shape"]], **stat.as_dict()}
+        entry = {
+            "name": out_a["name"],
+            "shape": [int(d) for d in out_a["shape"]],
+            **_differences(stat),
+        }
         entry["top1_agreement"] = round(float((top_a == top_b).mean()), 6) if number == 0 else None
         outputs.append(entry)
     result = {
@@ -450,7 +427,7 @@ def _compare_layers(path_a: Path, path_b: Path, x: np.ndarray, traits: dict) -> 
         return {"same_model": False, "tensors": [], "first_divergence": None}
     from tfedge.core.console import progress
 
-    stats = [_Stats() for _ in matched]
+    stats = [ErrorStats() for _ in matched]
     for sample in progress(x, desc="comparing every tensor", unit="sample"):
         a.feed(sample)
         b.feed(sample)
@@ -465,11 +442,11 @@ def _compare_layers(path_a: Path, path_b: Path, x: np.ndarray, traits: dict) -> 
             "op": match["op"],
             "name": match["a"]["name"],
             "step": _round(step) if step else None,
-            **stat.as_dict(),
+            **_differences(stat),
         }
         # Beyond rounding: more than one quantization step of the coarser tensor apart (float
         # tensors: more than a float32 rounding of the largest value).
-        tolerance = step if step else 1e-5 * max(math.sqrt(stat.signal / max(stat.count, 1)), 1e-6)
+        tolerance = step if step else 1e-5 * max(math.sqrt(stat.power / max(stat.count, 1)), 1e-6)
         entry["diverged"] = stat.max_abs > tolerance * (1 + 1e-6)
         if entry["diverged"] and first is None:
             first = entry

@@ -55,6 +55,7 @@ from tfedge.core.data import (
     load_data,
 )
 from tfedge.core.errors import DataError, InputFileError, first_line, tf_message
+from tfedge.core.files import atomic_file
 
 __all__ = [
     "DataStream",
@@ -528,7 +529,10 @@ def write_npz(path, batches, count: int, sample_shape) -> Path:
         "shape": (int(count), *sample_shape),
     }
     written = 0
-    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
+    with (
+        atomic_file(path) as handle,
+        zipfile.ZipFile(handle, "w", zipfile.ZIP_STORED, allowZip64=True) as archive,
+    ):
         with archive.open("x.npy", "w", force_zip64=True) as member:
             np.lib.format.write_array_header_2_0(member, header)
             for x, y in batches:
