@@ -28,6 +28,7 @@ from __future__ import annotations
 import numpy as np
 
 from tfedge.converters.modes import mode_of
+from tfedge.converters.tensor_names import LayerMatcher, in_graph_order
 from tfedge.core.error_stats import ErrorStats
 from tfedge.core.errors import ConversionError, TfedgeError, first_line
 
@@ -56,7 +57,6 @@ def layer_errors(model, calib, *, calib_samples: int = DEFAULT_SAMPLES) -> list[
     Example:
         >>> worst = min(layer_errors(model, calib=x_train), key=lambda r: r["sqnr_db"])  # doctest: +SKIP
     """
-    from tfedge.converters.tensor_names import LayerMatcher
     from tfedge.converters.tflite import input_shape_of
     from tfedge.core.backend import tf
     from tfedge.core.console import progress, quiet
@@ -127,15 +127,11 @@ def _original_names(pairs, plain_model: bytes):
     info = inspect_model(plain_model, detail=True)
     names = {t["index"]: t["name"] for t in info["tensors"] if t["subgraph"] == 0}
     ops = [op for op in info["operators"] if op["subgraph"] == 0]
-    renamed, position = [], 0
-    for name, op, scale, zero_point in pairs:
-        for index in range(position, len(ops)):
-            if ops[index]["op"] == op:
-                name = names[ops[index]["outputs"][0]]
-                position = index + 1
-                break
-        renamed.append((name, op, scale, zero_point))
-    return renamed
+    found = in_graph_order([op for _, op, _, _ in pairs], ops)
+    return [
+        (name if index is None else names[ops[index]["outputs"][0]], op, scale, zero_point)
+        for (name, op, scale, zero_point), index in zip(pairs, found, strict=True)
+    ]
 
 
 def _run_debug_model(debug_model: bytes, x: np.ndarray):
