@@ -10,11 +10,11 @@ report:
   operator loses more than its output rounding (weights, accumulation, a lookup table).
 - ``max_abs_error``: the largest absolute error, in the output's units.
 - ``cosine``: mean cosine similarity of the int8 and float outputs, per sample.
-- ``sqnr_db``: signal-to-quantization-noise ratio (noise power over the channel's variance),
-  taken per output channel (last axis); the median over the channels that vary, so a few
-  near-constant channels do not decide it. A layer whose output has one huge channel (an outlier)
-  next to small ones keeps a good whole-tensor cosine and rmse/scale, yet its small channels are
-  crushed to a few int8 steps; the per-channel SQNR is what shows it. Layers are ranked on it.
+- ``sqnr_db``: signal-to-quantization-noise ratio, per output channel (the median over the
+  channels that vary), as :class:`tfedge.core.error_stats.ErrorStats` defines it for every
+  tfedge report. A layer whose output has one huge channel (an outlier) next to small ones keeps
+  a good whole-tensor cosine and rmse/scale, yet its small channels are crushed to a few int8
+  steps; the per-channel SQNR is what shows it. Layers are ranked on it.
 
 Example:
     >>> from tfedge.converters.layer_errors import layer_errors
@@ -27,7 +27,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from tfedge.core.errors import ConversionError, TfedgeError
+from tfedge.converters.modes import mode_of
+from tfedge.converters.tensor_names import LayerMatcher, in_graph_order
+from tfedge.core.error_stats import ErrorStats
+from tfedge.core.errors import ConversionError, TfedgeError, first_line
 
 __all__ = ["layer_errors", "DEFAULT_SAMPLES"]
 
@@ -54,7 +57,6 @@ def layer_errors(model, calib, *, calib_samples: int = DEFAULT_SAMPLES) -> list[
     Example:
         >>> worst = min(layer_errors(model, calib=x_train), key=lambda r: r["sqnr_db"])  # doctest: +SKIP
     """
-    from tfedge.converters.tensor_names import LayerMatcher
     from tfedge.converters.tflite import input_shape_of
     from tfedge.core.backend import tf
     from tfedge.core.console import progress, quiet
@@ -75,8 +77,7 @@ def layer_errors(model, calib, *, calib_samples: int = DEFAULT_SAMPLES) -> list[
 
     concrete = forward.get_concrete_function(spec)
     converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete])
-    converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    mode_of("int8").configure(converter, "float32")  # float I/O: the debugger feeds floats
 
     def samples():
         for x in progress(data.x, desc="calibrating", unit="sample"):
@@ -97,7 +98,7 @@ def layer_errors(model, calib, *, calib_samples: int = DEFAULT_SAMPLES) -> list[
             failure = exc
     if failure is not None:
         raise ConversionError(
-            f"the int8 conversion for per-layer analysis failed: {str(failure).splitlines()[0][:300]}",
+            f"the int8 conversion for per-layer analysis failed: {first_line(failure)}",
             "check that `tfedge convert MODEL --calib DATA` works; --debug shows the converter log",
         ) from failure
     pairs, values = _run_debug_model(debug_model, data.x)
@@ -112,7 +113,7 @@ def layer_errors(model, calib, *, calib_samples: int = DEFAULT_SAMPLES) -> list[
                 "op": op,
                 "scale": scale,
                 "zero_point": zero_point,
-                **errors.metrics(scale),
+                **_metrics(errors, scale),
             }
         )
     return result
@@ -126,15 +127,11 @@ def _original_names(pairs, plain_model: bytes):
     info = inspect_model(plain_model, detail=True)
     names = {t["index"]: t["name"] for t in info["tensors"] if t["subgraph"] == 0}
     ops = [op for op in info["operators"] if op["subgraph"] == 0]
-    renamed, position = [], 0
-    for name, op, scale, zero_point in pairs:
-        for index in range(position, len(ops)):
-            if ops[index]["op"] == op:
-                name = names[ops[index]["outputs"][0]]
-                position = index + 1
-                break
-        renamed.append((name, op, scale, zero_point))
-    return renamed
+    found = in_graph_order([op for _, op, _, _ in pairs], ops)
+    return [
+        (name if index is None else names[ops[index]["outputs"][0]], op, scale, zero_point)
+        for (name, op, scale, zero_point), index in zip(pairs, found, strict=True)
+    ]
 
 
 def _run_debug_model(debug_model: bytes, x: np.ndarray):
@@ -175,7 +172,7 @@ def _run_debug_model(debug_model: bytes, x: np.ndarray):
         interpreter = Interpreter(model_content=debug_model, experimental_preserve_all_tensors=True)
         interpreter.allocate_tensors()
     (detail,) = interpreter.get_input_details()
-    kept = [_Errors() for _ in indexes]
+    kept = [ErrorStats() for _ in indexes]
     for sample in progress(x, desc="int8 vs float, per layer", unit="sample"):
         feed = sample[np.newaxis].astype(np.float32)
         if detail["dtype"] != np.float32:
@@ -193,52 +190,11 @@ def _run_debug_model(debug_model: bytes, x: np.ndarray):
     return pairs, kept
 
 
-class _Errors:
-    """Running sums for one operator output's error metrics (no per-sample arrays are kept)."""
-
-    def __init__(self):
-        self.count = 0
-        self.squared = 0.0
-        self.worst = 0.0
-        self.cosines = []
-        self.rows = 0
-        self.channel_sum = self.channel_squares = self.channel_errors = None
-
-    def add(self, floats: np.ndarray, dequantized: np.ndarray) -> None:
-        """One sample: the float twin's output and the dequantized int8 output."""
-        error = dequantized - floats
-        self.count += error.size
-        self.squared += float((error**2).sum())
-        if error.size:
-            self.worst = max(self.worst, float(np.abs(error).max()))
-        norm = float(np.linalg.norm(floats) * np.linalg.norm(dequantized))
-        self.cosines.append(1.0 if norm == 0 else float((floats * dequantized).sum()) / norm)
-        channels = floats.shape[-1] if floats.ndim > 1 else 1
-        per_f, per_e = floats.reshape(-1, channels), error.reshape(-1, channels)
-        if self.channel_sum is None:
-            self.channel_sum = np.zeros(channels)
-            self.channel_squares = np.zeros(channels)
-            self.channel_errors = np.zeros(channels)
-        self.rows += len(per_f)
-        self.channel_sum += per_f.sum(axis=0)
-        self.channel_squares += (per_f**2).sum(axis=0)
-        self.channel_errors += (per_e**2).sum(axis=0)
-
-    def metrics(self, scale: float) -> dict:
-        """``rmse_over_scale``, ``max_abs_error``, ``cosine`` and per-channel ``sqnr_db``."""
-        rmse = float(np.sqrt(self.squared / max(self.count, 1)))
-        mean = self.channel_sum / max(self.rows, 1)
-        variance = np.maximum(self.channel_squares / max(self.rows, 1) - mean**2, 0.0)
-        noise = self.channel_errors / max(self.rows, 1)
-        live = variance > 1e-12 * max(float(variance.max()), 1e-30)
-        if live.any():
-            ratio = float(np.median(noise[live] / variance[live]))
-        else:
-            ratio = float(noise.sum()) / max(float(self.channel_squares.sum()) / self.rows, 1e-30)
-        sqnr = 10.0 * np.log10(1.0 / max(ratio, 1e-30))
-        return {
-            "rmse_over_scale": round(rmse / scale, 6) if scale else None,
-            "max_abs_error": round(self.worst, 6),
-            "cosine": round(float(np.mean(self.cosines)), 6),
-            "sqnr_db": round(float(min(sqnr, 300.0)), 3),
-        }
+def _metrics(errors: ErrorStats, scale: float) -> dict:
+    """``rmse_over_scale``, ``max_abs_error``, ``cosine`` and per-channel ``sqnr_db``."""
+    return {
+        "rmse_over_scale": round(errors.rmse / scale, 6) if scale else None,
+        "max_abs_error": round(errors.max_abs, 6),
+        "cosine": round(errors.cosine, 6),
+        "sqnr_db": round(errors.sqnr_db(), 3),
+    }

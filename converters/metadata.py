@@ -21,7 +21,6 @@ Example:
 from __future__ import annotations
 
 import io
-import os
 import zipfile
 from collections.abc import Sequence
 
@@ -31,7 +30,8 @@ from ai_edge_litert import schema_py_generated as _tfl
 
 import tfedge.converters.metadata_schema_py_generated as _md
 from tfedge.converters.flatbuffer import pack_model
-from tfedge.core.errors import ConversionError, InputFileError, missing_file
+from tfedge.converters.labels import check_labels, read_labels_file
+from tfedge.core.errors import ConversionError, InputFileError
 
 __all__ = [
     "METADATA_NAME",
@@ -63,53 +63,6 @@ _INT_RANGES = {
     _tfl.TensorType.INT16: (-32768.0, 32767.0),
 }
 _TYPE_NAMES = {v: k for k, v in vars(_tfl.TensorType).items() if not k.startswith("_")}
-
-
-def read_labels_file(path: str | os.PathLike) -> list[str]:
-    """Read a label file: one label per line, in class-id order.
-
-    Trailing whitespace (``\\r`` included) is stripped from each line and blank lines are dropped.
-
-    Args:
-        path: a UTF-8 text file.
-
-    Returns:
-        The labels, in file order.
-
-    Raises:
-        InputFileError: the file is missing, unreadable, not UTF-8 text, or holds no label.
-
-    Example:
-        >>> from tfedge.converters.metadata import read_labels_file
-        >>> read_labels_file("labels.txt")  # doctest: +SKIP
-        ['cat', 'dog']
-    """
-    hint = "Give a UTF-8 text file with one class label per line, in class-id order."
-    try:
-        with open(path, "rb") as f:
-            raw = f.read()
-    except FileNotFoundError:
-        raise missing_file("label file", path, hint) from None
-    except IsADirectoryError:
-        raise InputFileError(
-            f"label file {str(path)!r} is a directory, not a file.", hint
-        ) from None
-    except OSError as e:
-        raise InputFileError(f"cannot read label file {str(path)!r}: {e.strerror}.", hint) from None
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise InputFileError(
-            f"label file {str(path)!r} is not UTF-8 text (byte {e.start}: {raw[e.start : e.start + 1]!r}).",
-            hint,
-        ) from None
-    labels = [line.rstrip() for line in text.splitlines()]
-    labels = [label for label in labels if label]
-    if not labels:
-        raise InputFileError(
-            f"label file {str(path)!r} holds no label ({len(raw)} bytes, no non-blank line).", hint
-        )
-    return labels
 
 
 def add_metadata(
@@ -168,7 +121,7 @@ def add_metadata(
         ...                          input_mean=127.5, input_std=127.5)
         >>> open("pets.tflite", "wb").write(model)  # doctest: +SKIP
     """
-    labels = _check_labels(labels)
+    labels = check_labels(labels)
     if input_kind not in _INPUT_KINDS:
         raise ValueError(f"input_kind must be one of {_INPUT_KINDS}, got {input_kind!r}.")
     model = _unpack_model(model_bytes)
@@ -376,22 +329,6 @@ def _unpack_model(model_bytes) -> _tfl.ModelT:
             "Convert the model without buffer offsets (under 2 GB) to add metadata.",
         )
     return model
-
-
-def _check_labels(labels) -> list[str]:
-    if isinstance(labels, (str, bytes)):
-        raise TypeError("labels must be a list of strings, not a single string.")
-    labels = list(labels)
-    if not labels:
-        raise ValueError("labels is empty: give one label per output class.")
-    for i, label in enumerate(labels):
-        if not isinstance(label, str):
-            raise TypeError(f"label {i} is {type(label).__name__}, expected str.")
-        if not label.strip() or "\n" in label or "\r" in label:
-            raise ValueError(
-                f"label {i} ({label!r}) must be a non-blank single line: labels.txt holds one per line."
-            )
-    return labels
 
 
 def _per_channel(name: str, value, channels: int | None) -> list[float]:

@@ -36,7 +36,7 @@ from ai_edge_litert import schema_py_generated as schema
 from tfedge.converters.flatbuffer import opcode_names, rewrite, unpack_model
 from tfedge.converters.float_islands import integerize_islands
 from tfedge.converters.tensor_names import LayerMatcher
-from tfedge.core.errors import ConversionError
+from tfedge.core.errors import ConversionError, first_line
 
 __all__ = [
     "WEIGHT_TYPES",
@@ -432,7 +432,7 @@ def quantize_mixed(
             failure = exc
     if failure is not None:
         raise ConversionError(
-            f"ai-edge-quantizer failed: {str(failure).strip().splitlines()[0][:300]}",
+            f"ai-edge-quantizer failed: {first_line(failure)}",
             "run with --debug to see its log" + (f"\n{log.text[-400:]}" if log.text else ""),
         ) from failure
     blob = rewrite(bytes(result.quantized_model), integerize_islands, _int16_negations, _int8_io)

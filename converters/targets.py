@@ -15,6 +15,7 @@ Example:
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tfedge.converters.modes import MODES
 from tfedge.core.errors import ConversionError
 from tfedge.core.yaml_input import read_yaml
 
@@ -122,9 +123,9 @@ def load_target(target) -> Target:
                 f"target profile {path}: {key} is {str(value)[:60]!r}; expected {wording}",
                 f"fix {key} in {path}",
             )
-    if data.get("mode", "int8") not in _MODES:
+    if data.get("mode", "int8") not in MODES:
         raise ConversionError(
-            f"target profile {path}: mode {data['mode']!r} is not one of {', '.join(_MODES)}",
+            f"target profile {path}: mode {data['mode']!r} is not one of {', '.join(MODES)}",
             f"fix mode in {path}",
         )
     for io in [data.get("io")] + list(data.get("allowed_io") or []):
@@ -148,5 +149,4 @@ _TYPES = {
     "edgetpu": (bool, "true or false"),
     "compile": (bool, "true or false"),
 }
-_MODES = ("int8", "int16x8", "float16", "dynamic", "float32")
 _IO = ("int8", "uint8", "float32", "int16")

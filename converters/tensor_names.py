@@ -38,6 +38,7 @@ __all__ = [
     "LayerMatcher",
     "describe_selection",
     "format_selection",
+    "in_graph_order",
     "output_layers",
     "output_position",
     "quoted",
@@ -64,6 +65,33 @@ def quoted(names: Iterable[str], limit: int = _LIST_LIMIT) -> str:
     if len(shown) > limit:
         return ", ".join(shown[:limit]) + f", ... ({len(shown)} in all)"
     return ", ".join(shown)
+
+
+def in_graph_order(kinds: Sequence[str], ops: Sequence[dict]) -> list[int | None]:
+    """Match operators of two conversions of one model by type, in graph order.
+
+    TensorFlow's QuantizationDebugger converts the model itself and names tensors its own way
+    (``Identity`` becomes ``Identity2``), so its operators are found in another conversion by
+    walking both in graph order: each of ``kinds`` is the next operator of that type in ``ops``.
+
+    Args:
+        kinds: operator types (``"CONV_2D"``), in graph order.
+        ops: :func:`tfedge.core.inspector.inspect_model` ``operators`` records (with ``"op"``).
+
+    Returns:
+        The index in ``ops`` of each of ``kinds``; None where no operator of that type is left.
+
+    Example:
+        >>> in_graph_order(["CONV_2D", "SOFTMAX"], [{"op": "CONV_2D"}, {"op": "RESHAPE"}])
+        [0, None]
+    """
+    found, position = [], 0
+    for kind in kinds:
+        index = next((i for i in range(position, len(ops)) if ops[i]["op"] == kind), None)
+        found.append(index)
+        if index is not None:
+            position = index + 1
+    return found
 
 
 def output_position(tensor_name: str, outputs: int | None = None) -> int | None:

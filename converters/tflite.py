@@ -18,8 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
+from tfedge.converters.modes import INTEGER_MODES, IO_TYPES, MODES, Mode, mode_of
 from tfedge.core.errors import ConversionError, TfedgeError, first_line
 from tfedge.core.files import write_atomically
+from tfedge.core.streams import calibration_samples, stream_data
 
 __all__ = [
     "MODES",
@@ -31,10 +33,7 @@ __all__ = [
     "input_shape_of",
 ]
 
-MODES = ("int8", "int16x8", "float16", "dynamic", "float32")
-IO_TYPES = ("int8", "uint8", "float32")
 DEFAULT_CALIB_SAMPLES = 300
-INTEGER_MODES = ("int8", "int16x8")
 
 
 @dataclass
@@ -107,7 +106,9 @@ def convert(
             ``float16`` (float16 weights), ``dynamic`` (int8 weights, float activations) or
             ``float32``.
         calib: calibration data for the integer modes, in any form :func:`tfedge.core.streams.stream_data`
-            accepts.
+            accepts. A set read already (the :class:`~tfedge.core.data.Dataset` or
+            :class:`~tfedge.core.streams.DataStream` that ``stream_data`` returns) is used as
+            it is, so a caller that converts many times reads its data once.
         io: input/output type: ``int8`` (default for int8), ``uint8`` or ``float32``.
         calib_samples: how many calibration samples to use (a seeded random choice).
         keep_float: layer names to leave in float (the model is then not fully integer).
@@ -277,34 +278,9 @@ def _convert(
 
         profile = load_target(target)
         mode, io = profile.resolve(mode, io)
-    if mode not in MODES:
-        raise ConversionError(
-            f"unknown mode {mode!r}; expected one of {', '.join(MODES)}",
-            "int8 is fully integer (the default); dynamic and float16 keep float activations",
-        )
-    if io is not None and io not in IO_TYPES:
-        raise ConversionError(
-            f"unknown input/output type {io!r}; expected one of {', '.join(IO_TYPES)}", option="io"
-        )
-    if mode == "int8":
-        io = io or "int8"
-    elif mode == "int16x8":
-        if io not in (None, "float32"):
-            raise ConversionError(
-                f"input/output type {io} does not fit mode int16x8, whose input and output are "
-                "int16 or float32",
-                "leave the input/output type out (float32 I/O) or use mode int8",
-                option="io",
-            )
-        io = "float32"
-    elif io not in (None, "float32"):
-        raise ConversionError(
-            f"input/output type {io} needs an integer model, but mode {mode} keeps float "
-            "activations",
-            "use mode int8 for int8/uint8 I/O",
-            option="io",
-        )
-    if mode in INTEGER_MODES and calib is None:
+    spec = mode_of(mode)
+    io = spec.resolve_io(io)
+    if spec.calibration and calib is None:
         raise ConversionError(
             f"mode {mode} needs calibration data to choose activation ranges",
             "give a few hundred representative inputs (.npz or an image folder) as the "
@@ -317,23 +293,23 @@ def _convert(
 
     keras_model = _resolve(model)
     specs = _input_specs(keras_model, input_shape)
-    if mode in INTEGER_MODES:
+    if spec.calibration:
         keras_model = _unrolled(keras_model)
     concrete = _concrete_function(keras_model, specs)
-    if mode in INTEGER_MODES:
+    if spec.calibration:
         _refuse_loops(concrete, mode)
 
     # No trackable object: with a Keras 3 model it leaves READ_VARIABLE ops behind; without it the
     # converter freezes the variables the function captured (``keras_model`` keeps them alive).
     converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete])
-    if mode != "float32":
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    if mode == "float16":
-        converter.target_spec.supported_types = [tf.float16]
+    spec.configure(converter, io, keep_float)
     representative = None
-    if mode in INTEGER_MODES:
-        from tfedge.core.streams import calibration_samples
-
+    guess_normalization = labels is not None and mean is None and std is None
+    if calib is not None and (spec.calibration or guess_normalization):
+        # Read once (a path is parsed here; a set read already passes through) for the
+        # calibration and the normalization guess alike.
+        calib = stream_data(calib, input_shape=tuple(specs[0].shape[1:]), name="calibration data")
+    if spec.calibration:
         data = calibration_samples(calib, calib_samples, input_shape=tuple(specs[0].shape[1:]))
         if len(specs) != 1:
             raise ConversionError(
@@ -346,20 +322,6 @@ def _convert(
                 yield [sample[np.newaxis].astype(np.float32)]
 
         converter.representative_dataset = representative
-    if mode == "int8":
-        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        if keep_float:
-            converter.target_spec.supported_ops = [
-                tf.lite.OpsSet.TFLITE_BUILTINS_INT8,
-                tf.lite.OpsSet.TFLITE_BUILTINS,
-            ]
-        io_type = {"int8": tf.int8, "uint8": tf.uint8, "float32": tf.float32}[io]
-        converter.inference_input_type = io_type
-        converter.inference_output_type = io_type
-    elif mode == "int16x8":
-        converter.target_spec.supported_ops = [
-            tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8
-        ]
 
     failure = None
     selected = []
@@ -385,32 +347,29 @@ def _convert(
     from tfedge.converters.tensor_names import shorten_names
 
     passes = [shorten_names]
-    if mode in INTEGER_MODES and not keep_float:
+    if spec.calibration and not keep_float:
         passes.insert(0, integerize_islands)
     blob = rewrite(blob, *passes)
     if labels is not None:
         from tfedge.converters.metadata import add_metadata, read_labels_file
 
         names = read_labels_file(labels) if not isinstance(labels, (list, tuple)) else list(labels)
-        if mean is None and std is None and calib is not None:
-            mean, std = _normalization_from(calib, specs)
+        if guess_normalization and calib is not None:
+            mean, std = _normalization_from(calib)
         blob = add_metadata(
             blob, names, name=getattr(keras_model, "name", None), input_mean=mean, input_std=std
         )
     from tfedge.core.inspector import inspect_model
 
     info = inspect_model(blob)
-    _check(info, mode, io, keep_float)
+    _check(info, spec, io, keep_float)
     if profile is not None:
         profile.check(blob, info)
     return Conversion(blob=blob, mode=mode, info=info, target=profile, selected=selected)
 
 
-def _normalization_from(calib, specs):
+def _normalization_from(data):
     """Guess how raw 0-255 pixels map to the model's input from the calibration data's range."""
-    from tfedge.core.streams import stream_data
-
-    data = stream_data(calib, input_shape=tuple(specs[0].shape[1:]), name="calibration data")
     low, high = np.inf, -np.inf
     for x, _ in data.batches():  # the whole set's range, one batch at a time
         low, high = min(low, float(x.min())), max(high, float(x.max()))
@@ -650,9 +609,9 @@ def _conversion_error(exc, log: str, mode: str) -> ConversionError:
     )
 
 
-def _check(info: dict, mode: str, io: str, keep_float) -> None:
-    """Fail when an int8 conversion left float operators or dynamic shapes behind."""
-    if mode != "int8" or keep_float:
+def _check(info: dict, spec: Mode, io: str, keep_float) -> None:
+    """Fail when a fully integer conversion left float operators or dynamic shapes behind."""
+    if not spec.fully_integer or keep_float:
         return
     if not info["static_shapes"]:
         raise ConversionError(

@@ -16,7 +16,7 @@ Example:
 """
 
 from tfedge.core.backend import keras3, tf
-from tfedge.core.errors import OptimizationError
+from tfedge.core.errors import OptimizationError, first_line
 
 __all__ = [
     "kernel_bound",
@@ -314,7 +314,7 @@ def quantize_layers(model, skip=()):
     except Exception as exc:  # Keras says why it cannot clone (a subclassed model, ...)
         raise OptimizationError(
             f"Keras 3 cannot clone {model.name!r} ({type(model).__name__}) to add fake "
-            f"quantization: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}",
+            f"quantization: {first_line(exc)}",
             "build the model as a functional or Sequential model of standard layers",
         ) from exc
     copy_weights(model, quantized)

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from tfedge.core.backend import keras, keras2_safe_mode, tf
-from tfedge.core.errors import OptimizationError
+from tfedge.core.errors import OptimizationError, first_line
 from tfedge.core.keras_internals import (
     inbound_nodes,
     is_graph_network,
@@ -189,8 +189,7 @@ def rebuild(model, config: dict, weights: dict, name: str | None = None) -> kera
             new = keras.Model.from_config(config)
     except (ValueError, TypeError) as exc:
         raise OptimizationError(
-            f"cannot rebuild model {model.name!r} from its config: "
-            f"{str(exc).strip().splitlines()[0][:300]}",
+            f"cannot rebuild model {model.name!r} from its config: {first_line(exc)}",
             "custom layers must be registered (keras.utils.register_keras_serializable) and "
             "implement get_config so that the model can be rebuilt",
         ) from exc
@@ -208,7 +207,7 @@ def rebuild(model, config: dict, weights: dict, name: str | None = None) -> kera
         except ValueError as exc:
             raise OptimizationError(
                 f"cannot carry the weights of layer {layer.name!r} ({type(layer).__name__}) over "
-                f"to the rebuilt model: {str(exc).splitlines()[0][:300]}",
+                f"to the rebuilt model: {first_line(exc)}",
                 "this is a bug in the graph rewriting; please report it with the model summary",
             ) from exc
     return new

@@ -22,7 +22,7 @@ import inspect
 import numpy as np
 
 from tfedge.core.backend import is_keras2_model, is_keras3_model, keras, keras3
-from tfedge.core.errors import OptimizationError
+from tfedge.core.errors import OptimizationError, first_line
 from tfedge.core.keras_internals import (
     has_node_graph,
     keras_history,
@@ -227,7 +227,7 @@ def _convert_layer(layer):
         return cls.from_config(config)
     except Exception as exc:
         raise OptimizationError(
-            f"{where} cannot be recreated in tf_keras: {str(exc).splitlines()[0][:300]}",
+            f"{where} cannot be recreated in tf_keras: {first_line(exc)}",
             LAYER_HINT,
         ) from exc
 

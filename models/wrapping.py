@@ -37,7 +37,7 @@ import numpy as np
 import tfedge.models.fake_quant as fake_quant  # noqa: F401 (registers the Keras 3 QAT layers by name)
 import tfedge.models.layers as layer_choice
 from tfedge.core.backend import is_keras3_model, keras, keras3, tfmot
-from tfedge.core.errors import OptimizationError
+from tfedge.core.errors import OptimizationError, first_line
 from tfedge.core.keras_internals import rename_layer
 from tfedge.models.projection import Kernel, Projection, projection_callback, size_tfmot_schedule
 
@@ -235,8 +235,7 @@ def _wrap_keras3(model, skip, qat, options):
             work = keras3.models.clone_model(model)
         except Exception as exc:
             raise OptimizationError(
-                f"Keras 3 cannot copy {model.name!r} ({type(model).__name__}): "
-                f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}",
+                f"Keras 3 cannot copy {model.name!r} ({type(model).__name__}): {first_line(exc)}",
                 "wrap a functional or Sequential model of standard (or registered) layers",
             ) from exc
         copy_weights(model, work)
@@ -358,7 +357,7 @@ def _tfmot_prune(work, skip, options):
             wrapped = keras.models.clone_model(work, clone_function=wrap_layer)
     except ValueError as exc:
         raise OptimizationError(
-            f"tfmot cannot prune {work.name!r}: {str(exc).splitlines()[0]}",
+            f"tfmot cannot prune {work.name!r}: {first_line(exc)}",
             "skip the layer it names (skip=[..., 'NAME'])",
         ) from exc
     return wrapped, names, schedule
@@ -385,7 +384,7 @@ def _tfmot_cluster(work, skip, clusters):
             wrapped = keras.models.clone_model(work, clone_function=wrap_layer)
     except (ValueError, TypeError) as exc:
         raise OptimizationError(
-            f"tfmot cannot cluster {work.name!r}: {str(exc).splitlines()[0]}",
+            f"tfmot cannot cluster {work.name!r}: {first_line(exc)}",
             "skip the layer it names (skip=[..., 'NAME'])",
         ) from exc
     if not names:

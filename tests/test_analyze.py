@@ -10,6 +10,7 @@ import dataclasses
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -65,15 +66,35 @@ def sensitive(small_digits, tmp_path_factory):
     }
 
 
+# The .npz files ``fixed``'s run read from disk, one name per read (tfedge.core.data._load_npz).
+READS = []
+
+
 @pytest.fixture(scope="module")
 def fixed(sensitive):
     """``tfedge analyze --fix`` run once through the command line: its JSON report."""
+    import tfedge.core.data as data_module
+
     folder = sensitive["folder"]
     argv = ["analyze", str(sensitive["model"]), "--calib", str(sensitive["train"])]
     argv += ["--data", str(sensitive["test"]), "--fix", "-o", str(folder / "fixed.tflite")]
     argv += ["--json", str(folder / "analysis.json"), "--explorer", str(folder / "me.json")]
-    assert main(argv) == 0
+    read = data_module._load_npz
+
+    def counted(path, name):
+        READS.append(Path(path).name)
+        return read(path, name)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(data_module, "_load_npz", counted)
+        assert main(argv) == 0
     return json.loads((folder / "analysis.json").read_text())
+
+
+def test_the_calibration_data_is_read_once_for_every_conversion(fixed):
+    conversions = [f for f in fixed["fixes"] if "error" not in f]
+    assert len(conversions) >= 4  # int8, int16 and keep_float candidates, int16x8, each calibrated
+    assert READS.count("train.npz") == 1
 
 
 def _fix(report, prefix):

@@ -134,3 +134,22 @@ def test_an_error_message_is_always_one_line_of_readable_length(capsys):
     err = capsys.readouterr().err.splitlines()
     assert err[0].startswith("Error: while parsing in line 1 xxx") and err[0].endswith(" ...")
     assert len(err[0]) < 1100 and err[1] == "Hint: a hint"
+
+
+def test_every_file_a_data_set_writes_goes_through_the_one_writer(tmp_path):
+    import numpy as np
+
+    from tfedge.core.data import Dataset, load_data
+    from tfedge.core.streams import write_npz
+
+    mask = os.umask(0)
+    os.umask(mask)
+    x, y = np.ones((3, 2), np.float32), np.arange(3)
+    saved = Dataset(x, y).save(tmp_path / "saved.npz")
+    streamed = write_npz(tmp_path / "streamed.npz", [(x, y)], 3, (2,))
+    for path in (saved, streamed):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~mask
+        assert (load_data(str(path)).y == y).all()
+    with pytest.raises(Exception, match="expected 4"):
+        write_npz(tmp_path / "short.npz", [(x, y)], 4, (2,))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["saved.npz", "streamed.npz"]

@@ -208,7 +208,8 @@ def test_compare_stateful_float32_with_int8(stateful, capsys, tmp_path):
     assert status == 0, err
     result = json.loads(out_json.read_text())
     (output,) = result["outputs"]
-    assert output["sqnr_db"] > 25 and output["top1_agreement"] >= 0.95
+    # per-channel SQNR (each output's variance over the samples is the signal, not its power)
+    assert output["sqnr_db"] > 20 and output["top1_agreement"] >= 0.95
     assert result["notes"] and "models A (last) and B (last)" in result["notes"][0]
 
 

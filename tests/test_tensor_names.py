@@ -7,7 +7,12 @@ import numpy as np
 import pytest
 
 from tfedge.converters.flatbuffer import pack_model, unpack_model
-from tfedge.converters.tensor_names import LayerMatcher, quoted, shorten_tensor_names
+from tfedge.converters.tensor_names import (
+    LayerMatcher,
+    in_graph_order,
+    quoted,
+    shorten_tensor_names,
+)
 
 
 def _with_names(blob: bytes, rename) -> bytes:
@@ -108,3 +113,10 @@ def test_quoted_names_are_cut_and_counted():
     text = quoted(["a" * 500, *[f"l{i}" for i in range(20)]], limit=3)
     assert text.startswith("'" + "a" * 57 + "...'") and text.endswith("(21 in all)")
     assert len(text) < 120
+
+
+def test_operators_of_two_conversions_are_matched_by_type_in_graph_order():
+    ops = [{"op": k} for k in ("CONV_2D", "RESHAPE", "FULLY_CONNECTED", "FULLY_CONNECTED")]
+    kinds = ["CONV_2D", "FULLY_CONNECTED", "SOFTMAX", "FULLY_CONNECTED", "CONV_2D"]
+    # SOFTMAX is in no conversion's ops: skipped, the walk goes on after the last match
+    assert in_graph_order(kinds, ops) == [0, 2, None, 3, None]

@@ -111,7 +111,8 @@ def analyze(
     shape = input_shape_of(keras_model)
     # The checks every command shares (tfedge.core.data): shapes, NaN or infinite inputs, labels the
     # model cannot predict; each names the data and its first bad sample, before any conversion.
-    stream_data(calib, input_shape=shape, name="calibration data")
+    # The set is read here once; every conversion below takes it as read.
+    calib = stream_data(calib, input_shape=shape, name="calibration data")
     evaluation = None
     if data is not None:
         evaluation = stream_data(
@@ -155,20 +156,16 @@ def explorer_node_data(rows: Sequence[dict], int8_model) -> dict:
         >>> data["results"]["sequential/dense/MatMul_1"]  # doctest: +SKIP
         {'value': -3.1}
     """
+    from tfedge.converters.tensor_names import in_graph_order
     from tfedge.core.inspector import inspect_model
 
     operators = inspect_model(int8_model, detail=True)
     names = {(t["subgraph"], t["index"]): t["name"] for t in operators["tensors"]}
     ops = [op for op in operators["operators"] if op["subgraph"] == 0]
     results = {}
-    position = 0
-    for row in rows:
-        for index in range(position, len(ops)):
-            if ops[index]["op"] == row["op"]:
-                for tensor in ops[index]["outputs"]:
-                    results[names[(0, tensor)]] = {"value": row["sqnr_db"]}
-                position = index + 1
-                break
+    for row, index in zip(rows, in_graph_order([row["op"] for row in rows], ops), strict=True):
+        for tensor in ops[index]["outputs"] if index is not None else ():
+            results[names[(0, tensor)]] = {"value": row["sqnr_db"]}
     return {"name": "int8 SQNR (dB)", "results": results, "thresholds": _THRESHOLDS}
 
 

@@ -24,7 +24,8 @@ import numpy as np
 
 from tfedge.commands.bench import check_tflite
 from tfedge.commands.compared_model import ComparedModel, numeric, quant_step, type_name
-from tfedge.commands.tensor_diff import DiffStats, matched_tensors, round_sig
+from tfedge.commands.tensor_diff import differences, matched_tensors, round_sig
+from tfedge.core.error_stats import ErrorStats
 from tfedge.core.errors import DataError, InputFileError, shape_text
 from tfedge.core.files import write_atomically
 from tfedge.core.tflite_file import custom_ops, read_model, state_names
@@ -92,7 +93,9 @@ def compare(
         ``{"a", "b", "inputs", "samples", "outputs": [{"name", "shape", "max_abs_diff",
         "mean_abs_diff", "sqnr_db", "cosine", "top1_agreement"}], "accuracy": {"a", "b"} or None,
         "same_model", "tensors": [{"op_index", "op", "name", "step", ...}], "first_divergence",
-        "layers_skipped", "notes"}``. ``sqnr_db`` is None where the values are identical;
+        "layers_skipped", "notes"}``. ``sqnr_db`` is taken per channel, as
+        :class:`~tfedge.core.error_stats.ErrorStats` defines it for every tfedge report (A is
+        the signal; 300, the cap, where the values are identical, which ``identical`` says);
         ``layers_skipped`` says why no intermediate tensor was compared (custom operators only
         LiteRT's default delegate runs), else None; ``notes`` are lines for the reader, e.g. that
         a stateful model (resource variables) starts every sample from its initial state.
@@ -175,7 +178,7 @@ def _compare(path_a: Path, path_b: Path, data, samples, layers: bool) -> dict:
                 "pass data labelled for these models",
                 option="data",
             )
-    stats = [DiffStats() for _ in a.outputs]
+    stats = [ErrorStats() for _ in a.outputs]
     firsts = {"a": [], "b": []}
     for sample in progress(x, desc="comparing outputs", unit="sample"):
         a.feed(sample)
@@ -189,7 +192,11 @@ def _compare(path_a: Path, path_b: Path, data, samples, layers: bool) -> dict:
     top_a, top_b = _top1(np.stack(firsts["a"])), _top1(np.stack(firsts["b"]))
     outputs = []
     for number, (out_a, stat) in enumerate(zip(a.outputs, stats, strict=True)):
-        entry = {"name": out_a["name"], "shape": [int(d) for d in out_a["shape"]], **stat.as_dict()}
+        entry = {
+            "name": out_a["name"],
+            "shape": [int(d) for d in out_a["shape"]],
+            **differences(stat),
+        }
         entry["top1_agreement"] = round(float((top_a == top_b).mean()), 6) if number == 0 else None
         outputs.append(entry)
     result = {
@@ -240,7 +247,7 @@ def _compare_layers(path_a: Path, path_b: Path, x: np.ndarray, traits: dict) -> 
         return {"same_model": False, "tensors": [], "first_divergence": None}
     from tfedge.core.console import progress
 
-    stats = [DiffStats() for _ in matched]
+    stats = [ErrorStats() for _ in matched]
     for sample in progress(x, desc="comparing every tensor", unit="sample"):
         a.feed(sample)
         b.feed(sample)
@@ -255,11 +262,11 @@ def _compare_layers(path_a: Path, path_b: Path, x: np.ndarray, traits: dict) -> 
             "op": match["op"],
             "name": match["a"]["name"],
             "step": round_sig(step) if step else None,
-            **stat.as_dict(),
+            **differences(stat),
         }
         # Beyond rounding: more than one quantization step of the coarser tensor apart (float
         # tensors: more than a float32 rounding of the largest value).
-        tolerance = step if step else 1e-5 * max(math.sqrt(stat.signal / max(stat.count, 1)), 1e-6)
+        tolerance = step if step else 1e-5 * max(math.sqrt(stat.power / max(stat.count, 1)), 1e-6)
         entry["diverged"] = stat.max_abs > tolerance * (1 + 1e-6)
         if entry["diverged"] and first is None:
             first = entry

@@ -2,57 +2,43 @@
 the running statistics of how far apart they are (max and mean absolute difference, RMSE, SQNR,
 cosine).
 
+The statistics are :class:`~tfedge.core.error_stats.ErrorStats`, the one definition every
+tfedge report uses (SQNR per channel, capped at 300 dB for identical values).
+
 Example:
     >>> import numpy as np
-    >>> stats = DiffStats()
+    >>> stats = ErrorStats()
     >>> stats.add(np.array([1.0, 2.0]), np.array([1.0, 2.5]))
-    >>> stats.as_dict()["max_abs_diff"], stats.as_dict()["identical"]
-    (0.5, False)
+    >>> differences(stats)["identical"]
+    False
 """
-
-import math
 
 import numpy as np
 
 from tfedge.commands.compared_model import ComparedModel, numeric
+from tfedge.core.error_stats import ErrorStats
 
-__all__ = ["DiffStats", "round_sig", "sqnr", "matched_tensors"]
+__all__ = ["differences", "round_sig", "matched_tensors"]
 
 
-class DiffStats:
-    """Running difference statistics of a tensor in B against the same tensor in A."""
+def differences(stat: ErrorStats) -> dict:
+    """A tensor's record: B's values against A's (the signal), as :class:`ErrorStats` defines them.
 
-    def __init__(self):
-        self.max_abs = 0.0
-        self.sum_abs = 0.0
-        self.signal = 0.0
-        self.noise = 0.0
-        self.dot = 0.0
-        self.norm_b = 0.0
-        self.count = 0
-
-    def add(self, a: np.ndarray, b: np.ndarray) -> None:
-        diff = np.abs(a - b)
-        if diff.size:
-            self.max_abs = max(self.max_abs, float(diff.max()))
-        self.sum_abs += float(diff.sum())
-        self.signal += float(np.square(a).sum())
-        self.noise += float(np.square(a - b).sum())
-        self.dot += float((a * b).sum())
-        self.norm_b += float(np.square(b).sum())
-        self.count += diff.size
-
-    def as_dict(self) -> dict:
-        return {
-            "max_abs_diff": round_sig(self.max_abs),
-            "mean_abs_diff": round_sig(self.sum_abs / self.count) if self.count else None,
-            "rmse": round_sig(math.sqrt(self.noise / self.count)) if self.count else None,
-            "sqnr_db": sqnr(self.signal, self.noise),
-            "identical": self.noise == 0,
-            "cosine": round_sig(self.dot / math.sqrt(self.signal * self.norm_b))
-            if self.signal and self.norm_b
-            else None,
-        }
+    Example:
+        >>> stats = ErrorStats()
+        >>> stats.add(np.array([1.0, 2.0]), np.array([1.0, 2.5]))
+        >>> differences(stats)["max_abs_diff"], differences(stats)["identical"]
+        (0.5, False)
+    """
+    sqnr, cosine = stat.sqnr_db(), stat.cosine
+    return {
+        "max_abs_diff": round_sig(stat.max_abs),
+        "mean_abs_diff": round_sig(stat.mean_abs) if stat.count else None,
+        "rmse": round_sig(stat.rmse) if stat.count else None,
+        "sqnr_db": None if sqnr is None else round(sqnr, 2),
+        "identical": stat.identical,
+        "cosine": None if cosine is None else round_sig(cosine),
+    }
 
 
 def round_sig(value: float, digits: int = 6):
@@ -63,18 +49,6 @@ def round_sig(value: float, digits: int = 6):
         (0.123457, 123000000.0)
     """
     return float(f"{value:.{digits}g}")
-
-
-def sqnr(signal: float, noise: float):
-    """10 log10(signal / noise) in dB; None when the values are identical or A's are all zero.
-
-    Example:
-        >>> sqnr(100.0, 1.0), sqnr(1.0, 0.0)
-        (20.0, None)
-    """
-    if noise == 0 or signal == 0:
-        return None
-    return round(10 * math.log10(signal / noise), 2)
 
 
 def matched_tensors(a: ComparedModel, b: ComparedModel) -> list[dict]:

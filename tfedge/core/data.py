@@ -19,6 +19,7 @@ import numpy as np
 
 from tfedge.core.console import quiet
 from tfedge.core.errors import DataError, InputFileError, missing_file, tf_message
+from tfedge.core.files import atomic_file
 
 __all__ = ["Dataset", "load_data", "check_labels", "is_tfrecord", "DATA_HINT"]
 
@@ -136,7 +137,8 @@ class Dataset:
         arrays = {"x": self.x}
         if self.y is not None:
             arrays["y"] = self.y
-        np.savez(path, **arrays)
+        with atomic_file(path) as handle:  # exactly ``path``: savez adds .npz only to a name
+            np.savez(handle, **arrays)
         return path
 
 

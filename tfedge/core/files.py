@@ -17,18 +17,46 @@ Example:
 import glob
 import os
 import tempfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO
 
 from tfedge.core.errors import InputFileError
 
-__all__ = ["refuse_overwrite", "write_atomically", "inputs_of"]
+__all__ = ["refuse_overwrite", "atomic_file", "write_atomically", "inputs_of"]
 
 
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+@contextmanager
+def atomic_file(path) -> Iterator[BinaryIO]:
+    """The one way tfedge writes a file: a binary handle on a temporary file beside ``path``,
+    renamed over ``path`` when the block ends without an error (removed when it raises).
+
+    The file gets the mode a plain ``open()`` would give it (``0o666`` less the umask); its
+    folder is created when missing. For streamed writers (``numpy.savez``, ``zipfile``) that
+    need a handle; :func:`write_atomically` writes bytes or text through it.
+
+    Example:
+        >>> with atomic_file("out/data.npz") as handle:  # doctest: +SKIP
+        ...     numpy.savez(handle, x=x)
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            yield handle
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def write_atomically(path, data: bytes | str) -> Path:
@@ -45,20 +73,11 @@ def write_atomically(path, data: bytes | str) -> Path:
         >>> write_atomically("out/report.json", '{"results": []}')  # doctest: +SKIP
         PosixPath('out/report.json')
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     if isinstance(data, str):
         data = data.encode("utf-8")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    with atomic_file(path) as handle:
+        handle.write(data)
+    return Path(path)
 
 
 def inputs_of(value) -> list[str]:

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from tfedge.core.errors import DataError
+from tfedge.core.files import atomic_file
 from tfedge.core.streams.readers import _ArrayReader, _Reader
 
 
@@ -26,7 +27,10 @@ def write_npz(path, batches, count: int, sample_shape) -> Path:
         "shape": (int(count), *sample_shape),
     }
     written = 0
-    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
+    with (
+        atomic_file(path) as handle,
+        zipfile.ZipFile(handle, "w", zipfile.ZIP_STORED, allowZip64=True) as archive,
+    ):
         with archive.open("x.npy", "w", force_zip64=True) as member:
             np.lib.format.write_array_header_2_0(member, header)
             for x, y in batches:
