@@ -8,7 +8,9 @@ module may import this one without a loop) and says:
 - what it gives the model that later stages keep (``makes``: ``"zeros"``, ``"shared values"``),
   whether it rebuilds the model so that nothing of the earlier stages' is left (``rebuilds``), and
   how it keeps what earlier stages made (``keep_earlier``: the parameters it then gets);
-- its search space and relative cost in fine-tuning runs (``space``, ``subspace``, ``cost``);
+- its search space, how a point of it becomes the stage's parameters, and its relative cost in
+  fine-tuning runs (``space``, ``subspace``, ``from_choice``, ``cost``; :func:`search_space`,
+  :func:`stages_from_choices`, :func:`costs`);
 - the recipe rules that are its own (``choices``: a parameter's valid values, listed in its
   module; ``ranges``: a parameter's numeric range).
 
@@ -44,6 +46,7 @@ __all__ = [
     "registered",
     "search_space",
     "costs",
+    "stages_from_choices",
     "parameters",
     "preserving",
     "run_stage",
@@ -77,6 +80,8 @@ class Stage:
             ``made`` (a set of :attr:`makes` values), or None.
         space: the search's choices for the stage (``"none"`` or ``False`` leaves it out).
         subspace: further search choices that apply only with the stage (``{"criterion": ...}``).
+        from_choice: ``(value, choices) -> params``: the stage's parameters for the search's
+            choice ``value`` (``choices``: the whole point, for its ``subspace``), or None.
         cost: its rough cost in fine-tuning runs (the search orders its seeds by it).
         choices: ``{parameter: (attribute, *extra values)}``: the valid values of a parameter,
             listed under ``attribute`` in the stage's module.
@@ -94,6 +99,7 @@ class Stage:
     keep_earlier: Callable | None = None
     space: tuple = ()
     subspace: dict = field(default_factory=dict)
+    from_choice: Callable | None = None
     cost: float = 1.0
     choices: dict = field(default_factory=dict)
     ranges: dict = field(default_factory=dict)
@@ -197,6 +203,26 @@ def costs() -> dict:
         True
     """
     return {stage.name: stage.cost for stage in _REGISTRY.values()}
+
+
+def stages_from_choices(choices: dict, epochs: int | None = None) -> list[dict]:
+    """One point of :func:`search_space` as a stage list, in order, each keeping the earlier work.
+
+    A stage is left out when its choice is missing, ``"none"`` or false.
+
+    Example:
+        >>> stages_from_choices({"prune": "2:4", "qat": True})
+        [{'name': 'prune', 'sparsity': 0.5, 'structure': '2:4'}, {'name': 'qat', 'preserve': 'sparsity'}]
+    """
+    out = []
+    for stage in _REGISTRY.values():
+        value = choices.get(stage.name, "none")
+        if stage.from_choice is None or value is False or value is None or value == "none":
+            continue
+        out.append({"name": stage.name, **stage.from_choice(value, choices)})
+    if epochs is not None:
+        out = [{**stage, "epochs": int(epochs)} for stage in out]
+    return preserving(out)
 
 
 @cache
@@ -334,6 +360,7 @@ register(
         order=10,
         rebuilds=True,
         space=("none", 0.5, 0.25),  # a fresh student with this fraction of the parameters
+        from_choice=lambda value, _: {"new_student": True, "params": value},
         cost=3.0,
     )
 )
@@ -345,6 +372,7 @@ register(
         order=20,
         rebuilds=True,
         space=("none", 0.95, 0.9),  # low-rank factorization keeping this energy
+        from_choice=lambda value, _: {"energy": value},
         cost=1.5,
         ranges={"ratio": {"low": 0, "high": 1, "low_open": True, "none": True}},
     )
@@ -358,6 +386,10 @@ register(
         rebuilds=True,
         space=("none", 0.25, 0.5, 0.75),  # fraction of conv filters removed
         subspace={"criterion": ("l1", "l2", "taylor")},  # the ranking (only with the stage)
+        from_choice=lambda value, choices: {
+            "ratio": value,
+            "criterion": choices.get("criterion", "l1"),
+        },
         cost=2.0,
         choices={"criterion": ("CRITERIA",)},
         ranges={"ratio": {"low": 0, "high": 1, "low_open": True, "high_open": True}},
@@ -371,6 +403,9 @@ register(
         order=40,
         makes=frozenset({ZEROS}),
         space=("none", 0.5, 0.7, 0.8, 0.9, "2:4"),  # magnitude pruning sparsity, or 2:4
+        from_choice=lambda value, _: (
+            {"sparsity": 0.5, "structure": "2:4"} if value == "2:4" else {"sparsity": value}
+        ),
         cost=2.0,
         choices={"schedule": ("SCHEDULES",)},
     )
@@ -384,6 +419,7 @@ register(
         makes=frozenset({SHARED_VALUES}),
         keep_earlier=_cluster_keeps,
         space=("none", 32, 16, 8),  # shared weight values per layer
+        from_choice=lambda value, _: {"clusters": int(value)},
         cost=1.5,
         choices={"init": ("INITS",)},
     )
@@ -397,6 +433,7 @@ register(
         annotates=True,
         keep_earlier=_qat_keeps,
         space=(False, True),
+        from_choice=lambda value, _: {},
         cost=1.0,
         choices={"preserve": ("PRESERVE", "clusters+sparsity")},
     )

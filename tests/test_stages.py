@@ -20,6 +20,16 @@ def test_the_registry_is_what_recipes_flags_and_the_search_read():
     assert registry.search_space() == {k: list(v) for k, v in search.SPACE.items()}
     assert list(registry.search_space()) == list(search.SPACE)
     assert registry.costs() == search._COST
+    points = [
+        {"prune": 0.8, "cluster": 16, "qat": True},
+        {"distill": 0.25, "factorize": 0.95, "prune_filters": 0.5, "criterion": "taylor"},
+        {"prune": "2:4", "qat": True, "cluster": "none", "distill": "none"},
+        {"prune_filters": 0.75, "qat": False},
+        {},
+    ]
+    for point in points:
+        recipe = search.recipe_from_choices(point, epochs=2)
+        assert registry.stages_from_choices(point, epochs=2) == recipe["stages"], point
     flags = stages_from_flags(qat=True, prune=0.5, distill=True, factorize=0.9, cluster=8)
     assert [stage["name"] for stage in flags] == ["distill", "factorize", "prune", "cluster", "qat"]
 
