@@ -32,7 +32,7 @@ from tfedge.models.graph import (
     stage_data,
 )
 
-__all__ = ["Factorized", "decompose", "factorize", "choose_rank"]
+__all__ = ["Factorized", "decompose", "factorize", "choose_rank", "FINE_TUNE", "DEFAULT_EPOCHS"]
 
 DEFAULT_EPOCHS = 5
 #: How :func:`factorize` fine-tunes by default: ``epochs`` None is :data:`DEFAULT_EPOCHS`.

@@ -736,7 +736,8 @@ def prune_filters(
             1, lower than the other stages' 4: a freshly shrunk model starts far from its
             teacher, and a teacher that is not very confident gives near-uniform targets at
             T=4 that bring it back slowly (a Keras 3 residual CNN: 79 % after 10 epochs at T=4,
-            93 % at T=2, 97 % at T=1). fraction of filters removed per group (or ``{layer glob: fraction}``).
+            93 % at T=2, 97 % at T=1).
+        ratio: fraction of filters removed per group (or ``{layer glob: fraction}``).
         criterion: ``l1``, ``l2`` or ``taylor``.
         skip: layer names / glob patterns left unpruned.
         min_filters: the fewest filters a group keeps.

@@ -438,6 +438,8 @@ def prune(
         >>> sparse = prune(model, train, val, sparsity=0.8, teacher=model)  # doctest: +SKIP
         >>> min(layer_sparsity(sparse).values()) >= 0.8  # doctest: +SKIP
         True
+        >>> settings = FINE_TUNE.replace(epochs=4, teacher=model)  # doctest: +SKIP
+        >>> sparse = prune(model, train, val, sparsity=0.8, settings=settings)  # doctest: +SKIP
     """
     if not 0.0 < float(sparsity) < 1.0:
         raise OptimizationError(
