@@ -182,3 +182,13 @@ def test_a_recipe_stage_fine_tunes_over_the_stage_defaults(monkeypatch, trained_
 
     assert seen[0]["epochs"] == 1 and seen[0]["learning_rate"] == FINE_TUNE.learning_rate == 2e-3
     assert seen[0]["teacher"] is trained_digits_cnn
+
+
+def test_the_stage_running_names_still_import_from_the_optimize_command():
+    import tfedge.commands.optimize as optimize
+    import tfedge.commands.stage_worker as stage_worker
+
+    for name in ("run_stage", "code_key", "save_atomically"):
+        assert getattr(optimize, name) is getattr(registry, name)
+    assert stage_worker.run_stage is registry.run_stage
+    assert optimize.code_key([{"name": "qat"}]) != optimize.code_key([{"name": "prune"}])
