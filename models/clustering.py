@@ -22,10 +22,19 @@ from tfedge.core.errors import OptimizationError, first_line
 from tfedge.core.keras_internals import rename_layer, weight_names
 from tfedge.core.serialization import tfmot_internal
 
-__all__ = ["cluster", "clustering_plan", "unique_weight_values", "INITS", "DEFAULT_STEPS"]
+__all__ = [
+    "cluster",
+    "clustering_plan",
+    "unique_weight_values",
+    "INITS",
+    "DEFAULT_STEPS",
+    "FINE_TUNE",
+]
 
 INITS = ("kmeans++", "linear", "density", "random")
 DEFAULT_STEPS = 450
+#: How :func:`cluster` fine-tunes by default.
+FINE_TUNE = training.FineTune(learning_rate=5e-4)
 
 
 def _clustering_module():
@@ -167,19 +176,13 @@ def cluster(
     train,
     val,
     *,
-    epochs: int | None = None,
-    teacher=None,
-    strategy=None,
+    settings: training.FineTune = FINE_TUNE,
     clusters: int = 16,
     preserve_sparsity: bool = False,
     init: str = "kmeans++",
     per_channel: bool = False,
     skip=(),
-    batch_size: int = training.DEFAULT_BATCH_SIZE,
-    learning_rate: float = 5e-4,
-    temperature: float = 4.0,
-    alpha: float = 0.1,
-    seed: int | None = 0,
+    **fine_tune,
 ):
     """Cluster a trained model's kernels to ``clusters`` values, fine-tune, return it stripped.
 
@@ -187,9 +190,9 @@ def cluster(
         model: a trained tf_keras functional or Sequential model (nested models are flattened).
         train: training :class:`~tfedge.core.data.Dataset` with labels.
         val: validation :class:`~tfedge.core.data.Dataset`; the best epoch on it is kept.
-        epochs: fine-tuning epochs (None: about 450 optimizer steps).
-        teacher: a float model to distill from while fine-tuning (None: the labels only).
-        strategy: a ``tf.distribute`` strategy to build and train under, or None.
+        settings: how it fine-tunes (:class:`~tfedge.models.training.FineTune`, default
+            :data:`FINE_TUNE`; ``epochs`` None: about 450 optimizer steps; ``seed`` also seeds
+            k-means++).
         clusters: the number of distinct values per kernel (2-256).
         preserve_sparsity: keep zero weights zero (for a pruned model).
         init: centroid initialization: ``"kmeans++"``, ``"linear"``, ``"density"``, ``"random"``.
@@ -198,11 +201,8 @@ def cluster(
         skip: layers left unclustered: ``"first"``, ``"last"``, names, type names or classes.
             Kernels with no more values than ``clusters`` (non-zero values, when preserving
             sparsity) are always left alone: they hold few enough distinct values already.
-        batch_size: the batch size.
-        learning_rate: Adam's initial learning rate (cosine-decayed).
-        temperature: the distillation temperature (with a teacher).
-        alpha: the true-label weight in distillation (with a teacher).
-        seed: the random seed (also seeds k-means++).
+        **fine_tune: fields of ``settings`` as keywords (``epochs=3``, ``teacher=model``): they
+            replace those fields.
 
     Returns:
         The clustered model with the wrappers stripped, ready for ``tfedge.converters.convert``.
@@ -220,14 +220,16 @@ def cluster(
             f"clusters {clusters!r} must be an integer from 2 to 256",
             "use 16 (4-bit weights) or 32; int8 cannot hold more than 256 values",
         )
+    settings = training.with_keywords(settings, fine_tune, "cluster")
     clusters = int(clusters)
     centroid_init = _init(init)
     training.check_data(train, "training")
     mot = _clustering_module()
+    epochs = settings.epochs
     if epochs is None:
-        epochs = training.epochs_for(train, DEFAULT_STEPS, batch_size, minimum=3)
+        epochs = training.epochs_for(train, DEFAULT_STEPS, settings.batch_size, minimum=3)
 
-    with training.strategy_scope(strategy):
+    with training.strategy_scope(settings.strategy):
         work = cloning.clone_model(cloning.flatten_model(model))
         training.check_data(train, "training", work)
         names = layers.select_layers(work, skip, eligible=_clusterable(clusters, preserve_sparsity))
@@ -241,8 +243,8 @@ def cluster(
                 f"once {list(skip)} are skipped",
                 "cluster a model with Conv/Dense layers larger than the number of clusters",
             )
-        if seed is not None:
-            keras.utils.set_random_seed(seed)
+        if settings.seed is not None:
+            keras.utils.set_random_seed(settings.seed)
 
         def wrap(layer):
             if layer.name not in names:
@@ -269,16 +271,9 @@ def cluster(
             wrapped,
             train,
             val,
-            epochs=epochs,
-            batch_size=batch_size,
-            learning_rate=learning_rate,
-            teacher=teacher,
-            temperature=temperature,
-            alpha=alpha,
-            strategy=strategy,
+            **settings.fit_options(epochs=epochs),
             callbacks=callbacks,
             desc=f"clustering to {clusters}",
-            seed=seed,
         )
         with cloning.trusted_cloning():
             stripped = mot.strip_clustering(wrapped)

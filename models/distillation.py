@@ -28,9 +28,12 @@ __all__ = [
     "half_width_student",
     "ends_in_softmax",
     "DEFAULT_STEPS",
+    "FINE_TUNE",
 ]
 
 DEFAULT_STEPS = 1300
+#: How :func:`distill` trains by default (Hinton's temperature 4, most weight on the teacher).
+FINE_TUNE = training.FineTune(learning_rate=2e-3, temperature=4.0, alpha=0.1)
 _WIDTH_KEYS = {
     "Conv1D": "filters",
     "Conv2D": "filters",
@@ -50,18 +53,12 @@ def distill(
     train,
     val,
     *,
-    epochs: int | None = None,
-    teacher=None,
-    strategy=None,
-    temperature: float = 4.0,
-    alpha: float = 0.1,
-    batch_size: int = training.DEFAULT_BATCH_SIZE,
-    learning_rate: float = 2e-3,
+    settings: training.FineTune = FINE_TUNE,
     params: float = 0.5,
     width: float | None = None,
     new_student: bool = False,
-    seed: int | None = 0,
     desc: str = "distilling",
+    **fine_tune,
 ):
     """Train the student ``model`` from ``teacher`` and the labels; return the trained student.
 
@@ -74,19 +71,17 @@ def distill(
         model: the student, a tf_keras classifier with the teacher's inputs and classes.
         train: training :class:`~tfedge.core.data.Dataset` with labels.
         val: validation :class:`~tfedge.core.data.Dataset`; the best epoch on it is kept.
-        epochs: training epochs (None: about 1300 optimizer steps, at least 10 epochs).
-        teacher: the trained model to learn from (required).
-        strategy: a ``tf.distribute`` strategy to train under, or None.
-        temperature: the softening temperature.
-        alpha: the weight of the true-label loss (the teacher's soft loss gets ``1 - alpha``).
-        batch_size: the batch size.
-        learning_rate: Adam's initial learning rate (cosine-decayed).
+        settings: how it trains (:class:`~tfedge.models.training.FineTune`, default
+            :data:`FINE_TUNE`): its ``teacher`` is the trained model to learn from (required),
+            ``temperature`` the softening temperature, ``alpha`` the weight of the true-label
+            loss; ``epochs`` None: about 1300 optimizer steps, at least 10 epochs.
         params: the student's parameter fraction, when the student is made here.
         width: the student's width factor, when the student is made here (overrides ``params``).
         new_student: make a fresh student of ``teacher``'s architecture (``params``/``width``)
             instead of training ``model`` (what ``tfedge optimize --distill`` asks for).
-        seed: the random seed.
         desc: the progress bar's label.
+        **fine_tune: fields of ``settings`` as keywords (``teacher=model``, ``epochs=10``): they
+            replace those fields.
 
     Returns:
         The trained student (``model`` itself unless a student was made), ready to convert.
@@ -97,6 +92,8 @@ def distill(
     Example:
         >>> student = distill(make_student(teacher), train, val, teacher=teacher)  # doctest: +SKIP
     """
+    settings = training.with_keywords(settings, fine_tune, "distill")
+    teacher = settings.teacher
     if teacher is None:
         raise OptimizationError(
             "distillation needs a teacher model, got teacher=None",
@@ -106,9 +103,9 @@ def distill(
     teacher = to_keras2(teacher)
     model = teacher if same else to_keras2(model)
     if same:
-        if seed is not None:
-            keras.utils.set_random_seed(seed)
-        model = make_student(teacher, width=width, params=params, strategy=strategy)
+        if settings.seed is not None:
+            keras.utils.set_random_seed(settings.seed)
+        model = make_student(teacher, width=width, params=params, strategy=settings.strategy)
     if tuple(teacher.output_shape) != tuple(model.output_shape) or tuple(
         teacher.input_shape
     ) != tuple(model.input_shape):
@@ -117,21 +114,11 @@ def distill(
             f"{teacher.name!r} maps {teacher.input_shape} -> {teacher.output_shape}",
             "the student needs the teacher's input shape and number of classes",
         )
+    epochs = settings.epochs
     if epochs is None:
-        epochs = training.epochs_for(train, DEFAULT_STEPS, batch_size, minimum=10)
+        epochs = training.epochs_for(train, DEFAULT_STEPS, settings.batch_size, minimum=10)
     training.fit(
-        model,
-        train,
-        val,
-        epochs=epochs,
-        batch_size=batch_size,
-        learning_rate=learning_rate,
-        teacher=teacher,
-        temperature=temperature,
-        alpha=alpha,
-        strategy=strategy,
-        desc=desc,
-        seed=seed,
+        model, train, val, **settings.fit_options(epochs=epochs, teacher=teacher), desc=desc
     )
     return model
 

@@ -32,9 +32,13 @@ from tfedge.models.graph import (
     stage_data,
 )
 
-__all__ = ["Factorized", "decompose", "factorize", "choose_rank"]
+__all__ = ["Factorized", "decompose", "factorize", "choose_rank", "FINE_TUNE", "DEFAULT_EPOCHS"]
 
 DEFAULT_EPOCHS = 5
+#: How :func:`factorize` fine-tunes by default: ``epochs`` None is :data:`DEFAULT_EPOCHS`.
+#: temperature 1, as for filter pruning: a factorized model starts away from its teacher, and
+#: T=4 brought the digits CNN back more slowly (3 epochs: down 4.5 points on one CI run).
+FINE_TUNE = training.FineTune(learning_rate=1e-3, temperature=1.0, alpha=0.5)
 DEFAULT_ENERGY = 0.9
 
 
@@ -241,17 +245,12 @@ def factorize(
     train,
     val=None,
     *,
-    epochs: int | None = None,
-    teacher=None,
-    strategy=None,
+    settings: training.FineTune = FINE_TUNE,
     rank: int | None = None,
     ratio: float | None = None,
     energy: float | None = DEFAULT_ENERGY,
     skip=(),
-    batch_size: int = 32,
-    learning_rate: float = 1e-3,
-    temperature: float = 1.0,
-    alpha: float = 0.5,
+    **fine_tune,
 ) -> keras.Model:
     """Factorization stage: truncated-SVD split of Dense / 1x1 Conv2D layers (:func:`decompose`), then fine-tune.
 
@@ -259,19 +258,15 @@ def factorize(
         model: a tf_keras functional or Sequential model (trained).
         train: labelled training data (a :class:`tfedge.core.data.Dataset`, ``(x, y)``, an ``.npz``...).
         val: labelled validation data; the best fine-tuning epoch on it is kept (optional).
-        epochs: fine-tuning epochs (default 5; 0 skips fine-tuning).
-        teacher: a model to distil from while fine-tuning (typically the original model).
-        strategy: None, ``"mirrored"`` or a ``tf.distribute.Strategy`` for fine-tuning.
+        settings: how it fine-tunes (:class:`~tfedge.models.training.FineTune`, default
+            :data:`FINE_TUNE`): ``epochs`` (None: 5; 0 skips fine-tuning), the ``teacher`` to
+            distil from (typically the original model), the strategy.
         rank: a fixed rank (takes precedence over ``ratio`` and ``energy``).
         ratio: the fraction of each layer's full rank to keep (takes precedence over ``energy``).
         energy: the fraction of squared singular values to keep (default 0.9).
         skip: layer names or glob patterns to leave alone.
-        batch_size: fine-tuning batch size.
-        learning_rate: the fine-tuning learning rate (cosine-decayed).
-        temperature: the distillation temperature (with a teacher). 1, as for filter pruning: a
-            factorized model starts away from its teacher, and T=4 brought the digits CNN back
-            more slowly (3 epochs: down 4.5 points on one CI run).
-        alpha: the true-label weight in distillation (with a teacher).
+        **fine_tune: fields of ``settings`` as keywords (``epochs=3``, ``teacher=model``): they
+            replace those fields.
 
     Returns:
         The factorized tf_keras model, fine-tuned, ready for :func:`tfedge.converters.convert`.
@@ -279,8 +274,9 @@ def factorize(
     Example:
         >>> thin = factorize(model, train, val, energy=0.9, teacher=model)  # doctest: +SKIP
     """
+    settings = training.with_keywords(settings, fine_tune, "factorize")
     functional = as_functional(model)
-    strategy = training.resolve_strategy(strategy)
+    strategy = training.resolve_strategy(settings.strategy)
     train = stage_data(train, functional, "train")
     val = stage_data(val, functional, "val")
     with training.strategy_scope(strategy):
@@ -293,16 +289,11 @@ def factorize(
             + " the two factors hold at least as many weights as the original",
             "lower the rank: energy=0.8, ratio=0.25 or rank=8",
         )
+    epochs = DEFAULT_EPOCHS if settings.epochs is None else int(settings.epochs)
     return training.fine_tune_rebuilt(
         result,
         train,
         val,
-        epochs=DEFAULT_EPOCHS if epochs is None else int(epochs),
+        **settings.fit_options(epochs=epochs, strategy=strategy),
         desc="fine-tuning factorized layers",
-        teacher=teacher,
-        strategy=strategy,
-        batch_size=batch_size,
-        learning_rate=learning_rate,
-        temperature=temperature,
-        alpha=alpha,
     )

@@ -37,11 +37,14 @@ __all__ = [
     "float_layers",
     "calibrate_ranges",
     "PRESERVE",
+    "FINE_TUNE",
     "DEFAULT_STEPS",
 ]
 
 PRESERVE = (None, "sparsity", "clusters", "sparsity+clusters")
 DEFAULT_STEPS = 300
+#: How :func:`quantize_aware` fine-tunes by default: QAT wants a small learning rate.
+FINE_TUNE = training.FineTune(learning_rate=2e-4)
 
 
 def _scheme(preserve):
@@ -220,16 +223,10 @@ def quantize_aware(
     train,
     val,
     *,
-    epochs: int | None = None,
-    teacher=None,
-    strategy=None,
+    settings: training.FineTune = FINE_TUNE,
     preserve: str | None = None,
     skip=(),
-    batch_size: int = training.DEFAULT_BATCH_SIZE,
-    learning_rate: float = 2e-4,
-    temperature: float = 4.0,
-    alpha: float = 0.1,
-    seed: int | None = 0,
+    **fine_tune,
 ):
     """Fine-tune a trained model with fake int8 quantization; return the QAT model to convert.
 
@@ -238,19 +235,15 @@ def quantize_aware(
             for ``preserve``, the stripped output of the pruning or clustering stage.
         train: training :class:`~tfedge.core.data.Dataset` with labels.
         val: validation :class:`~tfedge.core.data.Dataset`; the best epoch on it is kept.
-        epochs: fine-tuning epochs (None: about 300 optimizer steps).
-        teacher: a float model to distill from while fine-tuning (None: the labels only).
-        strategy: a ``tf.distribute`` strategy to build and train under, or None.
+        settings: how it fine-tunes (:class:`~tfedge.models.training.FineTune`, default
+            :data:`FINE_TUNE`; ``epochs`` None: about 300 optimizer steps).
         preserve: None, ``"sparsity"`` (PQAT), ``"clusters"`` (CQAT) or
             ``"sparsity+clusters"`` (PCQAT).
         skip: layers to leave float during QAT (names, type names or classes; ``"first"`` /
             ``"last"`` name the first and last layers with weights). The converter still makes
             them int8 from calibration data.
-        batch_size: the batch size.
-        learning_rate: Adam's initial learning rate (cosine-decayed; QAT wants a small one).
-        temperature: the distillation temperature (with a teacher).
-        alpha: the true-label weight in distillation (with a teacher).
-        seed: the random seed.
+        **fine_tune: fields of ``settings`` as keywords (``epochs=2``, ``teacher=model``): they
+            replace those fields.
 
     Returns:
         The quantize-annotated tf_keras model (tfmot's ``QuantizeWrapperV2`` layers): save it with
@@ -265,12 +258,14 @@ def quantize_aware(
         >>> qat_model = quantize_aware(model, train, val, teacher=model)  # doctest: +SKIP
         >>> blob = convert(qat_model, calib=train)  # doctest: +SKIP
     """
+    settings = training.with_keywords(settings, fine_tune, "quantize_aware")
     scheme = _scheme(preserve)
     patch_tfmot_saving()
     training.check_data(train, "training")
+    epochs = settings.epochs
     if epochs is None:
-        epochs = training.epochs_for(train, DEFAULT_STEPS, batch_size, minimum=2)
-    with training.strategy_scope(strategy):
+        epochs = training.epochs_for(train, DEFAULT_STEPS, settings.batch_size, minimum=2)
+    with training.strategy_scope(settings.strategy):
         # tfmot keeps a BatchNorm it cannot fuse as its own int8 MUL/ADD; folded beforehand, the
         # QAT graph has the same operators as post-training int8.
         work = fold_batch_norms(cloning.clone_model(cloning.flatten_model(model)))
@@ -296,17 +291,10 @@ def quantize_aware(
             quantized,
             train,
             val,
-            epochs=epochs,
-            batch_size=batch_size,
-            learning_rate=learning_rate,
-            teacher=teacher,
-            temperature=temperature,
-            alpha=alpha,
-            strategy=strategy,
+            **settings.fit_options(epochs=epochs),
             keep_initial=True,
             callbacks=callbacks,
             desc="quantization-aware training",
-            seed=seed,
         )
         hold.project()
     rename_layer(quantized, model.name)

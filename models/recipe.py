@@ -22,11 +22,9 @@ Example:
     (['prune', 'qat'], 'sparsity')
 """
 
-import importlib
-import inspect
 import math
-from functools import cache
 
+import tfedge.models.stages as registry
 from tfedge.core.errors import OptimizationError
 from tfedge.core.yaml_input import read_yaml
 
@@ -43,26 +41,16 @@ __all__ = [
     "with_training",
 ]
 
-# stage name -> (module, function); every function is stage(model, train, val, *, epochs, teacher,
-# strategy, **params) -> a trained tf_keras model ready to convert. The order is the one stages
-# run in when given as flags.
-STAGES = {
-    "distill": ("tfedge.models.distillation", "distill"),
-    "factorize": ("tfedge.models.factorization", "factorize"),
-    "prune_filters": ("tfedge.models.filter_pruning", "prune_filters"),
-    "prune": ("tfedge.models.pruning", "prune"),
-    "cluster": ("tfedge.models.clustering", "cluster"),
-    "qat": ("tfedge.models.qat", "quantize_aware"),
-}
-STAGE_ORDER = tuple(STAGES)
+# stage name -> (module, function), in the order stages run in when given as flags: a view of the
+# stage registry (:mod:`tfedge.models.stages`) for the callers that read these names.
+STAGES = {stage.name: (stage.module, stage.function) for stage in registry.registered()}
+STAGE_ORDER = registry.names()
 RECIPE_KEYS = ("model", "train", "stages", "convert")
 TRAIN_KEYS = ("epochs", "batch_size", "learning_rate")
 CONVERT_KEYS = ("mode", "io", "weights", "int16", "keep_float")
 MODES = ("int8", "int16x8", "float16", "dynamic", "float32")
 IO_TYPES = ("int8", "uint8", "float32")
 WEIGHTS = ("int8", "int4")
-# What the stage functions take but a recipe cannot give (the run supplies them).
-_SUPPLIED = {"model", "train", "val", "teacher", "strategy"}
 _LIMIT = 60  # characters of a user's value quoted in a message
 
 RECIPE_HINT = (
@@ -164,35 +152,19 @@ _RULES = {
     "dense": _choice(None, True, False),
     "desc": _kind(str, "text"),
 }
-# A stage's own meaning of a parameter that other stages share under the same name.
-_STAGE_RULES = {
-    ("prune_filters", "ratio"): _FRACTION,
-    ("factorize", "ratio"): _number(0, 1, low_open=True, none=True),
-}
 
 
-def _choices_of(name: str) -> dict:
-    """Choice rules that live beside the stage (its schedule, criterion, init, preserve)."""
-    if name == "prune":
-        from tfedge.models.pruning import SCHEDULES
-
-        return {"schedule": _choice(*SCHEDULES)}
-    if name == "prune_filters":
-        from tfedge.models.filter_pruning import CRITERIA
-
-        return {"criterion": _choice(*CRITERIA)}
-    if name == "cluster":
-        from tfedge.models.clustering import INITS
-
-        return {"init": _choice(*INITS)}
-    if name == "qat":
-        from tfedge.models.qat import PRESERVE
-
-        return {"preserve": _choice(*PRESERVE, "clusters+sparsity")}
-    return {}
+def _stage_rule(stage: str, key: str):
+    """A rule the stage declares itself (a listed choice, its own range), or None."""
+    if stage not in registry.names():
+        return None
+    entry = registry.get(stage)
+    if key in entry.ranges:
+        return _number(**entry.ranges[key])
+    values = entry.choice_values(key)
+    return None if values is None else _choice(*values)
 
 
-@cache
 def stage_parameters(name: str) -> dict:
     """The parameters a recipe may give stage ``name``, with their defaults.
 
@@ -200,21 +172,11 @@ def stage_parameters(name: str) -> dict:
         >>> stage_parameters("prune")["sparsity"]
         0.8
     """
-    module_name, function = STAGES[name]
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise OptimizationError(f"stage {name!r} is not available: {exc}") from exc
-    signature = inspect.signature(getattr(module, function))
-    return {
-        key: param.default
-        for key, param in signature.parameters.items()
-        if key not in _SUPPLIED and param.kind is param.KEYWORD_ONLY
-    }
+    return registry.parameters(name)
 
 
 def _rule(stage: str, key: str, default):
-    rule = _STAGE_RULES.get((stage, key)) or _choices_of(stage).get(key) or _RULES.get(key)
+    rule = _stage_rule(stage, key) or _RULES.get(key)
     if rule is not None:
         return rule
     # A parameter without a rule of its own takes its default's type.
@@ -255,10 +217,10 @@ def _stage(item, where: str) -> dict:
     if not isinstance(item, dict):
         _refuse(where, f"expected a stage name or a mapping with 'name'; got {_quote(item)}")
     name = item.get("name")
-    if not isinstance(name, str) or name not in STAGES:
+    if not isinstance(name, str) or name not in registry.names():
         _refuse(
             where,
-            f"unknown stage {_quote(name)}; valid stages are {', '.join(STAGES)}",
+            f"unknown stage {_quote(name)}; valid stages are {', '.join(registry.names())}",
         )
     where = f"{where} ({name})"
     allowed = stage_parameters(name)
@@ -366,24 +328,14 @@ def load_recipe(path) -> dict:
 def with_preservation(stages: list[dict]) -> list[dict]:
     """Make clustering keep earlier sparsity, and QAT keep earlier sparsity and clusters.
 
+    What each stage keeps is declared in the stage registry (:func:`tfedge.models.registry.preserving`);
+    a stage that rebuilds the model (a student, factorization, filter pruning) starts afresh.
+
     Example:
         >>> with_preservation([{"name": "prune"}, {"name": "qat"}])[1]
         {'name': 'qat', 'preserve': 'sparsity'}
     """
-    seen = set()
-    out = []
-    for stage in stages:
-        stage = dict(stage)
-        name = stage["name"]
-        if name == "cluster" and "prune" in seen:
-            stage.setdefault("preserve_sparsity", True)
-        if name == "qat" and "preserve" not in stage:
-            kept = [k for k, s in (("sparsity", "prune"), ("clusters", "cluster")) if s in seen]
-            if kept:
-                stage["preserve"] = "+".join(kept)
-        seen.add(name)
-        out.append(stage)
-    return out
+    return registry.preserving(stages)
 
 
 def with_training(stages: list[dict], train: dict) -> list[dict]:

@@ -4,7 +4,8 @@ Every stage fine-tunes the same way: Adam with a cosine-decayed learning rate, a
 epoch, the best epoch on validation accuracy restored at the end, optional distillation from a
 teacher, and an optional ``tf.distribute`` strategy under whose scope everything is built, compiled
 and fitted. Copying and flattening models is in :mod:`tfedge.models.cloning`, choosing the layers a
-stage works on in :mod:`tfedge.models.layers`.
+stage works on in :mod:`tfedge.models.layers`. The settings every stage takes are one
+:class:`FineTune` value (from :mod:`tfedge.models.fine_tune`, which imports no TensorFlow).
 
 Example:
     >>> from tfedge.models.training import fit, evaluate
@@ -21,9 +22,13 @@ import numpy as np
 from tfedge.core.backend import keras, tf
 from tfedge.core.errors import OptimizationError
 from tfedge.models.distiller import Distiller
+from tfedge.models.fine_tune import FineTune, defaults_of, with_keywords
 from tfedge.models.rebuild import to_keras2
 
 __all__ = [
+    "FineTune",
+    "defaults_of",
+    "with_keywords",
     "DEFAULT_BATCH_SIZE",
     "steps_per_epoch",
     "epochs_for",

@@ -16,18 +16,20 @@ Example:
 """
 
 import hashlib
-import importlib
 import json
-import os
 import time
 from pathlib import Path
 
+import tfedge.models.stages as registry
 from tfedge.core.console import echo
 from tfedge.core.errors import OptimizationError
 from tfedge.core.files import write_atomically
 from tfedge.devices.runner import DEFAULT_RUNS
 from tfedge.models.recipe import STAGES, load_recipe
-from tfedge.models.recipe import with_preservation as _with_preservation
+
+# Running a stage is the compression layer's (tfedge.models.stages); these names stay importable
+# here for the callers that import them from this module (tfedge.commands.auto).
+from tfedge.models.stages import code_key, run_stage, save_atomically
 
 __all__ = [
     "STAGES",
@@ -52,9 +54,10 @@ def stages_from_flags(
 ) -> list[dict]:
     """Turn ``tfedge optimize`` flags into an ordered stage list.
 
-    The order is the one that keeps each stage's work: a distilled student first, then
-    factorization and filter pruning (which change the architecture), then magnitude pruning,
-    clustering (preserving sparsity) and QAT last (preserving sparsity and clusters).
+    The order is the stage registry's (:mod:`tfedge.models.stages`), the one that keeps each
+    stage's work: a distilled student first, then factorization and filter pruning (which change
+    the architecture), then magnitude pruning, clustering (preserving sparsity) and QAT last
+    (preserving sparsity and clusters).
 
     Example:
         >>> stages_from_flags(prune=0.8, qat=True)
@@ -96,7 +99,8 @@ def stages_from_flags(
     if epochs is not None:
         for stage in stages:
             stage["epochs"] = int(epochs)
-    return _with_preservation(stages)
+    stages.sort(key=lambda stage: registry.get(stage["name"]).order)
+    return registry.preserving(stages)
 
 
 def _fraction(value, flag) -> float:
@@ -106,43 +110,6 @@ def _fraction(value, flag) -> float:
             f"{flag} {value}: expected a fraction between 0 and 1", f"e.g. {flag} 0.5"
         )
     return value
-
-
-def _stage_function(name):
-    module_name, function = STAGES[name]
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise OptimizationError(f"stage {name!r} is not available: {exc}") from exc
-    return getattr(module, function)
-
-
-def run_stage(stage: dict, model, train, val, *, teacher=None, strategy=None):
-    """Run one recipe stage (``{"name": "prune", "sparsity": 0.8, ...}``) on ``model``.
-
-    Example:
-        >>> pruned = run_stage({"name": "prune", "sparsity": 0.8}, model, train, val)  # doctest: +SKIP
-    """
-    params = {k: v for k, v in stage.items() if k != "name"}
-    function = _stage_function(stage["name"])
-    return function(model, train, val, teacher=teacher, strategy=strategy, **params)
-
-
-def save_atomically(thing, path) -> Path:
-    """``thing.save`` (a Keras model, a Dataset) to a temporary name beside ``path``, then renamed:
-    a reader never sees half a file, and a failed save leaves nothing behind.
-
-    Example:
-        >>> save_atomically(model, "cache/stage.keras")  # doctest: +SKIP
-    """
-    path = Path(path)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}{path.suffix}")
-    try:
-        thing.save(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
 
 
 def _check_layer_names(options: dict, model) -> None:
@@ -170,24 +137,6 @@ def _content_key(arrays) -> str:
         array = np.ascontiguousarray(array)
         digest.update(f"{array.dtype}{array.shape}".encode())
         digest.update(array.tobytes())
-    return digest.hexdigest()[:16]
-
-
-def code_key(stages) -> str:
-    """A digest of tfedge's version and the source of every stage module ``stages`` use.
-
-    Stage checkpoints and the search's stage cache are keyed by it, so new stage code retrains.
-
-    Example:
-        >>> len(code_key([{"name": "qat"}]))
-        16
-    """
-    from tfedge.version import __version__
-
-    digest = hashlib.sha256(__version__.encode())
-    for stage in stages:
-        module = importlib.import_module(STAGES[stage["name"]][0])
-        digest.update(Path(module.__file__).read_bytes())
     return digest.hexdigest()[:16]
 
 
@@ -280,7 +229,7 @@ def optimize(
         val, input_shape=shape, require_labels=True, name="--val", num_classes=classes
     )
     for stage in stages:
-        _stage_function(stage["name"])  # fail early on a stage whose module is missing
+        registry.get(stage["name"]).load()  # fail early on a stage whose module is missing
     _check_layer_names(convert_options or {}, base)
 
     def tflite(model, name, options=convert_options or {}):

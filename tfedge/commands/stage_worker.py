@@ -31,6 +31,7 @@ import sys
 
 from tfedge.core.console import echo
 from tfedge.core.errors import OptimizationError, first_line
+from tfedge.models.stages import run_stage, save_atomically
 
 __all__ = [
     "StageWorker",
@@ -317,7 +318,6 @@ def _serve(config: dict) -> None:
         reply.flush()
 
     try:
-        from tfedge.commands.optimize import run_stage, save_atomically
         from tfedge.core.loading import load_model
         from tfedge.core.streams import stream_data
         from tfedge.models.cloning import frozen_copy

@@ -24,13 +24,37 @@ from typing import BinaryIO
 
 from tfedge.core.errors import InputFileError
 
-__all__ = ["refuse_overwrite", "atomic_file", "write_atomically", "inputs_of"]
+__all__ = ["refuse_overwrite", "atomic_file", "atomic_path", "write_atomically", "inputs_of"]
 
 
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+@contextmanager
+def atomic_path(path) -> Iterator[Path]:
+    """Like :func:`atomic_file`, for writers that take a path, not a handle (Keras' ``model.save``
+    needs its ``.keras`` suffix): a temporary name beside ``path`` with the same suffix, renamed
+    over ``path`` when the block ends without an error (removed when it raises), with the same
+    file mode (``0o666`` less the umask; a folder written there keeps its own modes).
+
+    Example:
+        >>> with atomic_path("cache/stage.keras") as tmp:  # doctest: +SKIP
+        ...     model.save(tmp)
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
+    try:
+        yield tmp
+        if tmp.is_file():
+            os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    finally:
+        if tmp.is_file():
+            tmp.unlink()
 
 
 @contextmanager

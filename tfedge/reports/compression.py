@@ -14,6 +14,7 @@ Example:
 
 import numpy as np
 
+import tfedge.models.stages as registry
 from tfedge.core.inspector import inspect_model
 from tfedge.core.tflite_file import read_model, weight_values
 
@@ -21,14 +22,20 @@ __all__ = ["requested_after", "compression_entry", "format_compression", "StageP
 
 #: How far (a fraction) the achieved sparsity may fall short of the requested one.
 TOLERANCE = 0.01
-_RESHAPING = ("distill", "factorize", "prune_filters")
+
+
+def _stage(stage: dict):
+    """The registry's entry of a stage dict (None for a name no stage has)."""
+    name = stage.get("name")
+    return registry.get(name) if name in registry.names() else None
 
 
 def requested_after(stages: list[dict]) -> dict:
     """The structure the stages so far ask the model to carry.
 
-    Pruning and clustering carry over to later stages (which preserve them); a stage that
-    rebuilds the model (distillation, factorization, filter pruning) starts afresh.
+    What a stage makes (zeros, shared values: the stage registry, :mod:`tfedge.models.stages`)
+    carries over to later stages (which preserve it); a stage that rebuilds the model
+    (distillation, factorization, filter pruning) starts afresh.
 
     Example:
         >>> requested_after([{"name": "prune", "sparsity": 0.75}, {"name": "qat"}])
@@ -36,18 +43,24 @@ def requested_after(stages: list[dict]) -> dict:
     """
     requested = {"sparsity": None, "structure": None, "clusters": None}
     for stage in stages:
-        name = stage.get("name")
-        if name in _RESHAPING:
+        entry = _stage(stage)
+        if entry is None:
+            continue
+        if entry.rebuilds:
             requested = {"sparsity": None, "structure": None, "clusters": None}
-        elif name == "prune":
+        if registry.ZEROS in entry.makes:
+            defaults = registry.parameters(entry.name)
             structure = stage.get("structure")
             requested["structure"] = None if structure is None else str(structure)
             pattern = _m_by_n(structure)
             requested["sparsity"] = (
-                pattern[0] / pattern[1] if pattern else float(stage.get("sparsity", 0.8))
+                pattern[0] / pattern[1]
+                if pattern
+                else float(stage.get("sparsity", defaults["sparsity"]))
             )
-        elif name == "cluster":
-            requested["clusters"] = int(stage.get("clusters", 16))
+        if registry.SHARED_VALUES in entry.makes:
+            defaults = registry.parameters(entry.name)
+            requested["clusters"] = int(stage.get("clusters", defaults["clusters"]))
     return requested
 
 
@@ -284,7 +297,7 @@ def format_compression(rows) -> str:
     text = [
         "  ".join(cell.ljust(widths[i]) for i, cell in enumerate(line)).rstrip() for line in lines
     ]
-    said = [f"{', '.join(stages)}: {note}" for note, stages in notes.items()]
+    said = [f"{', '.join(where)}: {note}" for note, where in notes.items()]
     return "\n".join(text + said)
 
 
@@ -309,28 +322,30 @@ class StagePlans:
 
     def before(self, stage: dict, model) -> None:
         """Record ``stage`` and plan it on ``model``, the model it starts from."""
-        name = stage.get("name")
+        entry = _stage(stage)
         self.stages.append(stage)
-        self.kernels_model = model if name == "qat" else None
-        if name == "prune":
+        self.kernels_model = model if entry is not None and entry.annotates else None
+        if entry is None:
+            return
+        if entry.rebuilds:
+            self.plans = {}
+        if registry.ZEROS in entry.makes:
             from tfedge.models.pruning import DEFAULT_SKIP, pruning_plan
 
             plan = pruning_plan(model, stage.get("structure"), stage.get("skip", DEFAULT_SKIP))
             self.plans.update(
                 {k: plan[k] for k in ("dense", "kernels", "pruned_weights", "kernel_weights")}
             )
-        elif name == "cluster":
+        if registry.SHARED_VALUES in entry.makes:
             from tfedge.models.clustering import clustering_plan
 
             plan = clustering_plan(
                 model,
-                stage.get("clusters", 16),
+                stage.get("clusters", registry.parameters(entry.name)["clusters"]),
                 stage.get("skip", ()),
                 preserve_sparsity=bool(stage.get("preserve_sparsity", False)),
             )
             self.plans.update(plan)
-        elif name in _RESHAPING:
-            self.plans = {}
 
     def entry(self, tflite_path, model) -> dict:
         """:func:`compression_entry` of the stage's (or, before any stage, the baseline's) file."""
