@@ -1,7 +1,7 @@
 """`tfedge optimize --auto`: the Optuna search, measured for real (fine-tunes, int8, LiteRT).
 
 The search rules (seeds, failed candidates, closed branches, duplicates, budget, Pareto set) are
-checked on :func:`tfedge.models.auto_optimize` with a deterministic evaluator, the documented
+checked on :func:`tfedge.models.search.run_search` with a deterministic evaluator, the documented
 injection point; everything else runs the real evaluator on a tiny digits CNN with one-epoch
 fine-tunes, real SQLite and PostgreSQL storages, and real worker processes.
 """
@@ -68,13 +68,33 @@ def test_seeds_start_cheap_and_hold_the_hand_recipes(objective):
 def test_bad_settings(kwargs, needle):
     settings = {"tolerance": 0.01, "objective": "size", "evaluator": lambda r: {}, **kwargs}
     with pytest.raises(OptimizationError, match=needle):
-        search.auto_optimize(None, **settings)
+        search.run_search(None, **settings)
 
 
-def test_models_auto_optimize_needs_an_evaluator():
+def test_run_search_needs_an_evaluator():
     with pytest.raises(OptimizationError, match="tfedge.auto_optimize") as info:
-        search.auto_optimize(None, tolerance=0.01)
+        search.run_search(None, tolerance=0.01)
     assert "evaluator" in info.value.message
+
+
+def test_both_documented_auto_optimize_names_still_work_and_differ(tmp_path):
+    import inspect
+
+    import tfedge
+    import tfedge.commands.auto as auto
+    import tfedge.models
+
+    # tfedge.models.auto_optimize is the study runner (bring your own evaluator) ...
+    assert tfedge.models.auto_optimize is search.run_search is search.auto_optimize
+    assert "evaluator" in inspect.signature(tfedge.models.auto_optimize).parameters
+    with pytest.raises(OptimizationError, match="needs evaluator="):
+        tfedge.models.auto_optimize(None, tolerance=0.01)
+    # ... tfedge.auto_optimize the command, which measures for real and writes out_dir.
+    assert tfedge.auto_optimize is auto.auto_optimize
+    assert "out_dir" in inspect.signature(tfedge.auto_optimize).parameters
+    with pytest.raises(OptimizationError, match=r"outside \(0, 1\)"):
+        tfedge.auto_optimize("model.keras", None, None, out_dir=tmp_path, tolerance=2.0)
+    assert not any(tmp_path.iterdir())  # refused before anything was written
 
 
 class RuleEvaluator:
@@ -117,7 +137,7 @@ def test_search_rules(tmp_path):
     seeds = [{}, {"prune": 0.9}, {"prune": 0.9, "qat": True}, {"prune": "2:4"}, {"qat": True}]
     seeds += [{"prune": 0.8, "cluster": 16, "qat": True}, {"qat": True}]
     seeds += [{"prune": "2:4", "qat": True}]
-    result = search.auto_optimize(
+    result = search.run_search(
         None,
         evaluator=evaluator,
         tolerance=0.01,
@@ -185,7 +205,7 @@ def test_a_near_miss_gets_int16_for_its_worst_layer_as_a_final_step(tmp_path):
     from tfedge.models.recipe import validate_recipe
 
     evaluator = NearMissEvaluator()
-    result = search.auto_optimize(
+    result = search.run_search(
         None,
         evaluator=evaluator,
         tolerance=0.01,
@@ -226,7 +246,7 @@ def test_multi_fidelity_screens_candidates_and_fully_tunes_only_the_promoted(tmp
     evaluator = ScreenedEvaluator()
     seeds = [{}, {"qat": True}, {"prune": 0.9}, {"prune": 0.5}, {"prune": 0.8, "cluster": 16}]
     seeds += [{"prune": 0.9, "qat": True}, {"prune": 0.7, "qat": True}]
-    result = search.auto_optimize(
+    result = search.run_search(
         None,
         evaluator=evaluator,
         tolerance=0.01,
@@ -260,7 +280,7 @@ def test_budget_stops_and_returns_the_best_so_far(tmp_path):
     evaluator = RuleEvaluator(delay=0.4)
     lines = []
     started = time.time()
-    result = search.auto_optimize(
+    result = search.run_search(
         None,
         evaluator=evaluator,
         tolerance=0.01,
@@ -277,7 +297,7 @@ def test_budget_stops_and_returns_the_best_so_far(tmp_path):
 
 
 def _confirmed_search(tmp_path, confirm, db="s.db"):
-    return search.auto_optimize(
+    return search.run_search(
         None,
         evaluator=RuleEvaluator(),
         tolerance=0.01,

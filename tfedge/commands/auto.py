@@ -1,6 +1,6 @@
 """``tfedge optimize --auto``: the accuracy-aware search, measured for real, and its outputs.
 
-:func:`tfedge.models.auto_optimize` is the search (Optuna); this module gives it the measurement:
+:func:`tfedge.models.search.run_search` is the search (Optuna); this module gives it the measurement:
 :class:`RecipeEvaluator` runs a recipe's stages the way ``tfedge optimize`` does (the same stage
 functions, the same frozen float teacher, so ``tfedge optimize --recipe`` reproduces a candidate),
 converts the result to fully-int8 TFLite and benches it with LiteRT on the validation data, on this
@@ -570,7 +570,7 @@ def auto_optimize(
 ):
     """Search for the smallest / fastest / best balanced fully-int8 model within ``tolerance``.
 
-    :func:`tfedge.models.auto_optimize` with :class:`RecipeEvaluator` as its measurement, and the
+    :func:`tfedge.models.search.run_search` with :class:`RecipeEvaluator` as its measurement, and the
     outputs written to ``out_dir`` (:func:`write_outputs`).
 
     Args:
@@ -613,8 +613,7 @@ def auto_optimize(
         >>> result = tfedge.auto_optimize("model.keras", "train.npz", "val.npz", out_dir="out",
         ...                               tolerance=0.01, objective="size")  # doctest: +SKIP
     """
-    from tfedge.models.search import auto_optimize as search
-    from tfedge.models.search import check_settings, open_storage
+    from tfedge.models.search import check_settings, open_storage, run_search
 
     check_settings(tolerance, objective, budget_minutes, max_trials)
     if fidelity not in ("full", "multi"):
@@ -647,7 +646,7 @@ def auto_optimize(
         f"study {name!r}" + (f", budget {budget_minutes:g} min" if budget_minutes else "")
     )
     try:
-        result = search(
+        result = run_search(
             getattr(measure, "base", model),
             train,
             val,
