@@ -78,10 +78,12 @@ def test_run_search_needs_an_evaluator():
 
 
 def test_both_documented_auto_optimize_names_still_work_and_differ(tmp_path):
+    import importlib
     import inspect
 
     import tfedge
     import tfedge.commands.auto as auto
+    import tfedge.commands.evaluator as evaluator
     import tfedge.models
 
     # tfedge.models.auto_optimize is the study runner (bring your own evaluator) ...
@@ -91,6 +93,9 @@ def test_both_documented_auto_optimize_names_still_work_and_differ(tmp_path):
         tfedge.models.auto_optimize(None, tolerance=0.01)
     # ... tfedge.auto_optimize the command, which measures for real and writes out_dir.
     assert tfedge.auto_optimize is auto.auto_optimize
+    # the evaluator has a module of its own; the old paths still reach it
+    assert auto.RecipeEvaluator is evaluator.RecipeEvaluator
+    assert importlib.import_module("tfedge.search").RecipeEvaluator is evaluator.RecipeEvaluator
     assert "out_dir" in inspect.signature(tfedge.auto_optimize).parameters
     with pytest.raises(OptimizationError, match=r"outside \(0, 1\)"):
         tfedge.auto_optimize("model.keras", None, None, out_dir=tmp_path, tolerance=2.0)
@@ -400,7 +405,7 @@ def test_when_no_candidate_holds_on_held_back_data_ptq_is_the_fallback(tmp_path)
 
 
 def test_split_confirmation_is_seeded_stratified_and_disjoint(digits):
-    from tfedge.commands.auto import split_confirmation
+    from tfedge.commands.evaluator import split_confirmation
 
     val = digits[1].take(200, seed=1)
     search_part, confirm_part = split_confirmation(val)
@@ -437,7 +442,7 @@ def tiny(tmp_path_factory, digits, train_npz, test_npz):
 
 
 def test_the_evaluator_keeps_back_half_of_val_unless_it_is_small(tiny, digits, tmp_path, capsys):
-    from tfedge.commands.auto import MIN_SPLIT_SAMPLES, RecipeEvaluator
+    from tfedge.commands.evaluator import MIN_SPLIT_SAMPLES, RecipeEvaluator
 
     full = RecipeEvaluator(tiny["model"], tiny["train"], tiny["val"], out_dir=tmp_path / "a")
     assert len(full.val) + len(full.confirm) == len(digits[1])
@@ -506,7 +511,7 @@ def test_a_native_crash_in_a_fine_tune_is_retried_without_onednn(tiny, tmp_path,
     """A fine-tune process that dies by a signal (as TensorFlow's native crashes end it) runs
     the stage again in a new process with oneDNN's kernels off, where those crashes do not
     happen."""
-    from tfedge.commands.auto import RecipeEvaluator
+    from tfedge.commands.evaluator import RecipeEvaluator
     from tfedge.commands.stage_worker import WITHOUT_ONEDNN
 
     evaluator = RecipeEvaluator(tiny["model"], tiny["train"], tiny["val"], out_dir=tmp_path, runs=5)
@@ -522,7 +527,7 @@ def test_a_native_crash_in_a_fine_tune_is_retried_without_onednn(tiny, tmp_path,
 
 
 def test_the_evaluator_runs_the_worst_layer_in_int16_and_marks_the_edgetpu(tiny, tmp_path):
-    from tfedge.commands.auto import RecipeEvaluator
+    from tfedge.commands.evaluator import RecipeEvaluator
     from tfedge.core.inspector import inspect_model
 
     evaluator = RecipeEvaluator(tiny["model"], tiny["train"], tiny["val"], out_dir=tmp_path, runs=3)
@@ -541,7 +546,7 @@ def test_the_evaluator_runs_the_worst_layer_in_int16_and_marks_the_edgetpu(tiny,
 
 
 def test_a_screen_fine_tunes_briefly_on_a_share_of_the_data(tiny, tmp_path):
-    from tfedge.commands.auto import RecipeEvaluator
+    from tfedge.commands.evaluator import RecipeEvaluator
 
     evaluator = RecipeEvaluator(tiny["model"], tiny["train"], tiny["val"], out_dir=tmp_path, runs=3)
     recipe = {"stages": [{"name": "prune", "sparsity": 0.5, "epochs": 3}]}
@@ -559,7 +564,7 @@ def test_a_screen_fine_tunes_briefly_on_a_share_of_the_data(tiny, tmp_path):
 def test_a_fine_tune_that_crashes_twice_fails_that_candidate_only(tiny, tmp_path, crashing):
     """Crashing with oneDNN on and off fails the candidate with the signal named; the
     evaluator's next candidate runs in a new process."""
-    from tfedge.commands.auto import RecipeEvaluator
+    from tfedge.commands.evaluator import RecipeEvaluator
     from tfedge.commands.stage_worker import WITHOUT_ONEDNN
 
     evaluator = RecipeEvaluator(tiny["model"], tiny["train"], tiny["val"], out_dir=tmp_path, runs=5)
@@ -589,7 +594,7 @@ def test_a_fine_tune_that_crashes_twice_fails_that_candidate_only(tiny, tmp_path
 def test_a_model_the_fine_tune_process_cannot_load_is_trained_here(digits, tmp_path, capsys):
     """A custom layer registered only in the user's program is unknown to the child process:
     the fine-tunes then run in the search's own process, with a warning."""
-    from tfedge.commands.auto import RecipeEvaluator
+    from tfedge.commands.evaluator import RecipeEvaluator
     from tfedge.core.backend import keras
 
     @keras.utils.register_keras_serializable(package="tfedge_test_only_here")
@@ -628,7 +633,7 @@ def test_a_model_the_fine_tune_process_cannot_load_is_trained_here(digits, tmp_p
 
 
 def test_a_stage_error_in_the_fine_tune_process_comes_back_with_its_hint(tiny, tmp_path):
-    from tfedge.commands.auto import RecipeEvaluator
+    from tfedge.commands.evaluator import RecipeEvaluator
 
     evaluator = RecipeEvaluator(tiny["model"], tiny["train"], tiny["val"], out_dir=tmp_path)
     try:
