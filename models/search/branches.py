@@ -68,3 +68,58 @@ def _broken_prefix(study, recipe):
             if prefix and stages[: len(prefix)] == prefix:
                 return other.number, why
     return None
+
+
+def _reuse(trial, earlier):
+    """This trial takes the result of ``earlier``, a trial of the same recipe: its values, or pruned."""
+    import optuna
+
+    trial.set_user_attr("duplicate_of", earlier.number)
+    if earlier.state == optuna.trial.TrialState.COMPLETE:
+        trial.set_user_attr("figures", earlier.user_attrs.get("figures"))
+        return earlier.values
+    if earlier.state == optuna.trial.TrialState.FAIL:
+        trial.set_user_attr("pruned", f"same recipe as trial {earlier.number}, which failed")
+    raise optuna.TrialPruned(f"same recipe as trial {earlier.number}")
+
+
+def _prune_if_branch_closed(study, trial, recipe) -> None:
+    """Prune this trial, unrun, when its recipe starts like a broken or failed one."""
+    import optuna
+
+    broken = _broken_prefix(study, recipe)
+    if broken is not None:
+        number, why = broken
+        trial.set_user_attr("pruned", f"starts like trial {number}, {why}")
+        raise optuna.TrialPruned(f"branch of trial {number}")
+
+
+def _stage_guard(reference_accuracy: float, tolerance: float):
+    """The evaluator's ``on_stage`` callback: raises :class:`_BranchBroken` below the stage floor."""
+    floor = reference_accuracy - BRANCH_SLACK * tolerance
+
+    def on_stage(index, keras_accuracy):
+        if keras_accuracy is not None and keras_accuracy < floor:
+            raise _BranchBroken(index, keras_accuracy)
+
+    return on_stage
+
+
+def _closed_branch(trial, recipe, broken_at: _BranchBroken):
+    """Record the broken stage list on the trial; returns the ``TrialPruned`` to raise."""
+    import optuna
+
+    trial.set_user_attr("broken_prefix", recipe["stages"][: broken_at.index + 1])
+    trial.set_user_attr(
+        "pruned",
+        f"stage {broken_at.index + 1} fell to {broken_at.accuracy * 100:.2f}% (Keras), "
+        f"more than {BRANCH_SLACK:g}x the tolerance below the reference",
+    )
+    return optuna.TrialPruned(str(broken_at))
+
+
+def _record_failed_prefix(trial, exc) -> None:
+    """An error that names the stages up to the one that failed closes the recipes starting so."""
+    failed = getattr(exc, "stages", None)
+    if isinstance(failed, list) and failed:
+        trial.set_user_attr("failed_prefix", failed)

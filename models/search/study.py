@@ -18,10 +18,13 @@ import time
 
 from tfedge.core.errors import OptimizationError
 from tfedge.models.search.branches import (
-    BRANCH_SLACK,
     _BranchBroken,
-    _broken_prefix,
+    _closed_branch,
     _earlier_result,
+    _prune_if_branch_closed,
+    _record_failed_prefix,
+    _reuse,
+    _stage_guard,
 )
 from tfedge.models.search.confirmation import SearchResult, _error_text, collect, confirm_best
 from tfedge.models.search.objectives import _describe, _jsonable, _score, _values, check_settings
@@ -234,29 +237,12 @@ def run_search(
         earlier = _earlier_result(study, trial, key)
         if earlier is not None:
             state["duplicates_in_a_row"] += 1
-            trial.set_user_attr("duplicate_of", earlier.number)
-            if earlier.state == optuna.trial.TrialState.COMPLETE:
-                trial.set_user_attr("figures", earlier.user_attrs.get("figures"))
-                return earlier.values
-            if earlier.state == optuna.trial.TrialState.FAIL:
-                trial.set_user_attr(
-                    "pruned", f"same recipe as trial {earlier.number}, which failed"
-                )
-            raise optuna.TrialPruned(f"same recipe as trial {earlier.number}")
+            return _reuse(trial, earlier)
         state["duplicates_in_a_row"] = 0
-        broken = _broken_prefix(study, recipe)
-        if broken is not None:
-            number, why = broken
-            trial.set_user_attr("pruned", f"starts like trial {number}, {why}")
-            raise optuna.TrialPruned(f"branch of trial {number}")
-        stage_floor = float(reference["accuracy"]) - BRANCH_SLACK * tolerance
+        _prune_if_branch_closed(study, trial, recipe)
         if screen is not None and recipe["stages"]:
             _screened(screen, evaluator, recipe, fidelity, trial, floor, tolerance, objective)
-
-        def on_stage(index, keras_accuracy):
-            if keras_accuracy is not None and keras_accuracy < stage_floor:
-                raise _BranchBroken(index, keras_accuracy)
-
+        on_stage = _stage_guard(float(reference["accuracy"]), tolerance)
         began = time.time()
         state["ran"] += 1
         try:
@@ -265,22 +251,14 @@ def run_search(
             else:
                 figures = evaluator(recipe)
         except _BranchBroken as broken_at:
-            trial.set_user_attr("broken_prefix", recipe["stages"][: broken_at.index + 1])
-            trial.set_user_attr(
-                "pruned",
-                f"stage {broken_at.index + 1} fell to {broken_at.accuracy * 100:.2f}% (Keras), "
-                f"more than {BRANCH_SLACK:g}x the tolerance below the reference",
-            )
-            raise optuna.TrialPruned(str(broken_at)) from None
+            raise _closed_branch(trial, recipe, broken_at) from None
         except (KeyboardInterrupt, optuna.TrialPruned):
             raise
         except Exception as exc:
             trial.set_user_attr("error", _error_text(exc))
             if getattr(exc, "hint", None):
                 trial.set_user_attr("hint", exc.hint)
-            failed = getattr(exc, "stages", None)  # the stages up to the one that failed
-            if isinstance(failed, list) and failed:
-                trial.set_user_attr("failed_prefix", failed)
+            _record_failed_prefix(trial, exc)
             raise
         finally:
             state["durations"].append(time.time() - began)
