@@ -1,10 +1,11 @@
 """tfedge.models: Keras compression wrappers (pruning, QAT, clustering, distillation, factorization)."""
 
-from tfedge.models.search import SearchResult, auto_optimize
+from tfedge.models.search import SearchResult, auto_optimize, run_search
 from tfedge.models.wrapping import callbacks, finalize, step, wrap
 
 __all__ = [
     "custom_objects",
+    "run_search",
     "auto_optimize",
     "SearchResult",
     "wrap",

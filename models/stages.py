@@ -35,7 +35,7 @@ from functools import cache
 from pathlib import Path
 
 from tfedge.core.errors import OptimizationError
-from tfedge.core.files import atomic_path
+from tfedge.core.files import save_atomically
 from tfedge.models.fine_tune import FINE_TUNE_KEYS, SUPPLIED_KEYS, defaults_of, with_keywords
 
 __all__ = [
@@ -318,19 +318,6 @@ def code_key(stages) -> str:
         for path in _sources(module):
             digest.update(path.read_bytes())
     return digest.hexdigest()[:16]
-
-
-def save_atomically(thing, path) -> Path:
-    """``thing.save`` (a Keras model, a Dataset) to a temporary name beside ``path``, then renamed:
-    a reader never sees half a file, and a failed save leaves nothing behind.
-
-    Example:
-        >>> save_atomically(model, "cache/stage.keras")  # doctest: +SKIP
-    """
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        thing.save(tmp)
-    return path
 
 
 def _cluster_keeps(made: set) -> dict:

@@ -35,3 +35,4 @@ def test_wheel_installs_recipes_targets_and_expected_figures(tmp_path):
     assert {f"tfedge/converters/targets/{name}" for name in targets} <= names
     assert "tfedge/models/expected.json" in names
     assert "tfedge/devices/runner.py" in names
+    assert "tfedge/models/search/study.py" in names  # a sub-package of models/

@@ -1,7 +1,7 @@
 """`tfedge optimize --auto`: the Optuna search, measured for real (fine-tunes, int8, LiteRT).
 
 The search rules (seeds, failed candidates, closed branches, duplicates, budget, Pareto set) are
-checked on :func:`tfedge.models.auto_optimize` with a deterministic evaluator, the documented
+checked on :func:`tfedge.models.search.run_search` with a deterministic evaluator, the documented
 injection point; everything else runs the real evaluator on a tiny digits CNN with one-epoch
 fine-tunes, real SQLite and PostgreSQL storages, and real worker processes.
 """
@@ -68,13 +68,38 @@ def test_seeds_start_cheap_and_hold_the_hand_recipes(objective):
 def test_bad_settings(kwargs, needle):
     settings = {"tolerance": 0.01, "objective": "size", "evaluator": lambda r: {}, **kwargs}
     with pytest.raises(OptimizationError, match=needle):
-        search.auto_optimize(None, **settings)
+        search.run_search(None, **settings)
 
 
-def test_models_auto_optimize_needs_an_evaluator():
+def test_run_search_needs_an_evaluator():
     with pytest.raises(OptimizationError, match="tfedge.auto_optimize") as info:
-        search.auto_optimize(None, tolerance=0.01)
+        search.run_search(None, tolerance=0.01)
     assert "evaluator" in info.value.message
+
+
+def test_both_documented_auto_optimize_names_still_work_and_differ(tmp_path):
+    import importlib
+    import inspect
+
+    import tfedge
+    import tfedge.commands.auto as auto
+    import tfedge.commands.evaluator as evaluator
+    import tfedge.models
+
+    # tfedge.models.auto_optimize is the study runner (bring your own evaluator) ...
+    assert tfedge.models.auto_optimize is search.run_search is search.auto_optimize
+    assert "evaluator" in inspect.signature(tfedge.models.auto_optimize).parameters
+    with pytest.raises(OptimizationError, match="needs evaluator="):
+        tfedge.models.auto_optimize(None, tolerance=0.01)
+    # ... tfedge.auto_optimize the command, which measures for real and writes out_dir.
+    assert tfedge.auto_optimize is auto.auto_optimize
+    # the evaluator has a module of its own; the old paths still reach it
+    assert auto.RecipeEvaluator is evaluator.RecipeEvaluator
+    assert importlib.import_module("tfedge.search").RecipeEvaluator is evaluator.RecipeEvaluator
+    assert "out_dir" in inspect.signature(tfedge.auto_optimize).parameters
+    with pytest.raises(OptimizationError, match=r"outside \(0, 1\)"):
+        tfedge.auto_optimize("model.keras", None, None, out_dir=tmp_path, tolerance=2.0)
+    assert not any(tmp_path.iterdir())  # refused before anything was written
 
 
 class RuleEvaluator:
@@ -117,7 +142,7 @@ def test_search_rules(tmp_path):
     seeds = [{}, {"prune": 0.9}, {"prune": 0.9, "qat": True}, {"prune": "2:4"}, {"qat": True}]
     seeds += [{"prune": 0.8, "cluster": 16, "qat": True}, {"qat": True}]
     seeds += [{"prune": "2:4", "qat": True}]
-    result = search.auto_optimize(
+    result = search.run_search(
         None,
         evaluator=evaluator,
         tolerance=0.01,
@@ -185,7 +210,7 @@ def test_a_near_miss_gets_int16_for_its_worst_layer_as_a_final_step(tmp_path):
     from tfedge.models.recipe import validate_recipe
 
     evaluator = NearMissEvaluator()
-    result = search.auto_optimize(
+    result = search.run_search(
         None,
         evaluator=evaluator,
         tolerance=0.01,
@@ -226,7 +251,7 @@ def test_multi_fidelity_screens_candidates_and_fully_tunes_only_the_promoted(tmp
     evaluator = ScreenedEvaluator()
     seeds = [{}, {"qat": True}, {"prune": 0.9}, {"prune": 0.5}, {"prune": 0.8, "cluster": 16}]
     seeds += [{"prune": 0.9, "qat": True}, {"prune": 0.7, "qat": True}]
-    result = search.auto_optimize(
+    result = search.run_search(
         None,
         evaluator=evaluator,
         tolerance=0.01,
@@ -260,7 +285,7 @@ def test_budget_stops_and_returns_the_best_so_far(tmp_path):
     evaluator = RuleEvaluator(delay=0.4)
     lines = []
     started = time.time()
-    result = search.auto_optimize(
+    result = search.run_search(
         None,
         evaluator=evaluator,
         tolerance=0.01,
@@ -277,7 +302,7 @@ def test_budget_stops_and_returns_the_best_so_far(tmp_path):
 
 
 def _confirmed_search(tmp_path, confirm, db="s.db"):
-    return search.auto_optimize(
+    return search.run_search(
         None,
         evaluator=RuleEvaluator(),
         tolerance=0.01,
@@ -380,7 +405,7 @@ def test_when_no_candidate_holds_on_held_back_data_ptq_is_the_fallback(tmp_path)
 
 
 def test_split_confirmation_is_seeded_stratified_and_disjoint(digits):
-    from tfedge.commands.auto import split_confirmation
+    from tfedge.commands.evaluator import split_confirmation
 
     val = digits[1].take(200, seed=1)
     search_part, confirm_part = split_confirmation(val)
@@ -417,7 +442,7 @@ def tiny(tmp_path_factory, digits, train_npz, test_npz):
 
 
 def test_the_evaluator_keeps_back_half_of_val_unless_it_is_small(tiny, digits, tmp_path, capsys):
-    from tfedge.commands.auto import MIN_SPLIT_SAMPLES, RecipeEvaluator
+    from tfedge.commands.evaluator import MIN_SPLIT_SAMPLES, RecipeEvaluator
 
     full = RecipeEvaluator(tiny["model"], tiny["train"], tiny["val"], out_dir=tmp_path / "a")
     assert len(full.val) + len(full.confirm) == len(digits[1])
@@ -486,7 +511,7 @@ def test_a_native_crash_in_a_fine_tune_is_retried_without_onednn(tiny, tmp_path,
     """A fine-tune process that dies by a signal (as TensorFlow's native crashes end it) runs
     the stage again in a new process with oneDNN's kernels off, where those crashes do not
     happen."""
-    from tfedge.commands.auto import RecipeEvaluator
+    from tfedge.commands.evaluator import RecipeEvaluator
     from tfedge.commands.stage_worker import WITHOUT_ONEDNN
 
     evaluator = RecipeEvaluator(tiny["model"], tiny["train"], tiny["val"], out_dir=tmp_path, runs=5)
@@ -502,7 +527,7 @@ def test_a_native_crash_in_a_fine_tune_is_retried_without_onednn(tiny, tmp_path,
 
 
 def test_the_evaluator_runs_the_worst_layer_in_int16_and_marks_the_edgetpu(tiny, tmp_path):
-    from tfedge.commands.auto import RecipeEvaluator
+    from tfedge.commands.evaluator import RecipeEvaluator
     from tfedge.core.inspector import inspect_model
 
     evaluator = RecipeEvaluator(tiny["model"], tiny["train"], tiny["val"], out_dir=tmp_path, runs=3)
@@ -521,7 +546,7 @@ def test_the_evaluator_runs_the_worst_layer_in_int16_and_marks_the_edgetpu(tiny,
 
 
 def test_a_screen_fine_tunes_briefly_on_a_share_of_the_data(tiny, tmp_path):
-    from tfedge.commands.auto import RecipeEvaluator
+    from tfedge.commands.evaluator import RecipeEvaluator
 
     evaluator = RecipeEvaluator(tiny["model"], tiny["train"], tiny["val"], out_dir=tmp_path, runs=3)
     recipe = {"stages": [{"name": "prune", "sparsity": 0.5, "epochs": 3}]}
@@ -539,7 +564,7 @@ def test_a_screen_fine_tunes_briefly_on_a_share_of_the_data(tiny, tmp_path):
 def test_a_fine_tune_that_crashes_twice_fails_that_candidate_only(tiny, tmp_path, crashing):
     """Crashing with oneDNN on and off fails the candidate with the signal named; the
     evaluator's next candidate runs in a new process."""
-    from tfedge.commands.auto import RecipeEvaluator
+    from tfedge.commands.evaluator import RecipeEvaluator
     from tfedge.commands.stage_worker import WITHOUT_ONEDNN
 
     evaluator = RecipeEvaluator(tiny["model"], tiny["train"], tiny["val"], out_dir=tmp_path, runs=5)
@@ -569,7 +594,7 @@ def test_a_fine_tune_that_crashes_twice_fails_that_candidate_only(tiny, tmp_path
 def test_a_model_the_fine_tune_process_cannot_load_is_trained_here(digits, tmp_path, capsys):
     """A custom layer registered only in the user's program is unknown to the child process:
     the fine-tunes then run in the search's own process, with a warning."""
-    from tfedge.commands.auto import RecipeEvaluator
+    from tfedge.commands.evaluator import RecipeEvaluator
     from tfedge.core.backend import keras
 
     @keras.utils.register_keras_serializable(package="tfedge_test_only_here")
@@ -608,7 +633,7 @@ def test_a_model_the_fine_tune_process_cannot_load_is_trained_here(digits, tmp_p
 
 
 def test_a_stage_error_in_the_fine_tune_process_comes_back_with_its_hint(tiny, tmp_path):
-    from tfedge.commands.auto import RecipeEvaluator
+    from tfedge.commands.evaluator import RecipeEvaluator
 
     evaluator = RecipeEvaluator(tiny["model"], tiny["train"], tiny["val"], out_dir=tmp_path)
     try:

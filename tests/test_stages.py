@@ -16,10 +16,13 @@ def test_the_registry_is_what_recipes_flags_and_the_search_read():
 
     assert registry.names() == STAGE_ORDER == tuple(STAGES)
     assert STAGES == {s.name: (s.module, s.function) for s in registry.registered()}
-    # The search's space and costs, declared once per stage (search.py reads them later).
+    # The search's space and costs are the ones each stage declares.
+    import tfedge.models.search.space as space
+
     assert registry.search_space() == {k: list(v) for k, v in search.SPACE.items()}
     assert list(registry.search_space()) == list(search.SPACE)
-    assert registry.costs() == search._COST
+    assert registry.costs() == space._COST
+    assert space._LATENCY_SKIPS == ("prune", "cluster")
     points = [
         {"prune": 0.8, "cluster": 16, "qat": True},
         {"distill": 0.25, "factorize": 0.95, "prune_filters": 0.5, "criterion": "taylor"},
@@ -191,4 +194,4 @@ def test_the_stage_running_names_still_import_from_the_optimize_command():
     for name in ("run_stage", "code_key", "save_atomically"):
         assert getattr(optimize, name) is getattr(registry, name)
     assert stage_worker.run_stage is registry.run_stage
-    assert optimize.code_key([{"name": "qat"}]) != optimize.code_key([{"name": "prune"}])
+    assert registry.code_key([{"name": "qat"}]) != registry.code_key([{"name": "prune"}])

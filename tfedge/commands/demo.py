@@ -12,7 +12,7 @@ Example:
 from pathlib import Path
 
 from tfedge.core.console import echo
-from tfedge.core.files import write_atomically
+from tfedge.core.files import save_atomically, write_atomically
 from tfedge.devices.runner import DEFAULT_RUNS
 
 __all__ = ["run_demo"]
@@ -37,7 +37,7 @@ def run_demo(
 
     steps = progress(total=5 if compress else 4, desc="demo", unit="step", leave=False)
     model = train(build("digits_cnn"), train_data, epochs=epochs)
-    model.save(out / "model.keras")
+    save_atomically(model, out / "model.keras")
     keras_accuracy = {"float32": _accuracy(model, test_data)}
     keras_accuracy["int8"] = keras_accuracy["float32"]
     steps.update(1)
@@ -59,7 +59,7 @@ def run_demo(
         small = quantize_aware(
             small, fit_data, val_data, preserve="sparsity", teacher=model, epochs=3
         )
-        small.save(out / "model_pruned_qat.keras")
+        save_atomically(small, out / "model_pruned_qat.keras")
         stage = "pruned 80% + QAT int8"
         paths[stage] = out / "digits_pruned_qat_int8.tflite"
         write_atomically(paths[stage], convert(small, calib=train_data))

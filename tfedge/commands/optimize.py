@@ -26,9 +26,6 @@ from tfedge.core.errors import OptimizationError
 from tfedge.core.files import write_atomically
 from tfedge.devices.runner import DEFAULT_RUNS
 from tfedge.models.recipe import STAGES, load_recipe
-
-# Running a stage is the compression layer's (tfedge.models.stages); these names stay importable
-# here for the callers that import them from this module (tfedge.commands.auto).
 from tfedge.models.stages import code_key, run_stage, save_atomically
 
 __all__ = [
@@ -36,9 +33,6 @@ __all__ = [
     "stages_from_flags",
     "load_recipe",
     "optimize",
-    "code_key",
-    "run_stage",
-    "save_atomically",
 ]
 
 
@@ -283,7 +277,7 @@ def optimize(
         else:
             echo(f"stage {index}/{len(stages)}: {label}")
             current = run_stage(stage, current, train, val, teacher=teacher, strategy=strategy)
-            current.save(keras_path)
+            save_atomically(current, keras_path)
             state[name] = key
             write_atomically(state_file, json.dumps(state, indent=2))
         accuracy = _accuracy(current, val)
@@ -292,7 +286,7 @@ def optimize(
         compression[str(entries[-1][1])] = plans.entry(entries[-1][1], current)
 
     final_keras = out / "model.keras"
-    current.save(final_keras)
+    save_atomically(current, final_keras)
     final_tflite = out / "model.tflite"
     write_atomically(final_tflite, entries[-1][1].read_bytes())
     val_npz = val.save(checkpoints / "val.npz")

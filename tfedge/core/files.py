@@ -24,7 +24,14 @@ from typing import BinaryIO
 
 from tfedge.core.errors import InputFileError
 
-__all__ = ["refuse_overwrite", "atomic_file", "atomic_path", "write_atomically", "inputs_of"]
+__all__ = [
+    "refuse_overwrite",
+    "atomic_file",
+    "atomic_path",
+    "save_atomically",
+    "write_atomically",
+    "inputs_of",
+]
 
 
 def _umask() -> int:
@@ -55,6 +62,19 @@ def atomic_path(path) -> Iterator[Path]:
     finally:
         if tmp.is_file():
             tmp.unlink()
+
+
+def save_atomically(thing, path) -> Path:
+    """``thing.save`` (a Keras model, a Dataset) to a temporary name beside ``path``, then renamed:
+    a reader never sees half a file, and a failed save leaves nothing behind.
+
+    Example:
+        >>> save_atomically(model, "cache/stage.keras")  # doctest: +SKIP
+    """
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        thing.save(tmp)
+    return path
 
 
 @contextmanager

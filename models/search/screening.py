@@ -1,0 +1,60 @@
+"""Multi-fidelity: a brief screen of each candidate, and only the promoted get the full fine-tune.
+
+Example:
+    >>> SCREEN
+    {'epochs': 1, 'data_fraction': 0.25}
+"""
+
+from tfedge.models.search.objectives import _describe, _jsonable, _score
+
+__all__ = ["SCREEN", "SCREEN_REDUCTION", "SCREEN_PENALTY"]
+
+# Multi-fidelity: the screen every candidate with stages gets first, the share of screens the
+# successive-halving pruner promotes to the full fine-tune (1 / SCREEN_REDUCTION), and how much a
+# screen's score worsens per tolerance of accuracy it falls below the floor.
+SCREEN = {"epochs": 1, "data_fraction": 0.25}
+SCREEN_REDUCTION = 2
+SCREEN_PENALTY = 4.0
+
+
+def _screened(screen, evaluator, recipe, fidelity, trial, floor, tolerance, objective) -> None:
+    """The low-fidelity screen of one candidate; raises ``TrialPruned`` unless promoted.
+
+    The companion study's trial is reported the screen's score at step 1 and asked
+    ``should_prune()``: Optuna's successive halving keeps the best ``1 / SCREEN_REDUCTION`` of
+    the screens so far.
+    """
+    import optuna
+
+    trial.set_user_attr("fidelity", {"screen": dict(fidelity)})
+    peer = screen.ask()
+    try:
+        figures = dict(evaluator(recipe, fidelity=dict(fidelity)))
+    except Exception:
+        screen.tell(peer, state=optuna.trial.TrialState.FAIL)
+        raise  # a stage that fails briefly fails at full fidelity too
+    if figures.get("error") or figures.get("accuracy") is None:
+        screen.tell(peer, state=optuna.trial.TrialState.FAIL)
+        return  # the full evaluation reports the error
+    shortfall = max(0.0, floor - float(figures["accuracy"])) / tolerance
+    value = _score(figures, objective, None) * (1.0 + SCREEN_PENALTY * shortfall)
+    peer.report(value, 1)
+    trial.set_user_attr("screen_figures", _jsonable(figures))
+    if peer.should_prune():
+        screen.tell(peer, state=optuna.trial.TrialState.PRUNED)
+        trial.set_user_attr(
+            "pruned",
+            f"screened out after {_fidelity_text(fidelity)} (int8 "
+            f"{figures['accuracy'] * 100:.2f}%, {_describe(figures, objective)}): not among the "
+            f"best 1/{SCREEN_REDUCTION} of the screens (Optuna's SuccessiveHalvingPruner)",
+        )
+        raise optuna.TrialPruned("screened out")
+    screen.tell(peer, value)
+    trial.set_user_attr("fidelity", {"screen": dict(fidelity), "then": "full"})
+
+
+def _fidelity_text(fidelity: dict) -> str:
+    share = fidelity.get("data_fraction")
+    epochs = int(fidelity["epochs"])
+    text = f"{epochs} epoch{'s' if epochs > 1 else ''}"
+    return text + (f" on {share * 100:g} % of the data" if share and share < 1 else "")
