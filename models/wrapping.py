@@ -21,6 +21,10 @@ three PCQAT.
   layer at all), QAT is :mod:`tfedge.models.fake_quant`'s registered layers, which save and load
   as ``.keras``.
 
+The model :func:`finalize` returns carries what was asked and which kernels were pruned and
+clustered (:func:`requested`), which :func:`tfedge.reports.compression.check_finalized` compares
+with the converted file.
+
 In a custom ``train_step`` or ``GradientTape`` loop, call :func:`step` once at the start of every
 training step (before the forward pass), as tfmot's ``UpdatePruningStep`` does in ``fit``, and
 tell :func:`wrap` how many steps the loop runs (``steps=N``) for the polynomial schedule.

@@ -1,5 +1,5 @@
 """What tfedge shows: the HTML page (``page``; its ``inputs`` read and checked, its ``tables``,
 ``figures`` and per-layer ``analyses`` sections), its matplotlib figures (``plots``) and the
 compression report (``compression``: requested against achieved sparsity and distinct values per
-stage).
+stage, and for a model of your own loop with ``check_finalized``).
 """
