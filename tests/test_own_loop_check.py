@@ -144,3 +144,17 @@ def test_a_model_finalize_did_not_return_is_refused(own_models):
 
     with pytest.raises(OptimizationError, match="carries no record"):
         models.requested(own_models["tf_keras"])
+
+
+def test_a_2_4_structure_is_checked_group_by_group(own_models, digits):
+    from tfedge.converters import convert
+    from tfedge.reports.compression import check_finalized
+
+    final = _finalized(own_models, digits, "keras3", {"structure": "2:4"}, epochs=1)
+    entry = check_finalized(final, convert(final, calib=digits[0]))
+    assert entry["requested"]["structure"] == "2:4" and entry["requested"]["sparsity"] == 0.5
+    assert entry["met"] is True, entry["notes"]
+    assert entry["achieved"]["pattern"] == 1.0
+    # 2:4 needs input channels in fours: the 1-channel conv and the depthwise kernel stay dense.
+    assert {d["layer"] for d in entry["dense_layers"]} == {"conv1", "dw"}
+    assert [layer["layer"] for layer in entry["layers"] if layer["pruned"]] == ["logits"]
