@@ -1,7 +1,7 @@
 """tfedge.models: Keras compression wrappers (pruning, QAT, clustering, distillation, factorization)."""
 
 from tfedge.models.search import SearchResult, auto_optimize, run_search
-from tfedge.models.wrapping import callbacks, finalize, step, wrap
+from tfedge.models.wrapping import callbacks, finalize, requested, step, wrap
 
 __all__ = [
     "custom_objects",
@@ -12,6 +12,7 @@ __all__ = [
     "callbacks",
     "finalize",
     "step",
+    "requested",
 ]
 
 

@@ -129,13 +129,19 @@ class Kernel:
         self.mask = tf.constant(mask)
 
     def start_clusters(self, clusters: int):
-        """Give every weight a cluster (the zeros of a pruned kernel are their own cluster)."""
+        """Give every weight a cluster (the zeros of a pruned kernel are one of the ``clusters``).
+
+        A pruned kernel's non-zero weights share ``clusters - 1`` values, so that the kernel holds
+        at most ``clusters`` distinct values with its zero, as tfmot's sparsity-preserving
+        clustering does.
+        """
         values = self.values().reshape(-1)
         ids = np.zeros(values.size, np.int64)
         nonzero = values != 0 if self.mask is not None else np.ones(values.size, bool)
-        if nonzero.sum() <= clusters:
+        shared = clusters - 1 if self.mask is not None else clusters
+        if nonzero.sum() <= shared:
             return
-        ids[nonzero] = kmeans_1d(values[nonzero], clusters) + 1
+        ids[nonzero] = kmeans_1d(values[nonzero], shared) + 1
         _, ids = np.unique(ids, return_inverse=True)
         self.groups = tf.constant(ids.reshape(-1).astype(np.int32))
         self.count = int(ids.max()) + 1

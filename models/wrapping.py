@@ -21,6 +21,10 @@ three PCQAT.
   layer at all), QAT is :mod:`tfedge.models.fake_quant`'s registered layers, which save and load
   as ``.keras``.
 
+The model :func:`finalize` returns carries what was asked and which kernels were pruned and
+clustered (:func:`requested`), which :func:`tfedge.reports.compression.check_finalized` compares
+with the converted file.
+
 In a custom ``train_step`` or ``GradientTape`` loop, call :func:`step` once at the start of every
 training step (before the forward pass), as tfmot's ``UpdatePruningStep`` does in ``fit``, and
 tell :func:`wrap` how many steps the loop runs (``steps=N``) for the polynomial schedule.
@@ -32,6 +36,8 @@ Example:
     >>> blob = tfedge.converters.convert(finalize(m), calib=x)  # doctest: +SKIP
 """
 
+import json
+
 import numpy as np
 
 import tfedge.models.fake_quant as fake_quant  # noqa: F401 (registers the Keras 3 QAT layers by name)
@@ -41,13 +47,16 @@ from tfedge.core.errors import OptimizationError, first_line
 from tfedge.core.keras_internals import rename_layer
 from tfedge.models.projection import Kernel, Projection, projection_callback, size_tfmot_schedule
 
-__all__ = ["wrap", "callbacks", "finalize", "step", "SCHEDULES", "DEFAULT_RAMP"]
+__all__ = ["wrap", "callbacks", "finalize", "step", "requested", "SCHEDULES", "DEFAULT_RAMP"]
 
 SCHEDULES = ("polynomial", "constant")
 #: The polynomial ramp takes the first half of training; the rest trains at full sparsity (and
 #: clusters, when asked).
 DEFAULT_RAMP = 0.5
 _STATE = "_tfedge_wrapping"
+# finalize's record of what was asked, as JSON text: Keras tracks a dict or list attribute
+# (wrapping it in its own containers), never a string.
+_REQUESTED = "_tfedge_requested"
 
 
 class _State:
@@ -460,6 +469,10 @@ def step(model):
 def finalize(model):
     """End compression: the final sparsity and shared values exactly, tfmot's wrappers stripped.
 
+    The returned model carries what :func:`wrap` was asked and which kernels it pruned and
+    clustered (:func:`requested`), for :func:`tfedge.reports.compression.check_finalized` to
+    compare with the converted file.
+
     Returns:
         A tf_keras model for a tf_keras input (tfmot's QAT model with ``qat``), a Keras 3 model
         for a Keras 3 input (with tfedge's fake-quantized layers with ``qat``), ready for
@@ -473,6 +486,7 @@ def finalize(model):
 
     state = _state(model)
     state.projection.finish()
+    asked = _asked_kernels(model, state)
     final = model
     if state.tfmot_pruned:
         from tfedge.models.pruning import _enforce
@@ -493,4 +507,111 @@ def finalize(model):
         except AttributeError:
             pass
     rename_layer(final, state.name)
+    setattr(final, _REQUESTED, json.dumps(_record(final, state, *asked)))
     return final
+
+
+def _asked_kernels(model, state) -> tuple[set, set]:
+    """The ``(layer, weight)`` keys of the kernels ``model`` prunes and clusters, tfmot's included.
+
+    A tfmot-clustered layer is keyed ``(layer, None)``: its kernels (never a depthwise one) are
+    its wrapper's centroids until it is stripped.
+    """
+    pruned = {(k.layer, k.weight) for k in state.projection.kernels if k.prune}
+    clustered = {(k.layer, k.weight) for k in state.projection.kernels if k.cluster}
+    for layer in model.layers:
+        inner = getattr(layer, "layer", None)
+        if inner is None:
+            continue
+        if state.tfmot_pruned and inner.name in state.tfmot_pruned:
+            pruned.update((inner.name, _short(w)) for w in _prunable(layer))
+        if state.tfmot_clustered:
+            clustered.add((inner.name, None))
+    return pruned, clustered
+
+
+def _record(final, state, pruned: set, clustered: set) -> dict:
+    """:func:`requested`'s record of ``final``: its kernels in model order, each asked or not."""
+    options = state.options
+    if options["m_by_n"] is not None:
+        structure = f"{options['m_by_n'][0]}:{options['m_by_n'][1]}"
+    elif options["block"] is not None:
+        structure = f"{options['block'][0]}x{options['block'][1]}"
+    else:
+        structure = None
+    kernels, dense, unclustered, clustered_layers = [], [], [], []
+    for layer in final.layers:
+        inner = getattr(layer, "layer", layer)
+        for weight in layer.trainable_weights:
+            if len(weight.shape) < 2:
+                continue
+            key = (inner.name, _short(weight))
+            shared = options["cluster"] is not None and (
+                key in clustered or ((key[0], None) in clustered and "depthwise" not in key[1])
+            )
+            kernels.append(
+                {
+                    "layer": key[0],
+                    "weight": key[1],
+                    "elements": int(np.prod(weight.shape)),
+                    "pruned": key in pruned,
+                    "clustered": shared,
+                }
+            )
+            if options["prune"] is not None and key not in pruned:
+                dense.append({"layer": key[0], "weight": key[1], "reason": "not pruned by wrap"})
+            if options["cluster"] is None:
+                continue
+            if shared:
+                if key[0] not in clustered_layers:
+                    clustered_layers.append(key[0])
+            else:
+                reason = "not clustered by wrap (skipped, or no more weights than clusters)"
+                unclustered.append({"layer": key[0], "weight": key[1], "reason": reason})
+    pruned_weights = sum(k["elements"] for k in kernels if k["pruned"])
+    return {
+        "sparsity": None if options["prune"] is None else float(options["prune"]),
+        "structure": structure,
+        "clusters": options["cluster"],
+        "qat": bool(state.qat),
+        "plans": {
+            "kernels": kernels,
+            "dense": dense,
+            "pruned_weights": pruned_weights,
+            "kernel_weights": sum(k["elements"] for k in kernels),
+            "clustered": clustered_layers,
+            "unclustered": unclustered,
+        },
+    }
+
+
+def requested(model) -> dict:
+    """What :func:`wrap` was asked for the model :func:`finalize` returned, and what it touched.
+
+    The record lives on the model object: it does not survive a ``.keras`` (or SavedModel) save
+    and load, which keep only Keras' own config. It is JSON: save it beside the model
+    (``json.dump(requested(final), f)``) and pass it back to
+    :func:`tfedge.reports.compression.check_finalized` in place of the model.
+
+    Returns:
+        ``{"sparsity", "structure", "clusters", "qat", "plans": {"kernels": [{"layer", "weight",
+        "elements", "pruned", "clustered"}], "dense", "pruned_weights", "kernel_weights", "clustered",
+        "unclustered"}}``: the request as :func:`tfedge.reports.compression.requested_after`
+        writes it, plus the plans :func:`tfedge.reports.compression.compression_entry` reads.
+
+    Raises:
+        OptimizationError: the model was not returned by :func:`finalize`.
+
+    Example:
+        >>> final = finalize(wrap(model, prune=0.8))  # doctest: +SKIP
+        >>> requested(final)["sparsity"]  # doctest: +SKIP
+        0.8
+    """
+    text = getattr(model, _REQUESTED, None)
+    if not isinstance(text, str):
+        raise OptimizationError(
+            f"model {getattr(model, 'name', model)!r} carries no record of models.finalize",
+            "pass the model models.finalize returned (a saved and loaded model has lost it:"
+            " pass the json.dump of models.requested(final) instead)",
+        )
+    return json.loads(text)

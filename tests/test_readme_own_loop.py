@@ -47,6 +47,11 @@ def test_keras3_snippet(tmp_path, monkeypatch, digits, tflite_accuracy):
     assert {name for name, _ in kernels} == {"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"}
     for name, kernel in kernels:
         assert np.mean(kernel == 0) >= 0.79, name
+    check = namespace["check"]  # the snippet's check_finalized of model.tflite
+    assert check["met"] is True, check["notes"]
+    assert check["requested"] == {"sparsity": 0.8, "structure": None, "clusters": 16, "qat": True}
+    assert check["achieved"]["sparsity"] >= 0.79 and check["achieved"]["unique_values_max"] <= 16
+    assert check["fully_integer"] is True
     loaded = keras3.saving.load_model(tmp_path / "compressed.keras")
     assert is_keras3_model(loaded)
     _, test = digits
@@ -63,6 +68,11 @@ def test_tf_keras_snippets(tmp_path, monkeypatch, digits, tflite_accuracy):
     exec(compile(_snippets()[1], "README.md (tf_keras)", "exec"), namespace)
     assert is_keras2_model(namespace["final"])
     blob = (tmp_path / "model.tflite").read_bytes()
+    check = namespace["check_finalized"](namespace["final"], blob)
+    assert check["met"] is True, check["notes"]
+    assert check["requested"]["sparsity"] == 0.8
+    assert len(check["layers"]) == 3  # the conv, depthwise and dense kernels, each pruned
+    assert all(layer["pruned"] and layer["sparsity"] >= 0.79 for layer in check["layers"])
     for name, kernel in _int8_kernels(blob):
         assert np.mean(kernel == 0) >= 0.79, name  # the depthwise kernel too
     _, test = digits

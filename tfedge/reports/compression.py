@@ -18,7 +18,14 @@ import tfedge.models.stages as registry
 from tfedge.core.inspector import inspect_model
 from tfedge.core.tflite_file import read_model, weight_values
 
-__all__ = ["requested_after", "compression_entry", "format_compression", "StagePlans", "TOLERANCE"]
+__all__ = [
+    "requested_after",
+    "compression_entry",
+    "format_compression",
+    "StagePlans",
+    "check_finalized",
+    "TOLERANCE",
+]
 
 #: How far (a fraction) the achieved sparsity may fall short of the requested one.
 TOLERANCE = 0.01
@@ -362,3 +369,59 @@ class StagePlans:
             kernel["pruned"] = (kernel["layer"], kernel["weight"]) in pruned
         plans = {**self.plans, "kernels": kernels}
         return compression_entry(tflite_path, requested_after(self.stages), plans)
+
+
+def check_finalized(model, tflite) -> dict:
+    """Requested against achieved for a model of your own loop (:func:`tfedge.models.finalize`).
+
+    Args:
+        model: the model ``finalize`` returned, or its :func:`tfedge.models.requested` record
+            (the JSON a saved model needs beside it: the record does not survive ``.keras``).
+        tflite: the converted file: a path or its bytes (what ``convert`` returned).
+
+    Returns:
+        :func:`compression_entry` of the file (``requested`` gains ``qat``), plus
+        ``fully_integer`` (no float operator, I/O included; a note says when not). ``met`` is
+        the compression check: the requested sparsity on every kernel ``wrap`` pruned and at
+        most the requested distinct values in every one it clustered.
+
+    Example:
+        >>> final = models.finalize(m)  # doctest: +SKIP
+        >>> check_finalized(final, convert(final, calib=train))["met"]  # doctest: +SKIP
+        True
+    """
+    # Importing tfedge.models loads TensorFlow (about 10 s measured); the rest of this module
+    # reads .tflite files and JSON without it.
+    import tfedge.models.wrapping as wrapping
+
+    record = model if isinstance(model, dict) else wrapping.requested(model)
+    asked = {key: record.get(key) for key in ("sparsity", "structure", "clusters")}
+    entry = compression_entry(tflite, asked, record.get("plans"))
+    entry["requested"]["qat"] = bool(record.get("qat"))
+    _check_depthwise_clusters(entry, record)
+    info = inspect_model(tflite)
+    entry["fully_integer"] = info["fully_integer"]
+    if not info["fully_integer"]:
+        entry["notes"].append(
+            "not fully int8: float operators " + ", ".join(info.get("float_ops", []))
+        )
+    return entry
+
+
+def _check_depthwise_clusters(entry: dict, record: dict) -> None:
+    """Hold the depthwise kernels ``wrap`` clustered (tfmot never does) to the clusters too."""
+    clusters = record.get("clusters")
+    shared = {
+        (k["layer"], k["weight"])
+        for k in record.get("plans", {}).get("kernels", [])
+        if k.get("clustered") and "depthwise" in k["weight"]
+    }
+    for layer in entry["layers"]:
+        if clusters is None or (layer["layer"], layer["weight"]) not in shared:
+            continue
+        layer["clustered"] = True
+        if layer["unique_values"] > clusters:
+            entry["met"] = False
+            entry["notes"].append(
+                f"{clusters} values asked, {layer['layer']} has {layer['unique_values']}"
+            )
