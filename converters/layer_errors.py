@@ -26,11 +26,18 @@ Example:
 from __future__ import annotations
 
 import numpy as np
+from ai_edge_litert.interpreter import Interpreter
 
 from tfedge.converters.modes import mode_of
 from tfedge.converters.tensor_names import LayerMatcher, in_graph_order
+from tfedge.converters.tflite import input_shape_of
+from tfedge.core.backend import tf
+from tfedge.core.console import progress, quiet
 from tfedge.core.error_stats import ErrorStats
 from tfedge.core.errors import ConversionError, TfedgeError, first_line
+from tfedge.core.inspector import inspect_model
+from tfedge.core.loading import LoadedModel, load_model
+from tfedge.core.streams import calibration_samples
 
 __all__ = ["layer_errors", "DEFAULT_SAMPLES"]
 
@@ -57,11 +64,6 @@ def layer_errors(model, calib, *, calib_samples: int = DEFAULT_SAMPLES) -> list[
     Example:
         >>> worst = min(layer_errors(model, calib=x_train), key=lambda r: r["sqnr_db"])  # doctest: +SKIP
     """
-    from tfedge.converters.tflite import input_shape_of
-    from tfedge.core.backend import tf
-    from tfedge.core.console import progress, quiet
-    from tfedge.core.loading import LoadedModel, load_model
-    from tfedge.core.streams import calibration_samples
 
     if isinstance(model, (str, bytes)) or hasattr(model, "__fspath__"):
         model = load_model(model)
@@ -122,7 +124,6 @@ def layer_errors(model, calib, *, calib_samples: int = DEFAULT_SAMPLES) -> list[
 def _original_names(pairs, plain_model: bytes):
     """Name each pair after the tensor of the plain int8 model (the debug model renames tensors:
     ``Identity`` becomes ``Identity2``), matched in graph order by operator type."""
-    from tfedge.core.inspector import inspect_model
 
     info = inspect_model(plain_model, detail=True)
     names = {t["index"]: t["name"] for t in info["tensors"] if t["subgraph"] == 0}
@@ -141,10 +142,6 @@ def _run_debug_model(debug_model: bytes, x: np.ndarray):
     Read with ``experimental_preserve_all_tensors``: without it the interpreter reuses the float
     twins' memory and a value read after ``invoke`` may belong to a later operator.
     """
-    from ai_edge_litert.interpreter import Interpreter
-
-    from tfedge.core.console import progress, quiet
-    from tfedge.core.inspector import inspect_model
 
     info = inspect_model(debug_model, detail=True)
     tensors = {t["index"]: t for t in info["tensors"] if t["subgraph"] == 0}

@@ -32,11 +32,16 @@ from collections.abc import Sequence
 
 import numpy as np
 from ai_edge_litert import schema_py_generated as schema
+from ai_edge_litert.interpreter import Interpreter
+from ai_edge_quantizer import qtyping, quantizer
+from ai_edge_quantizer.utils.tfl_flatbuffer_utils import get_op_scope
 
 from tfedge.converters.flatbuffer import opcode_names, rewrite, unpack_model
 from tfedge.converters.float_islands import integerize_islands
 from tfedge.converters.tensor_names import LayerMatcher
+from tfedge.core.console import progress, quiet
 from tfedge.core.errors import ConversionError, first_line
+from tfedge.core.streams import calibration_samples
 
 __all__ = [
     "WEIGHT_TYPES",
@@ -154,7 +159,6 @@ def _int16_scopes(blob: bytes, operators: set[int]) -> list[str]:
     ``tfl_flatbuffer_utils.get_op_scope`` computes (today: the output tensor names joined by
     ``;``); the scopes come from that function, so a change of format reaches this code too.
     """
-    from ai_edge_quantizer.utils.tfl_flatbuffer_utils import get_op_scope
 
     model = unpack_model(blob)
     graph = model.subgraphs[0]
@@ -381,10 +385,6 @@ def quantize_mixed(
             f"unknown weight type {str(weights)[:40]!r}; expected one of {', '.join(WEIGHT_TYPES)}",
             option="weights",
         )
-    from ai_edge_quantizer import qtyping, quantizer
-
-    from tfedge.core.console import progress, quiet
-    from tfedge.core.streams import calibration_samples
 
     blob = rewrite(float_blob, _add_signature)
     interpreter_inputs = unpack_model(blob).signatureDefs[0].inputs
@@ -459,9 +459,6 @@ def _static_config(qtyping, activation_bits: int, weights: str):
 
 def _check_runs(blob: bytes, weights: str) -> None:
     """Load and run the model once in LiteRT; name the operator it has no kernel for."""
-    from ai_edge_litert.interpreter import Interpreter
-
-    from tfedge.core.console import quiet
 
     failure = None
     with quiet():

@@ -10,6 +10,8 @@ Example:
     (True, ('float16',))
 """
 
+# TensorFlow, and the tfedge modules that import it, load inside the functions that use them:
+# `tfedge --help` and `tfedge inspect` import this module (0.15 s, against 4.5 s with TensorFlow).
 from dataclasses import dataclass
 
 from tfedge.core.errors import ConversionError

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from ai_edge_litert import schema_py_generated as schema
 
 from tfedge.converters.flatbuffer import opcode_names, rewrite, unpack_model
+from tfedge.core.backend import is_keras3_model
 from tfedge.core.errors import ConversionError
 
 __all__ = [
@@ -172,7 +173,6 @@ class LayerMatcher:
             >>> LayerMatcher.of(model).layers  # doctest: +SKIP
             ('conv', 'flat', 'dense', 'logits')
         """
-        from tfedge.core.backend import is_keras3_model
 
         return cls(
             layers=tuple(layer.name for layer in getattr(model, "layers", None) or []),

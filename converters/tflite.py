@@ -10,6 +10,9 @@ Example:
     >>> open("digits_int8.tflite", "wb").write(blob)  # doctest: +SKIP
 """
 
+# TensorFlow, and the tfedge modules that import it, load inside the functions that use them:
+# `tfedge --help` and `tfedge inspect` import this module (0.15 s, against 4.5 s with TensorFlow).
+import copy
 import inspect
 import re
 from collections.abc import Sequence
@@ -19,8 +22,10 @@ from pathlib import Path
 import numpy as np
 
 from tfedge.converters.modes import INTEGER_MODES, IO_TYPES, MODES, Mode, mode_of
+from tfedge.core.console import progress, quiet
 from tfedge.core.errors import ConversionError, TfedgeError, first_line
 from tfedge.core.files import write_atomically
+from tfedge.core.loading import LoadedModel, load_model
 from tfedge.core.streams import calibration_samples, stream_data
 
 __all__ = [
@@ -289,7 +294,6 @@ def _convert(
         )
 
     from tfedge.core.backend import tf
-    from tfedge.core.console import progress, quiet
 
     keras_model = _resolve(model)
     specs = _input_specs(keras_model, input_shape)
@@ -443,7 +447,6 @@ def _refuse_loops(concrete, mode):
 
 def _resolve(model):
     """Return the callable model from a model, LoadedModel or path."""
-    from tfedge.core.loading import LoadedModel, load_model
 
     if isinstance(model, (str, bytes)) or hasattr(model, "__fspath__"):
         import tfedge.models.fake_quant  # noqa: F401 (Keras 3 QAT files name its layers)
@@ -567,7 +570,6 @@ def _unpacked_graph(blob):
 
 def _float_copy(converter):
     """Convert a float32 twin of the model, to read its tensor names."""
-    import copy
 
     twin = copy.copy(converter)
     twin.optimizations = []

@@ -1,5 +1,8 @@
 """tfedge.models: Keras compression wrappers (pruning, QAT, clustering, distillation, factorization)."""
 
+from tfedge.core.serialization import custom_objects as tfmot_objects
+from tfedge.models.distiller import Distiller
+from tfedge.models.fake_quant import QUANT_CLASSES
 from tfedge.models.search import SearchResult, auto_optimize, run_search
 from tfedge.models.wrapping import callbacks, finalize, requested, step, wrap
 
@@ -28,9 +31,6 @@ def custom_objects() -> dict:
         >>> "Distiller" in custom_objects()  # doctest: +SKIP
         True
     """
-    from tfedge.core.serialization import custom_objects as tfmot_objects
-    from tfedge.models.distiller import Distiller
-    from tfedge.models.fake_quant import QUANT_CLASSES
 
     quant = {cls.__name__: cls for cls in QUANT_CLASSES.values()}
     quant.update({f"tfedge>{name}": cls for name, cls in quant.items()})

@@ -21,6 +21,7 @@ from tfedge.core.backend import keras, tfmot
 from tfedge.core.errors import OptimizationError, first_line
 from tfedge.core.keras_internals import rename_layer, weight_names
 from tfedge.core.serialization import tfmot_internal
+from tfedge.models.projection import Kernel, Projection, projection_callback
 
 __all__ = [
     "cluster",
@@ -98,7 +99,6 @@ def _values(weight, nonzero_only: bool) -> int:
 
 def _hold_unclustered_zeros(model, clustered) -> list:
     """A callback holding the zeros of every kernel outside ``clustered`` layers (or [])."""
-    from tfedge.models.projection import Kernel, Projection, projection_callback
 
     kernels = []
     for layer in model.layers:

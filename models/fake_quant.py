@@ -15,8 +15,11 @@ Example:
     >>> qat.compile("adam", "sparse_categorical_crossentropy"); qat.fit(x, y)  # doctest: +SKIP
 """
 
+import numpy as np
+
 from tfedge.core.backend import keras3, tf
 from tfedge.core.errors import OptimizationError, first_line
+from tfedge.models.graph import _replace_refs
 
 __all__ = [
     "kernel_bound",
@@ -377,9 +380,6 @@ def fold_batch_norms(model):
     Example:
         >>> folded = fold_batch_norms(keras3_model)  # doctest: +SKIP
     """
-    import numpy as np
-
-    from tfedge.models.graph import _replace_refs
 
     if isinstance(model, keras3.Sequential):
         model = keras3.Model(model.inputs, model.outputs, name=model.name)

@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from tfedge.core.backend import keras, keras2_safe_mode, tf
+from tfedge.core.backend import is_keras3_model, keras, keras2_safe_mode, tf
+from tfedge.core.data import load_data
 from tfedge.core.errors import OptimizationError, first_line
 from tfedge.core.keras_internals import (
     inbound_nodes,
@@ -79,7 +80,6 @@ def as_functional(model) -> keras.Model:
         >>> as_functional(seq).layers[0].__class__.__name__
         'InputLayer'
     """
-    from tfedge.core.backend import is_keras3_model
 
     if is_keras3_model(model):
         raise OptimizationError(
@@ -215,7 +215,6 @@ def rebuild(model, config: dict, weights: dict, name: str | None = None) -> kera
 
 def stage_data(data, model, name: str):
     """Load a stage's ``train`` / ``val`` data (any form :func:`tfedge.core.data.load_data` takes), with labels."""
-    from tfedge.core.data import load_data
 
     if data is None:
         return None

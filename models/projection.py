@@ -18,7 +18,7 @@ Example:
 
 import numpy as np
 
-from tfedge.core.backend import tf
+from tfedge.core.backend import keras, keras3, tf
 from tfedge.core.errors import OptimizationError
 
 __all__ = [
@@ -336,7 +336,6 @@ def projection_callback(projection, keras3_api: bool = False, tfmot_schedule=Non
     Example:
         >>> fit(model, x, callbacks=[projection_callback(Projection(kernels, prune=0.8))])  # doctest: +SKIP
     """
-    from tfedge.core.backend import keras, keras3
 
     base = keras3.callbacks.Callback if keras3_api else keras.callbacks.Callback
     if base not in _CALLBACKS:

@@ -32,6 +32,7 @@ from tfedge.core.backend import keras, tf, tfmot
 from tfedge.core.errors import OptimizationError, first_line
 from tfedge.core.keras_internals import rename_layer, weight_names
 from tfedge.core.serialization import tfmot_internal
+from tfedge.models.projection import Kernel, Projection
 
 __all__ = [
     "prune",
@@ -346,7 +347,6 @@ class _OwnPruning:
 
 
 def _own_projection(work, skip, m_by_n, block, target, schedule, ramp, total):
-    from tfedge.models.projection import Kernel, Projection
 
     skipped = layers.skipped_layers(work, skip)
     kernels = [

@@ -24,7 +24,7 @@ import numpy as np
 import tfedge.models.cloning as cloning
 import tfedge.models.layers as layers
 import tfedge.models.training as training
-from tfedge.core.backend import keras, tfmot
+from tfedge.core.backend import keras, tf, tfmot
 from tfedge.core.errors import OptimizationError, first_line
 from tfedge.core.keras_internals import OUTPUT_QUANTIZERS, quantize_wrapper_parts, rename_layer
 from tfedge.core.serialization import patch_tfmot_saving
@@ -134,7 +134,6 @@ class _RangeRecorder:
         self.seen = seen
 
     def __call__(self, inputs, training, weights, **kwargs):
-        from tfedge.core.backend import tf
 
         low = min(float(tf.reduce_min(inputs)), 0.0)
         high = max(float(tf.reduce_max(inputs)), 0.0)

@@ -29,6 +29,7 @@ from tfedge.core.keras_internals import (
     nodes_by_depth,
     sequential_functional,
 )
+from tfedge.core.loading import LoadedModel, load_model
 
 __all__ = ["to_keras2", "VERIFY_TOLERANCE"]
 
@@ -334,7 +335,6 @@ def to_keras2(model, *, verify: bool = True) -> keras.Model:
         >>> is_keras2_model(to_keras2(k3))
         True
     """
-    from tfedge.core.loading import LoadedModel, load_model
 
     if isinstance(model, (str, bytes)) or hasattr(model, "__fspath__"):
         model = load_model(model)

@@ -27,6 +27,7 @@ import math
 import tfedge.models.stages as registry
 from tfedge.core.errors import OptimizationError
 from tfedge.core.yaml_input import read_yaml
+from tfedge.models.pruning import parse_structure
 
 __all__ = [
     "STAGES",
@@ -109,7 +110,6 @@ def _structure():
     def check(value):
         if value is None:
             return True
-        from tfedge.models.pruning import parse_structure
 
         try:
             parse_structure(value)

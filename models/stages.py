@@ -37,6 +37,7 @@ from pathlib import Path
 from tfedge.core.errors import OptimizationError
 from tfedge.core.files import save_atomically
 from tfedge.models.fine_tune import FINE_TUNE_KEYS, SUPPLIED_KEYS, defaults_of, with_keywords
+from tfedge.version import __version__
 
 __all__ = [
     "Stage",
@@ -310,7 +311,6 @@ def code_key(stages) -> str:
         >>> len(code_key([{"name": "qat"}]))
         16
     """
-    from tfedge.version import __version__
 
     digest = hashlib.sha256(__version__.encode())
     for stage in stages:

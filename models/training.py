@@ -15,12 +15,16 @@ Example:
 """
 
 import contextlib
+import json
 import math
+import os
 
 import numpy as np
 
 from tfedge.core.backend import keras, tf
+from tfedge.core.console import progress, quiet
 from tfedge.core.errors import OptimizationError
+from tfedge.core.streams import DataStream
 from tfedge.models.distiller import Distiller
 from tfedge.models.fine_tune import FineTune, defaults_of, with_keywords
 from tfedge.models.rebuild import to_keras2
@@ -111,8 +115,6 @@ def resolve_strategy(strategy):
 
 def _multiworker():
     """MultiWorkerMirroredStrategy from the standard ``TF_CONFIG`` (cluster and this task)."""
-    import json
-    import os
 
     try:
         config = json.loads(os.environ.get("TF_CONFIG") or "null")
@@ -306,7 +308,6 @@ class EpochProgress(keras.callbacks.Callback):
         self.bar = None
 
     def on_train_begin(self, logs=None):
-        from tfedge.core.console import progress
 
         self.bar = progress(total=self.epochs, desc=self.desc, unit="epoch")
 
@@ -481,7 +482,6 @@ def fit(
         teacher = to_keras2(teacher)
     if seed is not None:
         keras.utils.set_random_seed(seed)
-    from tfedge.core.console import quiet
 
     probabilities = outputs_probabilities(model, train.x)
     binary = is_binary(model)
@@ -541,7 +541,6 @@ def fit(
 
 def _streamed(data) -> bool:
     """True for a :class:`~tfedge.core.streams.DataStream` (read in batches, not held in memory)."""
-    from tfedge.core.streams import DataStream
 
     return isinstance(data, DataStream)
 

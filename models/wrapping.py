@@ -40,12 +40,16 @@ import json
 
 import numpy as np
 
+import tfedge.models.cloning as cloning
 import tfedge.models.fake_quant as fake_quant  # noqa: F401 (registers the Keras 3 QAT layers by name)
 import tfedge.models.layers as layer_choice
 from tfedge.core.backend import is_keras3_model, keras, keras3, tfmot
 from tfedge.core.errors import OptimizationError, first_line
 from tfedge.core.keras_internals import rename_layer
+from tfedge.models.clustering import _clusterable, _init
+from tfedge.models.fake_quant import copy_weights, fold_batch_norms, quantize_layers
 from tfedge.models.projection import Kernel, Projection, projection_callback, size_tfmot_schedule
+from tfedge.models.pruning import _eligible, parse_structure
 
 __all__ = ["wrap", "callbacks", "finalize", "step", "requested", "SCHEDULES", "DEFAULT_RAMP"]
 
@@ -183,7 +187,6 @@ def wrap(
     Example:
         >>> m = wrap(model, prune=0.8, cluster=16, qat=True)  # doctest: +SKIP
     """
-    from tfedge.models.pruning import parse_structure
 
     _check_options(prune, cluster, qat, schedule, ramp)
     m_by_n, block = parse_structure(structure)
@@ -234,7 +237,6 @@ def _projection(kernels, options) -> Projection:
 
 
 def _wrap_keras3(model, skip, qat, options):
-    from tfedge.models.fake_quant import copy_weights, fold_batch_norms, quantize_layers
 
     if qat:
         skipped = layer_choice.skipped_layers(model, skip)
@@ -283,7 +285,6 @@ def _tfmot_schedule(options):
 
 
 def _wrap_keras2(model, skip, qat, options, calib):
-    import tfedge.models.cloning as cloning
 
     work = cloning.clone_model(cloning.flatten_model(model))
     state = _State(model.name, False, None, options)
@@ -341,8 +342,6 @@ def _prunable(wrapper) -> list:
 
 
 def _tfmot_prune(work, skip, options):
-    import tfedge.models.cloning as cloning
-    from tfedge.models.pruning import _eligible
 
     mot = tfmot().sparsity.keras
     m_by_n, block = options["m_by_n"], options["block"]
@@ -373,8 +372,6 @@ def _tfmot_prune(work, skip, options):
 
 
 def _tfmot_cluster(work, skip, clusters):
-    import tfedge.models.cloning as cloning
-    from tfedge.models.clustering import _clusterable, _init
 
     mot = tfmot().clustering.keras
     check = _clusterable(clusters)
@@ -482,7 +479,6 @@ def finalize(model):
         >>> final = finalize(m)  # doctest: +SKIP
         >>> blob = tfedge.converters.convert(final, calib=train)  # doctest: +SKIP
     """
-    import tfedge.models.cloning as cloning
 
     state = _state(model)
     state.projection.finish()

@@ -24,6 +24,8 @@ import json
 from pathlib import Path
 
 from tfedge.core.backend import keras
+from tfedge.core.errors import OptimizationError
+from tfedge.models.recipe import load_recipe
 from tfedge.models.reference import ad_autoencoder, kws_ds_cnn, mobilenet_v2, vww_mobilenet
 
 __all__ = [
@@ -255,7 +257,6 @@ def recipe_path(name: str) -> Path:
         >>> recipe_path("resnet8").name
         'resnet8.yaml'
     """
-    from tfedge.core.errors import OptimizationError
 
     path = HERE / "recipes" / f"{name}.yaml"
     if not path.is_file():
@@ -294,7 +295,6 @@ def build(name: str, **kwargs) -> keras.Model:
         >>> build("mobilenet", input_shape=(32, 32, 3), width=0.25).input_shape
         (None, 32, 32, 3)
     """
-    from tfedge.core.errors import OptimizationError
 
     builders = {**ZOO, **REFERENCE}
     if name not in builders:
@@ -343,7 +343,6 @@ def train_settings(name: str) -> dict:
         >>> train_settings("resnet8")["epochs"]
         20
     """
-    from tfedge.models.recipe import load_recipe
 
     model = load_recipe(recipe_path(name))["model"]
     return {k: v for k, v in model.items() if k != "name"} if isinstance(model, dict) else {}

@@ -7,6 +7,8 @@ pruned without being run, and a recipe already measured (or being measured by an
 takes that trial's result.
 """
 
+# TensorFlow, and the tfedge modules that import it, load inside the functions that use them:
+# `tfedge --help` and `tfedge inspect` import this module (0.15 s, against 4.5 s with TensorFlow).
 import contextlib
 import time
 

@@ -11,6 +11,7 @@ Example:
 from dataclasses import dataclass, field
 
 import numpy as np
+import optuna
 
 from tfedge.core.errors import TfedgeError, first_line
 from tfedge.models.search.objectives import _score, _values
@@ -93,7 +94,6 @@ def collect(study, objective: str, tolerance: float, storage: str = "") -> Searc
         >>> collect(study, "size", 0.01).best["label"]  # doctest: +SKIP
         'prune(0.8) + cluster(16) + qat'
     """
-    import optuna
 
     reference = study.user_attrs.get("reference") or {}
     floor = float(reference.get("accuracy", 0.0)) - tolerance

@@ -5,6 +5,8 @@ Example:
     {'epochs': 1, 'data_fraction': 0.25}
 """
 
+import optuna
+
 from tfedge.models.search.objectives import _describe, _jsonable, _score
 
 __all__ = ["SCREEN", "SCREEN_REDUCTION", "SCREEN_PENALTY"]
@@ -24,7 +26,6 @@ def _screened(screen, evaluator, recipe, fidelity, trial, floor, tolerance, obje
     ``should_prune()``: Optuna's successive halving keeps the best ``1 / SCREEN_REDUCTION`` of
     the screens so far.
     """
-    import optuna
 
     trial.set_user_attr("fidelity", {"screen": dict(fidelity)})
     peer = screen.ask()

@@ -11,6 +11,9 @@ Example:
 import time
 import warnings
 
+import optuna
+from optuna import storages
+
 from tfedge.core.errors import OptimizationError
 from tfedge.models.search.objectives import _directions
 
@@ -44,8 +47,6 @@ def open_storage(url: str):
     Example:
         >>> storage = open_storage("sqlite:///search.db")  # doctest: +SKIP
     """
-    import optuna
-    from optuna import storages
 
     if not isinstance(url, str) or "://" not in url:
         raise OptimizationError(
@@ -113,7 +114,6 @@ def _engine_kwargs(url: str) -> dict:
 
 
 def _quiet_optuna():
-    import optuna
 
     # ERROR: Optuna logs each failed trial with its traceback at WARNING; the search records
     # the failure (the candidate's error) and reports it itself.
@@ -125,7 +125,6 @@ def _open_study(
     storage, study_name, objective, fingerprint, resume, sampler, seed_params, wait_s=30.0
 ):
     """Create the study (and say so) or load it, checking it belongs to this model and objective."""
-    import optuna
 
     directions = _directions(objective)
     created = False

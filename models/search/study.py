@@ -16,6 +16,8 @@ import socket
 import statistics
 import time
 
+import optuna
+
 from tfedge.core.errors import OptimizationError
 from tfedge.models.search.branches import (
     _BranchBroken,
@@ -167,7 +169,6 @@ def run_search(
             "converts each candidate to int8 and benches it with LiteRT for you",
             "tfedge.auto_optimize(model, train, val, out_dir=..., tolerance=0.01)",
         )
-    import optuna
 
     _quiet_optuna()
     started = time.time()
@@ -380,7 +381,6 @@ def _measure_reference(evaluator, what) -> dict:
 def _remaining_trials(study, max_trials):
     if max_trials is None:
         return None
-    import optuna
 
     done = len(
         study.get_trials(
@@ -396,7 +396,6 @@ def _remaining_trials(study, max_trials):
 
 
 def _progress_line(study, objective, floor, deadline) -> str:
-    import optuna
 
     trials = study.get_trials(deepcopy=False)
     counts = {s: 0 for s in ("COMPLETE", "PRUNED", "FAIL")}

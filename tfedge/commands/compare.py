@@ -25,10 +25,13 @@ import numpy as np
 from tfedge.commands.bench import check_tflite
 from tfedge.commands.compared_model import ComparedModel, numeric, quant_step, type_name
 from tfedge.commands.tensor_diff import differences, matched_tensors, round_sig
+from tfedge.core.console import progress, quiet
 from tfedge.core.error_stats import ErrorStats
 from tfedge.core.errors import DataError, InputFileError, shape_text
 from tfedge.core.files import write_atomically
+from tfedge.core.streams import stream_data
 from tfedge.core.tflite_file import custom_ops, read_model, state_names
+from tfedge.devices.arrays import to_arrays
 
 __all__ = ["compare", "format_comparison", "write_json"]
 
@@ -59,8 +62,6 @@ def _inputs(data, a: ComparedModel, b: ComparedModel, samples: int | None):
             None,
             f"{len(x)} seeded random inputs in [{span[0]:.3g}, {span[1]:.3g}]",
         )
-    from tfedge.core.streams import stream_data
-    from tfedge.devices.arrays import to_arrays
 
     dataset = stream_data(data, input_shape=shape_a, name="--data")
     dataset = dataset.take(samples) if samples else dataset
@@ -109,7 +110,6 @@ def compare(
         >>> result = compare("model_f32.tflite", "model_int8.tflite", "test.npz")  # doctest: +SKIP
         >>> print(format_comparison(result))  # doctest: +SKIP
     """
-    from tfedge.core.console import quiet
 
     path_a = check_tflite(model_a, "A", TFLITE_HINT)
     path_b = check_tflite(model_b, "B", TFLITE_HINT)
@@ -142,7 +142,6 @@ def _state_note(traits: dict) -> list[str]:
 
 
 def _compare(path_a: Path, path_b: Path, data, samples, layers: bool) -> dict:
-    from tfedge.core.console import progress
 
     traits = {"A": _traits(path_a), "B": _traits(path_b)}
     a, b = (
@@ -245,7 +244,6 @@ def _compare_layers(path_a: Path, path_b: Path, x: np.ndarray, traits: dict) -> 
     intermediate = [m for m in matched if m["a"]["name"] not in outputs]
     if not intermediate:
         return {"same_model": False, "tensors": [], "first_divergence": None}
-    from tfedge.core.console import progress
 
     stats = [ErrorStats() for _ in matched]
     for sample in progress(x, desc="comparing every tensor", unit="sample"):

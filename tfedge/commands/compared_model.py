@@ -6,6 +6,8 @@ Example:
     (10,)
 """
 
+# TensorFlow, and the tfedge modules that import it, load inside the functions that use them:
+# `tfedge --help` and `tfedge inspect` import this module (0.15 s, against 4.5 s with TensorFlow).
 from pathlib import Path
 
 import numpy as np

@@ -26,10 +26,22 @@ from pathlib import Path
 
 import numpy as np
 
+from tfedge.commands.bench import bench
+from tfedge.commands.stage_worker import StageFailed, WorkerUnavailable, fraction_of
+from tfedge.converters import convert, input_shape_of
+from tfedge.converters.layer_errors import layer_errors
 from tfedge.core.console import echo
+from tfedge.core.data import Dataset, load_data
 from tfedge.core.errors import OptimizationError, first_line
 from tfedge.core.files import save_atomically, write_atomically
+from tfedge.core.inspector import inspect_model
+from tfedge.core.loading import LoadedModel, load_model
+from tfedge.devices.runner import bench_models
+from tfedge.models.rebuild import to_keras2
+from tfedge.models.recipe import STAGES
 from tfedge.models.search import recipe_key, recipe_label
+from tfedge.models.stages import code_key, run_stage
+from tfedge.models.training import evaluate, num_classes
 
 __all__ = [
     "RecipeEvaluator",
@@ -75,7 +87,6 @@ def split_confirmation(data, fraction: float = CONFIRM_FRACTION, seed: int = CON
         >>> len(search_part) + len(confirm_part) == len(val)  # doctest: +SKIP
         True
     """
-    from tfedge.core.data import Dataset
 
     rng = np.random.default_rng(seed)
     held = []
@@ -170,9 +181,6 @@ class RecipeEvaluator:
         confirm_fraction: float = CONFIRM_FRACTION,
         isolate: bool = True,
     ):
-        from tfedge.converters import input_shape_of
-        from tfedge.core.data import load_data
-        from tfedge.core.loading import LoadedModel, load_model
 
         self.out = Path(out_dir)
         self.cache = self.out / "cache"
@@ -184,8 +192,6 @@ class RecipeEvaluator:
         self.source = (
             model.path if isinstance(model, LoadedModel) else getattr(model, "name", "model")
         )
-        from tfedge.models.rebuild import to_keras2
-        from tfedge.models.training import num_classes
 
         self.base = to_keras2(model)
         shape = input_shape_of(self.base)
@@ -235,7 +241,6 @@ class RecipeEvaluator:
             >>> evaluate.confirm_correct(result.best).mean()  # doctest: +SKIP
             0.9749
         """
-        from tfedge.devices.runner import bench_models
 
         tflite = Path(str((candidate.get("figures") or {}).get("model") or ""))
         if not tflite.is_file():
@@ -268,7 +273,6 @@ class RecipeEvaluator:
         return self._teacher
 
     def _stage_key(self, stages, fidelity=None) -> str:
-        from tfedge.models.stages import code_key
 
         settings = {"model": self.fingerprint, "stages": stages, "code": code_key(stages)}
         if fidelity:
@@ -281,9 +285,6 @@ class RecipeEvaluator:
         return hashlib.sha256(text.encode()).hexdigest()[:20]
 
     def _run_stages(self, stages, on_stage=None, fidelity=None):
-        from tfedge.core.loading import load_model
-        from tfedge.models.recipe import STAGES
-        from tfedge.models.training import evaluate
 
         current, source = self.base, None
         for index, stage in enumerate(stages):
@@ -317,8 +318,6 @@ class RecipeEvaluator:
         An error of the stage itself carries ``stages`` (the recipe up to it), so the search
         skips the recipes that start the same way; a crash or a child that cannot start does not.
         """
-        from tfedge.commands.stage_worker import StageFailed, WorkerUnavailable
-        from tfedge.core.loading import load_model
 
         stage = prefix[-1]
         worker = self._stage_worker()
@@ -348,8 +347,6 @@ class RecipeEvaluator:
             raise
 
     def _run_here(self, model, stage: dict, path: Path, fraction=None):
-        from tfedge.commands.stage_worker import fraction_of
-        from tfedge.models.stages import run_stage
 
         model = run_stage(
             stage,
@@ -395,10 +392,6 @@ class RecipeEvaluator:
             self._worker.close()
 
     def __call__(self, recipe: dict, on_stage=None, fidelity: dict | None = None) -> dict:
-        from tfedge.commands.bench import bench
-        from tfedge.converters import convert
-        from tfedge.core.inspector import inspect_model
-        from tfedge.models.training import evaluate
 
         stages = list(recipe.get("stages", []))
         options = dict(recipe.get("convert") or {})
@@ -446,7 +439,6 @@ class RecipeEvaluator:
 
     def _worst_layers(self, model, count: int) -> list[str]:
         """The ``count`` layers with the lowest int8 SQNR (``tfedge analyze``'s ranking)."""
-        from tfedge.converters.layer_errors import layer_errors
 
         rows = layer_errors(model, self.train, calib_samples=self.calib_samples)
         layers = {layer.name for layer in model.layers}

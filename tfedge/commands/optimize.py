@@ -20,13 +20,24 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
+
 import tfedge.models.stages as registry
+from tfedge.commands.bench import bench, format_results, write_results
+from tfedge.converters import convert, input_shape_of
 from tfedge.core.console import echo
 from tfedge.core.errors import OptimizationError
 from tfedge.core.files import write_atomically
+from tfedge.core.loading import LoadedModel, load_model
+from tfedge.core.streams import DataStream, stream_data
 from tfedge.devices.runner import DEFAULT_RUNS
+from tfedge.models.cloning import frozen_copy
+from tfedge.models.rebuild import to_keras2
 from tfedge.models.recipe import STAGES, load_recipe
 from tfedge.models.stages import code_key, run_stage, save_atomically
+from tfedge.models.training import num_classes, outputs_probabilities, predicted_labels
+from tfedge.reports.compression import StagePlans, format_compression
+from tfedge.reports.page import write_html
 
 __all__ = [
     "STAGES",
@@ -124,7 +135,6 @@ def _key(value) -> str:
 
 
 def _content_key(arrays) -> str:
-    import numpy as np
 
     digest = hashlib.sha256()
     for array in arrays:
@@ -140,10 +150,6 @@ def _label(stage: dict) -> str:
 
 
 def _accuracy(model, data) -> float:
-    import numpy as np
-
-    from tfedge.core.streams import DataStream
-    from tfedge.models.training import outputs_probabilities, predicted_labels
 
     if isinstance(data, DataStream):  # streamed: batch by batch
         from tfedge.models.training import evaluate
@@ -193,15 +199,6 @@ def optimize(
     Returns:
         The report dict (also written to ``out_dir/report.json``).
     """
-    from tfedge.commands.bench import bench, format_results, write_results
-    from tfedge.converters import convert, input_shape_of
-    from tfedge.core.loading import LoadedModel, load_model
-    from tfedge.core.streams import stream_data
-    from tfedge.models.cloning import frozen_copy
-    from tfedge.models.rebuild import to_keras2
-    from tfedge.models.training import num_classes
-    from tfedge.reports.compression import StagePlans, format_compression
-    from tfedge.reports.page import write_html
 
     out = Path(out_dir)
     checkpoints = out / "checkpoints"

@@ -13,6 +13,8 @@ Example:
     False
 """
 
+# TensorFlow, and the tfedge modules that import it, load inside the functions that use them:
+# `tfedge --help` and `tfedge inspect` import this module (0.15 s, against 4.5 s with TensorFlow).
 import numpy as np
 
 from tfedge.commands.compared_model import ComparedModel, numeric

@@ -11,6 +11,11 @@ Example:
     ((397, 16, 16, 1), (397,))
 """
 
+# TensorFlow, and the tfedge modules that import it, load inside the functions that use them:
+# `tfedge --help` and `tfedge inspect` import this module (0.15 s, against 4.5 s with TensorFlow).
+import glob
+import hashlib
+import os
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -98,7 +103,6 @@ class Dataset:
 
     def key(self) -> str:
         """A short digest of the contents (for checkpoints that belong to this data)."""
-        import hashlib
 
         digest = hashlib.sha256(np.ascontiguousarray(self.x).tobytes())
         if self.y is not None:
@@ -247,8 +251,6 @@ def is_tfrecord(source) -> bool:
         >>> is_tfrecord("shards/train-*.tfrecord"), is_tfrecord("digits.npz")
         (True, False)
     """
-    import glob
-    import os
 
     if not isinstance(source, (str, os.PathLike)):
         return False

@@ -9,6 +9,8 @@ Example:
     ((1400, 16, 16, 1), (397, 16, 16, 1))
 """
 
+# TensorFlow, and the tfedge modules that import it, load inside the functions that use them:
+# `tfedge --help` and `tfedge inspect` import this module (0.15 s, against 4.5 s with TensorFlow).
 import numpy as np
 
 from tfedge.core.data import Dataset

@@ -4,6 +4,8 @@ The command line turns a :class:`TfedgeError` into one ``Error:`` line (plus a `
 exit status 1.
 """
 
+import re
+
 __all__ = [
     "TfedgeError",
     "InputFileError",
@@ -130,7 +132,6 @@ def tf_message(exc: BaseException) -> str:
         >>> tf_message(ValueError("{{function_node __wrapped__DecodeImage}} bad JPEG [Op:DecodeImage] name:"))
         'bad JPEG'
     """
-    import re
 
     text = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", first_line(exc, 600))
     text = re.sub(r"\s*\[\[\{\{node [^]]*\]\]", "", text)

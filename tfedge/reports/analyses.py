@@ -10,6 +10,7 @@ import html
 from pathlib import Path
 
 from tfedge.reports.figures import figure_html
+from tfedge.reports.plots import layer_error_svg
 
 __all__ = ["analysis_section"]
 
@@ -44,7 +45,6 @@ def analysis_section(analysis: dict, number: int) -> str:
         >>> 'id="analysis-1"' in analysis_section({"model": "m.tflite", "layers": []}, 1)
         True
     """
-    from tfedge.reports.plots import layer_error_svg
 
     model = str(analysis.get("model", "?"))
     worst = [r for r in analysis.get("worst") or [] if isinstance(r, dict)] or sorted(

@@ -15,8 +15,11 @@ Example:
 import numpy as np
 
 import tfedge.models.stages as registry
+import tfedge.models.wrapping as wrapping
+from tfedge.core.errors import OptimizationError
 from tfedge.core.inspector import inspect_model
 from tfedge.core.tflite_file import read_model, weight_values
+from tfedge.models.pruning import pruning_plan
 
 __all__ = [
     "requested_after",
@@ -356,8 +359,6 @@ class StagePlans:
 
     def entry(self, tflite_path, model) -> dict:
         """:func:`compression_entry` of the stage's (or, before any stage, the baseline's) file."""
-        from tfedge.core.errors import OptimizationError
-        from tfedge.models.pruning import pruning_plan
 
         source = self.kernels_model if self.kernels_model is not None else model
         try:
@@ -392,7 +393,6 @@ def check_finalized(model, tflite) -> dict:
     """
     # Importing tfedge.models loads TensorFlow (about 10 s measured); the rest of this module
     # reads .tflite files and JSON without it.
-    import tfedge.models.wrapping as wrapping
 
     record = model if isinstance(model, dict) else wrapping.requested(model)
     asked = {key: record.get(key) for key in ("sparsity", "structure", "clusters")}

@@ -13,6 +13,7 @@ import re
 from pathlib import Path
 
 from tfedge.reports.inputs import emulated, is_number
+from tfedge.reports.plots import Point, latency_svg, pareto_svg
 
 __all__ = ["figure_html", "plots_section"]
 
@@ -72,7 +73,6 @@ def plots_section(rows) -> tuple[str, list[str]]:
         >>> plots_section([{"model": "m.tflite"}])[1][0].startswith("No accuracy")
         True
     """
-    from tfedge.reports.plots import Point, latency_svg, pareto_svg
 
     ok = [r for r in rows if not r.get("error")]
     labels = dict(zip(map(id, ok), _labels(ok), strict=True))

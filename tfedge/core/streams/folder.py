@@ -1,10 +1,13 @@
 """Image folders (one sub-folder per class), decoded per batch by ``tf.data``."""
 
+# TensorFlow, and the tfedge modules that import it, load inside the functions that use them:
+# `tfedge --help` and `tfedge inspect` import this module (0.15 s, against 4.5 s with TensorFlow).
 import os
 from pathlib import Path
 
 import numpy as np
 
+import tfedge.core.data as data_module
 from tfedge.core.console import quiet
 from tfedge.core.data import DATA_HINT
 from tfedge.core.errors import InputFileError, tf_message
@@ -18,7 +21,6 @@ class _FolderReader(_Reader):
 
     def __init__(self, path: Path, input_shape, name):
         # The listing and its errors are load_data's own (the same words whether read whole or not).
-        import tfedge.core.data as data_module
 
         self.path = path
         self.source = str(path)

@@ -1,6 +1,8 @@
 """What a :class:`~tfedge.core.streams.stream.DataStream` reads through: the reader protocol,
 numpy arrays (an ``.npz`` memory-mapped among them) and a user's ``tf.data.Dataset``."""
 
+# TensorFlow, and the tfedge modules that import it, load inside the functions that use them:
+# `tfedge --help` and `tfedge inspect` import this module (0.15 s, against 4.5 s with TensorFlow).
 import hashlib
 import os
 

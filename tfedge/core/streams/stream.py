@@ -1,5 +1,7 @@
 """The :class:`DataStream`: a data set read in checked batches, never held whole."""
 
+# TensorFlow, and the tfedge modules that import it, load inside the functions that use them:
+# `tfedge --help` and `tfedge inspect` import this module (0.15 s, against 4.5 s with TensorFlow).
 import math
 from pathlib import Path
 

@@ -1,5 +1,7 @@
 """TFRecord shards of ``tf.train.Example`` records, read by ``tf.data``."""
 
+# TensorFlow, and the tfedge modules that import it, load inside the functions that use them:
+# `tfedge --help` and `tfedge inspect` import this module (0.15 s, against 4.5 s with TensorFlow).
 import glob
 import os
 
