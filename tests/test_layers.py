@@ -2,7 +2,7 @@
 
 core (``tfedge/core``) <- models (``models/``) <- converters (``converters/``) <- devices
 (``tfedge/devices``) and reports (``tfedge/reports``), which do not import each other <-
-application (``tfedge/commands``, ``tfedge/cli.py``, ``tfedge/__main__.py``, ``tfedge/__init__.py``).
+application (``tfedge/commands``, ``tfedge/cli/``, ``tfedge/__main__.py``, ``tfedge/__init__.py``).
 
 Every ``import`` and ``from … import`` in every module, package ``__init__`` files and sub-folders
 included, is read from the source (also those inside functions), resolved the way Python
@@ -32,7 +32,7 @@ LAYERS = [
 ]
 RANK = {"core": 0, "models": 1, "converters": 2, "devices": 3, "reports": 3, "application": 4}
 # What may sit directly in tfedge/ beside the layer folders.
-TOP = {"tfedge", "tfedge.__main__", "tfedge.cli", "tfedge.version"}
+TOP = {"tfedge", "tfedge.__main__", "tfedge.version"}
 
 
 def _modules() -> dict[str, Path]:

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from tfedge.core.errors import DeviceError
+from tfedge.devices import kinds
 from tfedge.devices.fleet import bench_fleet, bench_on_device
 from tfedge.devices.protocol import LocalDevice, RemoteError
 from tfedge.devices.ssh import SshDevice, parse_device
@@ -205,6 +206,22 @@ def test_parse_device_suggests_the_scheme():
     with pytest.raises(RemoteError) as info:
         parse_device("tfedge-pi")
     assert "ssh://tfedge-pi" in info.value.hint
+
+
+def test_a_registered_kind_is_parsed_by_its_scheme():
+    # A new kind is its module plus one register line: parse_device finds it by the scheme.
+    kind = kinds.Kind("here", "here://NAME", "tfedge.devices.protocol", "local_device")
+    kinds.register(kind)
+    try:
+        device = parse_device("here://anything", timeout=7)
+        assert isinstance(device, LocalDevice) and device.run_timeout == 7
+        with pytest.raises(ValueError, match="twice"):
+            kinds.register(kind)
+    finally:
+        del kinds.KINDS["here"]
+    with pytest.raises(RemoteError, match="unknown scheme 'here'"):
+        parse_device("here://anything")
+    assert all(k.form in kinds.URL_FORMS for k in kinds.KINDS.values())
 
 
 def test_ssh_argv_is_safe():

@@ -13,9 +13,9 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 from tfedge.core.errors import InputFileError
-from tfedge.devices.protocol import URL_FORMS, Device, RemoteError
+from tfedge.devices.kinds import URL_FORMS, parse_device
+from tfedge.devices.protocol import Device, RemoteError
 from tfedge.devices.runner import DEFAULT_RUNS, DEFAULT_WARMUP
-from tfedge.devices.ssh import parse_device
 
 __all__ = ["bench_on_device", "bench_fleet"]
 

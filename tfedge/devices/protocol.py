@@ -30,10 +30,9 @@ from pathlib import Path
 from tfedge.core.errors import DeviceError, InputFileError
 from tfedge.devices.runner import DEFAULT_RUNS, DEFAULT_WARMUP
 
-__all__ = ["Device", "LocalDevice", "RemoteError", "RUNNER_PATH", "URL_FORMS"]
+__all__ = ["Device", "LocalDevice", "RemoteError", "RUNNER_PATH", "local_device"]
 
 RUNNER_PATH = Path(__file__).with_name("runner.py")
-URL_FORMS = "local, or ssh://[USER@]HOST[:PORT] (HOST may be a Host alias of your ssh config)"
 
 Row = dict
 
@@ -274,6 +273,16 @@ class LocalDevice(Device):
         if data is not None:
             argv += ["--data", str(data.resolve())]
         return argv + options + ["--device-name", self.url]
+
+
+def local_device(url: str = "local", ssh_config=None, **options) -> LocalDevice:
+    """The ``local`` kind's factory (:mod:`tfedge.devices.kinds`); only ``timeout`` applies.
+
+    Example:
+        >>> local_device("local", timeout=60).run_timeout
+        60
+    """
+    return LocalDevice(timeout=options.get("timeout"))
 
 
 def _runner_options(threads, warmup, runs, delegate) -> list[str]:

@@ -1,4 +1,4 @@
-"""ssh devices (``ssh://[USER@]HOST[:PORT]``) and :func:`parse_device`, which reads a device URL.
+"""ssh devices (``ssh://[USER@]HOST[:PORT]``), the ``ssh`` kind of :mod:`tfedge.devices.kinds`.
 
 ssh devices use the system OpenSSH client (key authentication only, ``BatchMode``, never an
 unchecked host key) and one multiplexed connection per device. Files are cached on the device
@@ -24,10 +24,10 @@ import weakref
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from tfedge.devices.kinds import parse_device
 from tfedge.devices.protocol import (
     RUNNER_PATH,
     Device,
-    LocalDevice,
     RemoteError,
     exit_text,
     last_lines,
@@ -38,7 +38,7 @@ from tfedge.devices.protocol import (
 )
 from tfedge.devices.urls import IPV6_RE, NAME_RE, bad_url, parse_ssh_url
 
-__all__ = ["SshDevice", "parse_device", "DEFAULT_CONNECT_TIMEOUT"]
+__all__ = ["SshDevice", "ssh_device", "parse_device", "DEFAULT_CONNECT_TIMEOUT"]
 
 DEFAULT_CONNECT_TIMEOUT = 10.0
 REMOTE_CACHE = "~/.cache/tfedge"
@@ -46,30 +46,22 @@ REMOTE_CACHE = "~/.cache/tfedge"
 Row = dict
 
 
-def parse_device(url: str, ssh_config=None, **options) -> Device:
-    """Turn a device URL into a :class:`Device`.
+def ssh_device(url: str, ssh_config=None, **options) -> SshDevice:
+    """The ``ssh`` kind's factory (:mod:`tfedge.devices.kinds`): ``ssh://[USER@]HOST[:PORT]``.
 
     Args:
-        url: ``local`` or ``ssh://[USER@]HOST[:PORT]``. HOST is a host name, an IPv4 address,
-            a bracketed IPv6 address, or a ``Host`` alias of the ssh config in use.
+        url: ``ssh://[USER@]HOST[:PORT]``, each part checked (:func:`parse_ssh_url`).
         ssh_config: an ssh config file to use instead of the user's (``ssh -F``).
         **options: passed on to :class:`SshDevice` (``connect_timeout``, ``timeout``, ``python``,
             ``remote_dir``, ``multiplex``).
-
-    Returns:
-        A :class:`LocalDevice` or an :class:`SshDevice`.
 
     Raises:
         RemoteError: (kind ``bad_url``) when the URL is not one of the accepted forms.
 
     Example:
-        >>> parse_device("ssh://pi@raspberrypi:2222").port
+        >>> ssh_device("ssh://pi@raspberrypi:2222").port
         2222
-        >>> parse_device("local").url
-        'local'
     """
-    if isinstance(url, str) and url.strip() == "local":
-        return LocalDevice(timeout=options.get("timeout"))
     user, host, port = parse_ssh_url(url)
     return SshDevice(host, user=user, port=port, url=url.strip(), ssh_config=ssh_config, **options)
 

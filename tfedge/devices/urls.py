@@ -1,7 +1,7 @@
 """Device URLs: ``ssh://[USER@]HOST[:PORT]`` read into its parts, and the checks of user and host names.
 
 Every part is checked before it reaches an ssh command line: a URL that is not one of
-:data:`~tfedge.devices.protocol.URL_FORMS` is refused with what was wrong and the forms accepted.
+:data:`~tfedge.devices.kinds.URL_FORMS` is refused with what was wrong and the forms accepted.
 
 Example:
     >>> parse_ssh_url("ssh://pi@raspberrypi:2222")
@@ -10,11 +10,10 @@ Example:
 
 import re
 
-from tfedge.devices.protocol import URL_FORMS, RemoteError
+from tfedge.devices.kinds import NAME_RE, bad_url
 
 __all__ = ["parse_ssh_url", "bad_url", "NAME_RE", "IPV6_RE"]
 
-NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 IPV6_RE = re.compile(r"^\[[0-9A-Fa-f:.]+(%[A-Za-z0-9_.-]+)?\]$")
 
 
@@ -73,17 +72,3 @@ def parse_ssh_url(url) -> tuple[str | None, str, int | None]:
             raise bad_url(url, f"the port {tail[1:]!r} is not a number from 1 to 65535")
         port = int(digits)
     return user, host, port
-
-
-def bad_url(url, why: str, hint: str | None = None) -> RemoteError:
-    """The ``bad_url`` error: what is wrong with ``url``, the forms accepted and an example.
-
-    Example:
-        >>> bad_url("ftp://pi", "unknown scheme 'ftp'").kind
-        'bad_url'
-    """
-    return RemoteError(
-        f"bad device URL {url!r}: {why}; expected {URL_FORMS}",
-        hint or "e.g. --device local, --device ssh://pi@192.168.1.20, --device ssh://tfedge-pi",
-        kind="bad_url",
-    )
