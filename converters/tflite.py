@@ -12,20 +12,27 @@ Example:
 
 # TensorFlow, and the tfedge modules that import it, load inside the functions that use them:
 # `tfedge --help` and `tfedge inspect` import this module (0.15 s, against 4.5 s with TensorFlow).
-import copy
 import inspect
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from tfedge.converters.modes import INTEGER_MODES, IO_TYPES, MODES, Mode, mode_of
+from tfedge.converters.conversion_checks import _check, _conversion_error
+from tfedge.converters.keep_float import _convert_keeping_float
+from tfedge.converters.modes import INTEGER_MODES, IO_TYPES, MODES, mode_of
+from tfedge.converters.tracing import (
+    _concrete_function,
+    _input_specs,
+    _refuse_loops,
+    _resolve,
+    _unrolled,
+    input_shape_of,
+)
 from tfedge.core.console import progress, quiet
-from tfedge.core.errors import ConversionError, TfedgeError, first_line
+from tfedge.core.errors import ConversionError, TfedgeError
 from tfedge.core.files import write_atomically
-from tfedge.core.loading import LoadedModel, load_model
 from tfedge.core.streams import calibration_samples, stream_data
 
 __all__ = [
@@ -70,15 +77,6 @@ class Conversion:
     compiled: dict | None = None
     compile_skipped: str | None = None
     selected: list[dict] = field(default_factory=list)
-
-
-def input_shape_of(model) -> tuple:
-    """The model's (first) input shape without the batch axis, e.g. ``(16, 16, 1)``.
-
-    Works for tf_keras and Keras 3 models and for objects from ``tf.saved_model.load``.
-    """
-    specs = _input_specs(model)
-    return tuple(specs[0].shape[1:])
 
 
 def convert(
@@ -384,247 +382,3 @@ def _normalization_from(data):
     if low >= 0.0 and high <= 255.0:
         return [0.0], [1.0]
     return None, None
-
-
-def _rnn_layers(model):
-    from tfedge.core.backend import keras, keras3
-
-    bases = (keras.layers.RNN, keras3.layers.RNN)
-    found = []
-    for layer in getattr(model, "layers", []):
-        inner = layer
-        if type(layer).__name__ == "Bidirectional":  # tf_keras: .layer; Keras 3: .forward_layer
-            inner = getattr(layer, "forward_layer", None) or getattr(layer, "layer", None)
-        if isinstance(inner, bases) and not inner.unroll:
-            found.append(layer)
-        elif hasattr(layer, "layers"):
-            found += _rnn_layers(layer)
-    return found
-
-
-def _unrolled(model):
-    """A copy of ``model`` whose recurrent layers are unrolled (same weights).
-
-    TFLite's int8 quantizer cannot handle the WHILE loop a recurrent layer becomes (TensorFlow's
-    converter crashes on it); with the sequence length fixed, an unrolled LSTM converts to plain
-    fully-int8 operators.
-    """
-    layers = _rnn_layers(model)
-    if not layers:
-        return model
-    from tfedge.core.backend import is_keras3_model, keras, keras3
-
-    api = keras3 if is_keras3_model(model) else keras
-
-    def unroll(layer):
-        config = layer.get_config()
-        if "unroll" in config:
-            config["unroll"] = True
-        for key in ("layer", "backward_layer"):
-            if isinstance(config.get(key), dict) and "unroll" in config[key].get("config", {}):
-                config[key]["config"]["unroll"] = True
-        return layer.__class__.from_config(config)
-
-    try:
-        copy = api.models.clone_model(model, clone_function=unroll)
-        copy.set_weights(model.get_weights())
-    except Exception:
-        return model  # _refuse_loops names the layers below
-    return copy
-
-
-def _refuse_loops(concrete, mode):
-    loops = [op for op in concrete.graph.get_operations() if op.type in ("While", "StatelessWhile")]
-    if loops:
-        names = sorted({op.name.split("/")[0] for op in loops})
-        raise ConversionError(
-            f"cannot convert to {mode}: the model has loops (WHILE, from {', '.join(names)}) that "
-            "TFLite's integer quantizer cannot handle",
-            "give recurrent layers unroll=True (fixed sequence length) for a fully-int8 model, or "
-            "use --mode dynamic (int8 weights, float activations)",
-        )
-
-
-def _resolve(model):
-    """Return the callable model from a model, LoadedModel or path."""
-
-    if isinstance(model, (str, bytes)) or hasattr(model, "__fspath__"):
-        import tfedge.models.fake_quant  # noqa: F401 (Keras 3 QAT files name its layers)
-
-        model = load_model(model)
-    if isinstance(model, LoadedModel):
-        model = model.model
-    return model
-
-
-def _input_specs(model, input_shape=None):
-    from tfedge.core.backend import tf
-
-    inputs = getattr(model, "inputs", None)
-    if inputs:
-        shapes = [tuple(t.shape) for t in inputs]
-        dtypes = [getattr(t.dtype, "name", t.dtype) for t in inputs]
-    elif hasattr(model, "signatures") and "serving_default" in getattr(model, "signatures", {}):
-        signature = model.signatures["serving_default"]
-        spec = signature.structured_input_signature[1]
-        names = sorted(spec)
-        shapes = [tuple(spec[n].shape.as_list()) for n in names]
-        dtypes = [spec[n].dtype for n in names]
-    else:
-        raise ConversionError(
-            f"cannot tell the input shape of {type(model).__name__}: it has no defined inputs "
-            "(a subclassed model that was never called, or a SavedModel without a serving signature)",
-            "build the model on an Input, e.g. keras.Input(shape=(16, 16, 1)), or call it once on data",
-        )
-    specs = []
-    for index, (shape, dtype) in enumerate(zip(shapes, dtypes, strict=True)):
-        dims = list(shape[1:])
-        if input_shape is not None and index == 0:
-            dims = list(input_shape)
-        if any(d is None for d in dims):
-            raise ConversionError(
-                f"input {index} has shape {list(shape)}: dimensions other than the batch are unknown",
-                "fix them with input_shape=(H, W, C) (Python) or rebuild the model on a fixed Input",
-            )
-        specs.append(tf.TensorSpec([1, *[int(d) for d in dims]], dtype, name=f"input_{index}"))
-    return specs
-
-
-def _concrete_function(model, specs):
-    """Trace the model with batch 1, so the converter sees static shapes everywhere."""
-    from tfedge.core.backend import tf
-
-    signatures = getattr(model, "signatures", None)
-    if not hasattr(model, "inputs") and signatures and "serving_default" in signatures:
-        signature = signatures["serving_default"]
-        names = sorted(signature.structured_input_signature[1])
-
-        @tf.function
-        def serve(*tensors):
-            return signature(**dict(zip(names, tensors, strict=True)))
-
-        return serve.get_concrete_function(*specs)
-
-    @tf.function
-    def forward(*tensors):
-        inputs = tensors[0] if len(tensors) == 1 else list(tensors)
-        return model(inputs, training=False)
-
-    try:
-        return forward.get_concrete_function(*specs)
-    except Exception as exc:
-        raise ConversionError(
-            f"the model cannot be traced with batch 1 and inputs {[s.shape.as_list() for s in specs]}: "
-            f"{first_line(exc, 400)}",
-            "check the model runs on one sample: model(x[:1])",
-        ) from exc
-
-
-def _convert_keeping_float(converter, representative, keep_float, matcher):
-    """Quantize everything except the named layers, via TFLite's quantization debugger.
-
-    The layers are matched exactly (:class:`~tfedge.converters.tensor_names.LayerMatcher`) in a
-    float twin of the model; the debugger leaves float the operators whose output tensors it is
-    given.
-
-    Returns:
-        The ``.tflite`` bytes and :attr:`Conversion.selected` for them.
-    """
-    from tfedge.converters.tensor_names import describe_selection
-    from tfedge.core.backend import tf
-
-    float_model = _float_copy(converter)
-    chosen = matcher.select(float_model, keep_float, "keep_float")
-    graph = _unpacked_graph(float_model)
-    if {i for indexes in chosen.values() for i in indexes} >= set(range(len(graph.operators))):
-        raise ConversionError(
-            f"--keep-float covers every operator of the model ({len(graph.operators)}): nothing "
-            "would be quantized",
-            "convert with --mode float32 for a float model, or keep fewer layers float",
-            option="keep_float",
-        )
-    denylist = sorted(
-        {
-            (graph.tensors[int(t)].name or b"").decode("utf-8", "replace")
-            for indexes in chosen.values()
-            for i in indexes
-            for t in graph.operators[i].outputs
-        }
-    )
-    selected = [
-        {"option": "keep_float", "layer": layer, **entry}
-        for layer, entry in describe_selection(float_model, chosen).items()
-    ]
-    options = tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=denylist)
-    debugger = tf.lite.experimental.QuantizationDebugger(
-        converter=converter, debug_dataset=representative, debug_options=options
-    )
-    return debugger.get_nondebug_quantized_model(), selected
-
-
-def _unpacked_graph(blob):
-    from tfedge.converters.flatbuffer import unpack_model
-
-    return unpack_model(blob).subgraphs[0]
-
-
-def _float_copy(converter):
-    """Convert a float32 twin of the model, to read its tensor names."""
-
-    twin = copy.copy(converter)
-    twin.optimizations = []
-    twin.representative_dataset = None
-    twin.target_spec = copy.deepcopy(converter.target_spec)
-    from tfedge.core.backend import tf
-
-    twin.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
-    twin.inference_input_type = tf.float32
-    twin.inference_output_type = tf.float32
-    return twin.convert()
-
-
-_OP_PATTERNS = (
-    r"'(?:tf|tfl)\.(\w+)' op",
-    r"op: '?(\w+)'?",
-    r"operation '(?:tf|tfl)\.(\w+)'",
-    r"Quantization not yet supported for op: '?(\w+)'?",
-    r"(\w+) op is neither a custom op nor a flex op",
-)
-
-
-def _conversion_error(exc, log: str, mode: str) -> ConversionError:
-    text = f"{exc}\n{log}"
-    ops = []
-    for pattern in _OP_PATTERNS:
-        for name in re.findall(pattern, text):
-            if name not in ops and name not in ("is", "the", "a"):
-                ops.append(name)
-    if ops:
-        return ConversionError(
-            f"cannot convert to {mode}: these operators are in the way: {', '.join(ops)}",
-            "try --mode int16x8 or --mode dynamic, keep those layers float with --keep-float "
-            "LAYER, or replace them with TFLite builtin ops",
-        )
-    return ConversionError(
-        f"the TFLite converter failed ({mode}): {first_line(exc, 400)}",
-        "run with --debug to see the converter's log",
-    )
-
-
-def _check(info: dict, spec: Mode, io: str, keep_float) -> None:
-    """Fail when a fully integer conversion left float operators or dynamic shapes behind."""
-    if not spec.fully_integer or keep_float:
-        return
-    if not info["static_shapes"]:
-        raise ConversionError(
-            "the int8 model still has dynamic shapes",
-            "fix every input dimension (input_shape=...) and avoid shape-dependent ops",
-        )
-    float_ops = list(info["float_ops"])
-    if io == "float32":
-        float_ops = [op for op in float_ops if op not in ("QUANTIZE", "DEQUANTIZE")]
-    if float_ops:
-        raise ConversionError(
-            f"the converted model is not fully integer: float operators {', '.join(sorted(set(float_ops)))}",
-            "use --mode int16x8 or --mode dynamic, or replace those layers",
-        )

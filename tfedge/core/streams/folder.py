@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-import tfedge.core.data as data_module
+import tfedge.core.data_readers as data_readers
 from tfedge.core.console import quiet
 from tfedge.core.data import DATA_HINT
 from tfedge.core.errors import InputFileError, tf_message
@@ -25,7 +25,7 @@ class _FolderReader(_Reader):
         self.path = path
         self.source = str(path)
         self.name = name
-        self.class_names, files = data_module._folder_files(path, name)
+        self.class_names, files = data_readers._folder_files(path, name)
         self.files = np.array([str(f) for f, _ in files])
         self.labels = np.array([label for _, label in files], dtype=np.int64)
         self.height = self.width = None
