@@ -7,7 +7,7 @@ and fitted. Copying and flattening models is in :mod:`tfedge.models.cloning`, ch
 stage works on in :mod:`tfedge.models.layers`. The settings every stage takes are one
 :class:`FineTune` value (from :mod:`tfedge.models.fine_tune`, which imports no TensorFlow). The
 strategies are in :mod:`tfedge.models.strategies`, the classifier checks and :func:`evaluate` in
-:mod:`tfedge.models.classifiers`, the callbacks in :mod:`tfedge.models.callbacks`; every name
+:mod:`tfedge.models.classifiers`, the callbacks in :mod:`tfedge.models.fit_callbacks`; every name
 stays importable from here.
 
 Example:
@@ -22,7 +22,7 @@ import math
 from tfedge.core.backend import keras
 from tfedge.core.console import quiet
 from tfedge.core.errors import OptimizationError
-from tfedge.models.callbacks import EpochProgress, RestoreBest
+from tfedge.models.fit_callbacks import EpochProgress, RestoreBest
 from tfedge.models.classifiers import (
     _streamed,
     accuracy_metric,

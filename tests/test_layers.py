@@ -149,3 +149,24 @@ def test_an_old_module_path_is_the_moved_module(old):
     moved = importlib.import_module(f"tfedge.{old}")
     assert moved is importlib.import_module(tfedge.MOVED[old])
     assert moved.__spec__.name == tfedge.MOVED[old]
+
+
+def test_no_package_name_is_both_a_module_and_something_else():
+    # ``from tfedge.models.wrapping import callbacks`` in models/__init__.py beside a module
+    # models/callbacks.py: whichever binds last wins, and `import tfedge.models.callbacks as m`
+    # can hand back the function.
+    clashes = []
+    for package, path in MODULES.items():
+        if path.stem != "__init__":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                for alias in node.names:
+                    name = alias.asname or alias.name
+                    if f"{package}.{name}" in MODULES and node.module != package:
+                        if f"{node.module}.{alias.name}" != f"{package}.{name}":
+                            clashes.append(f"{package}.{name}")
+            elif isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+                if f"{package}.{node.name}" in MODULES:
+                    clashes.append(f"{package}.{node.name}")
+    assert not clashes, f"names that are a module and another object at once: {clashes}"

@@ -1,7 +1,7 @@
 """The Keras callbacks every fine-tune runs with: a progress bar per epoch, the best epoch kept.
 
 Example:
-    >>> from tfedge.models.callbacks import EpochProgress, RestoreBest
+    >>> from tfedge.models.fit_callbacks import EpochProgress, RestoreBest
     >>> best = RestoreBest(model)  # doctest: +SKIP
     >>> model.fit(x, y, validation_data=(xv, yv), epochs=5, callbacks=[EpochProgress(5), best])  # doctest: +SKIP
 """
