@@ -22,7 +22,6 @@ import math
 from tfedge.core.backend import keras
 from tfedge.core.console import quiet
 from tfedge.core.errors import OptimizationError
-from tfedge.models.fit_callbacks import EpochProgress, RestoreBest
 from tfedge.models.classifiers import (
     _streamed,
     accuracy_metric,
@@ -35,6 +34,7 @@ from tfedge.models.classifiers import (
 )
 from tfedge.models.distiller import Distiller
 from tfedge.models.fine_tune import FineTune, defaults_of, with_keywords
+from tfedge.models.fit_callbacks import EpochProgress, RestoreBest
 from tfedge.models.rebuild import to_keras2
 from tfedge.models.strategies import resolve_strategy, strategy_scope, worker_count
 
