@@ -31,11 +31,12 @@ from tfedge.commands.stage_worker import StageFailed, WorkerUnavailable, fractio
 from tfedge.converters import convert, input_shape_of
 from tfedge.converters.layer_errors import layer_errors
 from tfedge.core.console import echo
-from tfedge.core.data import Dataset, load_data
+from tfedge.core.data import Dataset
 from tfedge.core.errors import OptimizationError, first_line
 from tfedge.core.files import save_atomically, write_atomically
 from tfedge.core.inspector import inspect_model
 from tfedge.core.loading import LoadedModel, load_model
+from tfedge.core.streams import DataStream, stream_data, write_npz
 from tfedge.devices.runner import bench_models
 from tfedge.models.rebuild import to_keras2
 from tfedge.models.recipe import STAGES
@@ -70,39 +71,97 @@ def _file_digest(path: Path) -> str:
 
 
 def _data_digest(data) -> str:
-    digest = hashlib.sha256(data.x.tobytes())
-    if data.y is not None:
-        digest.update(data.y.tobytes())
+    """A digest of a data set: its arrays' bytes in memory, its files' identity when streamed.
+
+    A :class:`DataStream` is named by its files (names, sizes, times: :meth:`DataStream.key`),
+    so naming it reads none of its samples.
+    """
+    if isinstance(data, DataStream):
+        digest = hashlib.sha256(f"stream:{data.key()}".encode())
+    else:
+        digest = hashlib.sha256(data.x.tobytes())
+        if data.y is not None:
+            digest.update(data.y.tobytes())
     return digest.hexdigest()[:32]
 
 
-def split_confirmation(data, fraction: float = CONFIRM_FRACTION, seed: int = CONFIRM_SEED):
+def _part_digest(whole: str, fraction: float, part: str) -> str:
+    """A part of a streamed set's split, named by the whole set's digest (its files are new)."""
+    return hashlib.sha256(f"{whole}:{fraction}:{CONFIRM_SEED}:{part}".encode()).hexdigest()[:32]
+
+
+def _held_back(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """The confirmation part's mask: ``fraction`` of each label's samples, seeded."""
+    rng = np.random.default_rng(seed)
+    held = []
+    for label in np.unique(labels):
+        members = np.flatnonzero(labels == label)
+        count = int(round(len(members) * fraction))
+        if count >= len(members):  # a label with one sample stays in the search part
+            count = len(members) - 1
+        held.extend(rng.permutation(members)[:count].tolist())
+    mask = np.zeros(len(labels), dtype=bool)
+    mask[held] = True
+    return mask
+
+
+def split_confirmation(
+    data, fraction: float = CONFIRM_FRACTION, seed: int = CONFIRM_SEED, *, folder=None
+):
     """Split labelled data into ``(search, confirmation)`` parts, seeded and stratified by label.
 
     Each label's samples are shuffled with ``seed`` and ``fraction`` of them (rounded) go to the
     confirmation part, so both parts keep the class balance; equal inputs give equal parts.
+
+    A :class:`~tfedge.core.data.Dataset` is split in memory. A :class:`DataStream` is never held
+    whole: its labels are read first (8 bytes a sample), then each part is written batch by
+    batch to ``folder/val.npz`` and ``folder/confirm.npz`` (uncompressed, so their readers
+    memory-map them) and returned as a stream of that file. The parts are the ones the same
+    samples in memory would give.
 
     Example:
         >>> search_part, confirm_part = split_confirmation(val)  # doctest: +SKIP
         >>> len(search_part) + len(confirm_part) == len(val)  # doctest: +SKIP
         True
     """
+    if not isinstance(data, DataStream):
+        mask = _held_back(data.y, fraction, seed)
 
-    rng = np.random.default_rng(seed)
-    held = []
-    for label in np.unique(data.y):
-        members = np.flatnonzero(data.y == label)
-        count = int(round(len(members) * fraction))
-        if count >= len(members):  # a label with one sample stays in the search part
-            count = len(members) - 1
-        held.extend(rng.permutation(members)[:count].tolist())
-    mask = np.zeros(len(data), dtype=bool)
-    mask[held] = True
+        def part(select):
+            return Dataset(data.x[select], data.y[select], data.class_names, data.source)
 
-    def part(select):
-        return Dataset(data.x[select], data.y[select], data.class_names, data.source)
+        return part(~mask), part(mask)
+    if folder is None:
+        raise OptimizationError(
+            f"{data.name} ({data.source}) is streamed: its split needs a folder to write to",
+            "pass split_confirmation(data, folder=...)",
+        )
+    mask = _held_back(np.concatenate([y for _, y in data.batches()]), fraction, seed)
+    parts = []
+    for name, select in (("val.npz", ~mask), ("confirm.npz", mask)):
+        path = write_npz(
+            Path(folder) / name, _selected(data, select), int(select.sum()), data.input_shape
+        )
+        parts.append(
+            stream_data(
+                path,
+                require_labels=True,
+                name=data.name,
+                num_classes=data.num_classes,
+                in_memory_bytes=0,  # a set that streams keeps streaming
+            )
+        )
+    return tuple(parts)
 
-    return part(~mask), part(mask)
+
+def _selected(stream, select: np.ndarray):
+    """The batches of ``stream`` with only the samples ``select`` marks."""
+    start = 0
+    for x, y in stream.batches():
+        keep = select[start : start + len(x)]
+        start += len(x)
+        if keep.any():
+            yield x[keep], y[keep]
 
 
 def fingerprint(source, model, train, val, *, device: str, target=None) -> dict:
@@ -196,23 +255,35 @@ class RecipeEvaluator:
         self.base = to_keras2(model)
         shape = input_shape_of(self.base)
         classes = num_classes(self.base)
-        self.train = load_data(
+        # Small sets are read whole; larger ones stream (tfedge.core.streams.IN_MEMORY_BYTES).
+        self.train = stream_data(
             train, input_shape=shape, require_labels=True, name="--train", num_classes=classes
         )
-        self.val = load_data(
+        self.val = stream_data(
             val, input_shape=shape, require_labels=True, name="--val", num_classes=classes
         )
-        self.confirm = None
+        self._train_source = train
+        whole = _data_digest(self.val)
+        val_digest = confirm_digest = None
+        self.confirm = self.confirm_npz = None
         if confirm_fraction and len(self.val) >= MIN_SPLIT_SAMPLES:
-            self.val, self.confirm = split_confirmation(self.val, confirm_fraction)
-            self.confirm_npz = self.confirm.save(self.out / "confirm.npz")
+            self.val, self.confirm = split_confirmation(self.val, confirm_fraction, folder=self.out)
+            if isinstance(self.confirm, DataStream):  # the parts' files are new on every run
+                val_digest = _part_digest(whole, confirm_fraction, "search")
+                confirm_digest = _part_digest(whole, confirm_fraction, "confirm")
+                self.confirm_npz = self.out / "confirm.npz"
+            else:
+                self.confirm_npz = self.confirm.save(self.out / "confirm.npz")
         elif confirm_fraction:
             echo(
                 f"warning: --val has {len(self.val)} samples, fewer than {MIN_SPLIT_SAMPLES}: "
                 "none is kept back to confirm the choice, so the result's accuracy is measured "
                 "on the same data the search chose it on and may be optimistic"
             )
-        self.val_npz = self.val.save(self.out / "val.npz")
+        if val_digest is None:
+            self.val_npz = self.val.save(self.out / "val.npz")
+        else:
+            self.val_npz = self.out / "val.npz"  # written by the split
         self.device = device
         self.ssh_config = ssh_config
         self.target = target
@@ -222,7 +293,11 @@ class RecipeEvaluator:
         self.fingerprint = fingerprint(
             self.source, self.base, self.train, self.val, device=device, target=target
         )
-        self.fingerprint["confirm"] = None if self.confirm is None else _data_digest(self.confirm)
+        if val_digest is not None:
+            self.fingerprint["val"] = val_digest
+        self.fingerprint["confirm"] = confirm_digest or (
+            None if self.confirm is None else _data_digest(self.confirm)
+        )
         self._teacher = None
         self.isolate = isolate and (strategy is None or isinstance(strategy, str))
         self._worker = None
@@ -245,7 +320,8 @@ class RecipeEvaluator:
         tflite = Path(str((candidate.get("figures") or {}).get("model") or ""))
         if not tflite.is_file():
             tflite = Path(self(candidate["recipe"])["model"])
-        data = (self.confirm.x, self.confirm.y)
+        streamed = isinstance(self.confirm, DataStream)  # LiteRT reads the file in slices
+        data = str(self.confirm_npz) if streamed else (self.confirm.x, self.confirm.y)
         try:
             ((kind, row),) = list(
                 bench_models([str(tflite)], data=data, warmup=0, runs=1, keep_top1=True)
@@ -261,7 +337,7 @@ class RecipeEvaluator:
                 f"{row.get('message') or 'no prediction per sample'}",
                 row.get("hint"),
             )
-        return (np.asarray(row["top1"]) == self.confirm.y).astype(np.int8)
+        return (np.asarray(row["top1"]) == np.asarray(self.confirm.y)).astype(np.int8)
 
     @property
     def teacher(self):
@@ -367,12 +443,14 @@ class RecipeEvaluator:
             from tfedge.commands.stage_worker import StageWorker
 
             base = self.cache / f"base-{self.fingerprint['model']}.keras"
-            train = self.cache / f"train-{self.fingerprint['train']}.npz"
+            train = _stream_source(self.train, self._train_source)
             try:
                 if not base.is_file():
                     save_atomically(self.base, base)
-                if not train.is_file():
-                    save_atomically(self.train, train)
+                if train is None:  # in memory, or a pipeline: an .npz the child streams
+                    train = self.cache / f"train-{self.fingerprint['train']}.npz"
+                    if not train.is_file():
+                        save_atomically(self.train, train)
             except Exception as exc:  # a model Keras cannot save cannot be cached either
                 raise OptimizationError(
                     f"cannot save the model for the fine-tune process: {exc}",
@@ -449,6 +527,14 @@ class RecipeEvaluator:
             if len(names) == count:
                 break
         return names
+
+
+def _stream_source(data, source) -> str | None:
+    """The file (or TFRecord glob) a streamed set was opened from, for the child to stream too."""
+    if not isinstance(data, DataStream) or not isinstance(source, (str, Path)):
+        return None
+    path = Path(source)
+    return str(path.resolve()) if path.exists() else str(source)
 
 
 def _screen_note(fidelity) -> str:

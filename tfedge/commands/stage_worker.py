@@ -87,7 +87,8 @@ class StageWorker:
     Args:
         base: the float model's saved file; the frozen teacher every fine-tune distils from is a
             copy of it.
-        train: the training data, an ``.npz`` file.
+        train: the training data: an ``.npz`` file, an image folder or a TFRecord glob (the
+            child streams it, resized to the model's input).
         val: the validation data the fine-tunes choose their best epoch on, an ``.npz`` file.
         strategy: ``None``, ``"mirrored"`` or ``"multiworker"`` (a strategy object cannot cross
             a process boundary).
@@ -318,15 +319,18 @@ def _serve(config: dict) -> None:
         reply.flush()
 
     try:
+        from tfedge.converters import input_shape_of
         from tfedge.core.loading import load_model
         from tfedge.core.streams import stream_data
         from tfedge.models.cloning import frozen_copy
-        from tfedge.models.training import resolve_strategy
+        from tfedge.models.training import num_classes, resolve_strategy
 
         base = load_model(config["base"]).model
         teacher = frozen_copy(base)
-        train = stream_data(config["train"], require_labels=True, name="--train")
-        val = stream_data(config["val"], require_labels=True, name="--val")
+        # An image folder or TFRecord shards are decoded and resized to the model's input here.
+        shape = {"input_shape": input_shape_of(base), "num_classes": num_classes(base)}
+        train = stream_data(config["train"], require_labels=True, name="--train", **shape)
+        val = stream_data(config["val"], require_labels=True, name="--val", **shape)
         strategy = resolve_strategy(config["strategy"])
     except Exception as exc:  # every failure to start is reported, then the child ends
         answer(_error(exc))
