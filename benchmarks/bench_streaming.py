@@ -26,11 +26,12 @@ command left out (``--commands``, the optimize limits) reads "not run (time)" in
 Usage: python benchmarks/bench_streaming.py [--sizes 2000,20000] [--models vww_mobilenet,...]
        [--forms folder,tfrecord,npz] [--commands convert,analyze,bench,optimize,fit]
        [--optimize-up-to N] [--optimize-shards-up-to M] [--fit-rate-at S] [--fresh] [--large]
+       [--note TEXT] [--table-only]
        (optimize runs on both forms up to N samples, default 2000, and on the TFRecord shards up
        to M, default 20000; the fine-tune rate is measured on the shards of S samples, default
        2000). ``make bench`` runs the defaults (vww_mobilenet at 2,000 and 20,000: about 20
        minutes, the sum of the table's cells). ``--large`` is the large run of the README
-       table, one command of about 45 minutes on 2 cores (the runs of ``LARGE_RUN`` in turn,
+       table, one command of about an hour on 2 cores (the runs of ``LARGE_RUN`` in turn,
        each merged into the table).
 
 Writes benchmarks/results/streaming.json and benchmarks/results/streaming.md.
@@ -59,12 +60,11 @@ MODELS = IMAGE_MODELS + VECTOR_MODELS
 COMMANDS = ("convert", "analyze", "bench", "optimize", "fit")
 NOT_RUN = "not run (time)"
 #: ``--large``: vww_mobilenet at 100,000 beside a fresh 2,000, then one epoch of optimize on its
-#: 100,000 shards (the longest part, about 20 minutes), the autoencoder up to 100,000 (.npz and
-#: float shards) and MobileNetV2 at 2,000 (its optimize epoch is left out).
+#: 100,000 images in both forms (the longest part, about 10 minutes each), the autoencoder up to
+#: 100,000 (.npz and float shards) and MobileNetV2 at 2,000 (its optimize epoch is left out).
 LARGE_RUN = (
     "--sizes 2000,100000 --models vww_mobilenet --commands convert,analyze,bench,fit",
-    "--sizes 100000 --models vww_mobilenet --forms tfrecord --commands optimize "
-    "--optimize-shards-up-to 100000",
+    "--sizes 100000 --models vww_mobilenet --commands optimize --optimize-up-to 100000",
     "--sizes 2000,20000,100000 --models ad_autoencoder",
     "--sizes 2000 --models mobilenet_v2 --commands convert,analyze,bench",
 )
