@@ -31,7 +31,7 @@ Usage: python benchmarks/bench_streaming.py [--sizes 2000,20000] [--models vww_m
        to M, default 20000; the fine-tune rate is measured on the shards of S samples, default
        2000). ``make bench`` runs the defaults (vww_mobilenet at 2,000 and 20,000: about 20
        minutes, the sum of the table's cells). ``--large`` is the large run of the README
-       table, one command of about an hour on 2 cores (the runs of ``LARGE_RUN`` in turn,
+       table, one command of about 50 minutes on 2 cores (the runs of ``LARGE_RUN`` in turn,
        each merged into the table).
 
 Writes benchmarks/results/streaming.json and benchmarks/results/streaming.md.
