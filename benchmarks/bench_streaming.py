@@ -1,8 +1,10 @@
 """What the commands cost as the data grows: wall time and peak RSS on streamed data sets.
 
-For each reference model (``tfedge.models.zoo.REFERENCE``, image-shaped inputs) and each size,
-synthetic samples at the model's input size are written to a temporary folder as a JPEG folder
-(one sub-folder per class) and as TFRecord shards (``image/encoded`` + ``image/class/label``).
+For each reference model (``tfedge.models.zoo.REFERENCE``) and each size, synthetic samples at the
+model's input size are written to a temporary folder: for an image model as a JPEG folder (one
+sub-folder per class) and as TFRecord shards (``image/encoded`` + ``image/class/label``); for
+``ad_autoencoder`` (640 float inputs, not images) as an uncompressed ``.npz`` (memory-mapped by the
+stream once it is over 64 MB) and as TFRecord shards with a float feature (``x``, no labels).
 Synthetic data is fine: only costs are measured. Then, each as one whole command under
 ``/usr/bin/time -f %M`` (peak RSS of the command's largest process):
 
@@ -10,15 +12,27 @@ Synthetic data is fine: only costs are measured. Then, each as one whole command
   TensorFlow's own ``TFLiteConverter`` on the same model with 300 in-memory samples (the ratio is
   tfedge's overhead: both are whole commands, TensorFlow's import included);
 - ``tfedge analyze MODEL --calib DATA`` (200 samples);
-- ``tfedge bench MODEL_int8.tflite --data DATA`` (accuracy over the whole set through LiteRT);
-- ``tfedge optimize MODEL --train DATA --val VAL --prune 0.5 --epochs 1`` (VAL: 256 samples);
+- ``tfedge bench MODEL_int8.tflite --data DATA`` (the whole set through LiteRT);
+- ``tfedge optimize MODEL --train DATA --val VAL --prune 0.5 --epochs 1`` (VAL: 256 samples;
+  classifiers only: it fine-tunes on integer labels, the autoencoder's target is its input);
 - the fine-tune's images/s: tfedge's ``fit`` from the stream's prefetched ``tf.data`` view against
   a plain ``model.fit`` on a ``tf.data`` pipeline of the same shards (parse, decode, batch,
   prefetch), one epoch each, the same model and batch size.
 
+Rows are merged into the previous ``streaming.json`` by (model, samples, form): what this run
+measured replaces the old cells, the other rows and cells stay (``--fresh`` starts over). A
+command left out (``--commands``, the optimize limits) reads "not run (time)" in the table.
+
 Usage: python benchmarks/bench_streaming.py [--sizes 2000,20000] [--models vww_mobilenet,...]
-       [--optimize-up-to N] [--optimize-shards-up-to M] [--append]  (optimize runs on both forms
-       up to N samples, default 2000, and on the TFRecord shards up to M, default 20000)
+       [--forms folder,tfrecord,npz] [--commands convert,analyze,bench,optimize,fit]
+       [--optimize-up-to N] [--optimize-shards-up-to M] [--fit-rate-at S] [--fresh] [--large]
+       [--note TEXT] [--table-only]
+       (optimize runs on both forms up to N samples, default 2000, and on the TFRecord shards up
+       to M, default 20000; the fine-tune rate is measured on the shards of S samples, default
+       2000). ``make bench`` runs the defaults (vww_mobilenet at 2,000 and 20,000: about 20
+       minutes, the sum of the table's cells). ``--large`` is the large run of the README
+       table, one command of about 50 minutes on 2 cores (the runs of ``LARGE_RUN`` in turn,
+       each merged into the table).
 
 Writes benchmarks/results/streaming.json and benchmarks/results/streaming.md.
 """
@@ -27,6 +41,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -40,6 +55,20 @@ RESULTS = Path(__file__).resolve().parent / "results"
 ROOT = Path(__file__).resolve().parent.parent
 TFEDGE = [sys.executable, "-m", "tfedge"]
 IMAGE_MODELS = ("vww_mobilenet", "kws_ds_cnn", "ic_resnet8", "mobilenet_v2")
+VECTOR_MODELS = ("ad_autoencoder",)  # float inputs, not images: .npz and float TFRecord features
+MODELS = IMAGE_MODELS + VECTOR_MODELS
+COMMANDS = ("convert", "analyze", "bench", "optimize", "fit")
+NOT_RUN = "not run (time)"
+#: ``--large``: vww_mobilenet at 100,000 beside a fresh 2,000, then one epoch of optimize on its
+#: 100,000 images in both forms (the longest part, about 10 minutes each), the autoencoder up to
+#: 100,000 (.npz and float shards) and MobileNetV2 at 2,000 (its optimize epoch is left out).
+LARGE_RUN = (
+    "--sizes 2000,100000 --models vww_mobilenet --commands convert,analyze,bench,fit",
+    "--sizes 100000 --models vww_mobilenet --commands optimize --optimize-up-to 100000",
+    "--sizes 2000,20000,100000 --models ad_autoencoder",
+    "--sizes 2000 --models mobilenet_v2 --commands convert,analyze,bench",
+)
+NO_LABELS = "n/a (no class labels)"
 SHARD_SIZE = 1000
 VAL_SIZE = 256
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
@@ -65,40 +94,93 @@ def timed(command, cwd=None) -> dict:
     return {"wall_s": round(wall, 2), "peak_rss_mb": round(int(numbers[-1]) / 1024, 1)}
 
 
-def write_sets(folder: Path, shape, classes: int, count: int, seed: int = 0) -> dict:
-    """``count`` random images as a JPEG folder and as TFRecord shards; returns their paths."""
+def write_sets(folder: Path, shape, classes: int, count: int, seed: int = 0, forms=None) -> dict:
+    """``count`` random samples in each of ``forms`` (all that fit the input by default).
+
+    Images (3-d inputs) as a JPEG folder and TFRecord shards; float vectors as an ``.npz`` and
+    TFRecord shards with a float feature. Returns ``{form: path}``.
+    """
     from tfedge.core.backend import tf
+    from tfedge.core.streams import write_npz
 
     rng = np.random.default_rng(seed)
+    image = len(shape) == 3
+    forms = [f for f in (forms or ("folder", "tfrecord", "npz")) if f in _forms_of(shape)]
+    paths = {}
     images = folder / "images"
     shards = folder / "shards"
-    shards.mkdir(parents=True, exist_ok=True)
-    for c in range(classes):
-        (images / f"class_{c:03d}").mkdir(parents=True, exist_ok=True)
-    channels = shape[-1]
+    if "folder" in forms:
+        for c in range(classes):
+            (images / f"class_{c:03d}").mkdir(parents=True, exist_ok=True)
+        paths["folder"] = str(images)
+    if "tfrecord" in forms:
+        shards.mkdir(parents=True, exist_ok=True)
+        paths["tfrecord"] = f"{shards}/*.tfrecord" + ("" if image else "#image=x")
+    if not image:
+        return _write_vectors(folder, shape, count, rng, forms, paths, write_npz)
     writer = None
     for i in range(count):
-        if i % SHARD_SIZE == 0:
-            if writer is not None:
-                writer.close()
-            writer = tf.io.TFRecordWriter(str(shards / f"train-{i // SHARD_SIZE:05d}.tfrecord"))
         label = int(rng.integers(0, classes))
-        pixels = rng.integers(0, 256, (*shape[:2], channels), dtype=np.uint8)
+        pixels = rng.integers(0, 256, shape, dtype=np.uint8)
         jpeg = tf.io.encode_jpeg(pixels, quality=90).numpy()
-        (images / f"class_{label:03d}" / f"{i:06d}.jpg").write_bytes(jpeg)
-        example = tf.train.Example(
-            features=tf.train.Features(
-                feature={
-                    "image/encoded": tf.train.Feature(bytes_list=tf.train.BytesList(value=[jpeg])),
-                    "image/class/label": tf.train.Feature(
-                        int64_list=tf.train.Int64List(value=[label])
-                    ),
-                }
-            )
-        )
-        writer.write(example.SerializeToString())
-    writer.close()
-    return {"folder": str(images), "tfrecord": f"{shards}/*.tfrecord"}
+        if "folder" in forms:
+            (images / f"class_{label:03d}" / f"{i:06d}.jpg").write_bytes(jpeg)
+        if "tfrecord" in forms:
+            writer = _shard_writer(writer, shards, i)
+            feature = {
+                "image/encoded": tf.train.Feature(bytes_list=tf.train.BytesList(value=[jpeg])),
+                "image/class/label": tf.train.Feature(int64_list=tf.train.Int64List(value=[label])),
+            }
+            writer.write(_example(feature))
+    if writer is not None:
+        writer.close()
+    return paths
+
+
+def _forms_of(shape) -> tuple:
+    return ("folder", "tfrecord") if len(shape) == 3 else ("npz", "tfrecord")
+
+
+def _shard_writer(writer, shards: Path, i: int):
+    """The writer of record ``i``: a new shard every ``SHARD_SIZE`` records."""
+    from tfedge.core.backend import tf
+
+    if i % SHARD_SIZE:
+        return writer
+    if writer is not None:
+        writer.close()
+    return tf.io.TFRecordWriter(str(shards / f"train-{i // SHARD_SIZE:05d}.tfrecord"))
+
+
+def _example(feature: dict) -> bytes:
+    from tfedge.core.backend import tf
+
+    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+
+
+def _write_vectors(folder: Path, shape, count, rng, forms, paths, write_npz) -> dict:
+    """Standard-normal float vectors, ``SHARD_SIZE`` at a time, as ``.npz`` and/or float shards."""
+    from tfedge.core.backend import tf
+
+    def chunks():
+        writer = None
+        for start in range(0, count, SHARD_SIZE):
+            x = rng.standard_normal((min(SHARD_SIZE, count - start), *shape), np.float32)
+            if "tfrecord" in forms:
+                writer = _shard_writer(writer, folder / "shards", start)
+                for row in x:
+                    values = tf.train.FloatList(value=row.ravel())
+                    writer.write(_example({"x": tf.train.Feature(float_list=values)}))
+            yield x, None
+        if writer is not None:
+            writer.close()
+
+    if "npz" in forms:
+        paths["npz"] = str(write_npz(folder / "data.npz", chunks(), count, shape))
+    else:
+        for _ in chunks():
+            pass
+    return paths
 
 
 TF_CONVERT = """
@@ -106,7 +188,9 @@ import sys, numpy as np
 from tfedge.core.backend import tf, keras
 model = keras.models.load_model(sys.argv[1])
 shape = model.input_shape[1:]
-calib = np.random.default_rng(0).uniform(0, 255, (300, *shape)).astype(np.float32)
+rng = np.random.default_rng(0)
+calib = (rng.uniform(0, 255, (300, *shape)) if len(shape) == 3 else rng.standard_normal((300, *shape)))
+calib = calib.astype(np.float32)
 converter = tf.lite.TFLiteConverter.from_keras_model(model)
 converter.optimizations = [tf.lite.Optimize.DEFAULT]
 converter.representative_dataset = lambda: ([x[None]] for x in calib)
@@ -154,30 +238,43 @@ print(json.dumps({"plain_images_s": round(plain, 1), "tfedge_images_s": round(ou
 """
 
 
-def run_model(
-    name: str, sizes, work: Path, optimize_up_to: int, optimize_shards_up_to: int = 0
-) -> Iterator[dict]:
+def run_model(name: str, sizes, work: Path, args) -> Iterator[dict]:
     from tfedge.models.zoo import REFERENCE
 
     model = REFERENCE[name]()
     shape = tuple(model.input_shape[1:])
     classes = int(model.output_shape[-1])
+    classifier = name not in VECTOR_MODELS
     model_path = work / f"{name}.keras"
     model.save(model_path)
-    val = write_sets(work / "val", shape, classes, VAL_SIZE, seed=99)["folder"]
+    commands = set(args.commands)
+    optimize = classifier and "optimize" in commands
+    val = None
+    if optimize:
+        val = write_sets(work / "val", shape, classes, VAL_SIZE, seed=99, forms=["folder"])
     for size in sizes:
-        sets = write_sets(work / f"n{size}", shape, classes, size)
+        sets = write_sets(work / f"n{size}", shape, classes, size, forms=args.forms)
         for form, data in sets.items():
             row = {"model": name, "input": list(shape), "samples": size, "form": form}
             out = work / f"{name}-{size}-{form}.tflite"
-            # The reference right before tfedge's convert: the same load on the shared machine.
-            reference = timed([sys.executable, "-c", TF_CONVERT, model_path, work / "tf.tflite"])
-            row["convert"] = timed([*TFEDGE, "convert", model_path, "--calib", data, "-o", out])
-            row["tf_converter"] = reference
-            row["convert_ratio"] = round(row["convert"]["wall_s"] / reference["wall_s"], 2)
-            row["analyze"] = timed([*TFEDGE, "analyze", model_path, "--calib", data])
-            row["bench"] = timed([*TFEDGE, "bench", out, "--data", data, "--runs", "20"])
-            if size <= optimize_up_to or (form == "tfrecord" and size <= optimize_shards_up_to):
+            if "convert" in commands or "bench" in commands:
+                # The reference right before tfedge's convert: the same load on the shared machine.
+                reference = timed(
+                    [sys.executable, "-c", TF_CONVERT, model_path, work / "tf.tflite"]
+                )
+                row["convert"] = timed([*TFEDGE, "convert", model_path, "--calib", data, "-o", out])
+                row["tf_converter"] = reference
+                row["convert_ratio"] = round(row["convert"]["wall_s"] / reference["wall_s"], 2)
+            if "analyze" in commands:
+                row["analyze"] = timed([*TFEDGE, "analyze", model_path, "--calib", data])
+            if "bench" in commands:
+                row["bench"] = timed([*TFEDGE, "bench", out, "--data", data, "--runs", "20"])
+            if not classifier:
+                row["optimize"] = NO_LABELS
+            elif optimize and (
+                size <= args.optimize_up_to
+                or (form == "tfrecord" and size <= args.optimize_shards_up_to)
+            ):
                 row["optimize"] = timed(
                     [
                         *TFEDGE,
@@ -186,7 +283,7 @@ def run_model(
                         "--train",
                         data,
                         "--val",
-                        val,
+                        val["folder"],
                         "--prune",
                         "0.5",
                         "--epochs",
@@ -195,7 +292,7 @@ def run_model(
                         work / f"opt-{size}-{form}",
                     ]
                 )
-            if form == "tfrecord" and size == min(sizes):
+            if classifier and "fit" in commands and form == "tfrecord" and size == args.fit_rate_at:
                 done = subprocess.run(
                     [sys.executable, "-c", FIT_RATE, model_path, data],
                     env=ENV,
@@ -206,21 +303,56 @@ def run_model(
                 row.update(json.loads(done.stdout.strip().splitlines()[-1]))
             print(json.dumps(row), flush=True)
             yield row
+        shutil.rmtree(work / f"n{size}")  # a few GB at 100,000 samples: gone before the next size
 
 
 def _cell(entry) -> str:
-    return "" if not entry else f"{entry['wall_s']:.0f} s / {entry['peak_rss_mb']:.0f} MB"
+    if isinstance(entry, str):
+        return entry
+    return NOT_RUN if not entry else f"{entry['wall_s']:.0f} s / {entry['peak_rss_mb']:.0f} MB"
 
 
-def table(rows, sizes, not_run) -> str:
+def growth(rows, low: int = 2000, high: int = 100000) -> str:
+    """One sentence: the peak-RSS growth from ``low`` to ``high`` samples per command, per row pair.
+
+    Computed from the rows of the same model and form measured at both sizes; empty if none.
+    """
+    by_key = {(r["model"], r["form"], r["samples"]): r for r in rows}
+    parts = []
+    for (model, form, samples), row in by_key.items():
+        big = by_key.get((model, form, high))
+        if samples != low or big is None:
+            continue
+        changes = []
+        for command in ("convert", "analyze", "bench", "optimize"):
+            a, b = row.get(command), big.get(command)
+            if isinstance(a, dict) and isinstance(b, dict):
+                low_mb, high_mb = a["peak_rss_mb"], b["peak_rss_mb"]
+                change = 100 * (high_mb / low_mb - 1)
+                changes.append(f"{command} {change:+.0f} % ({low_mb:.0f} -> {high_mb:.0f} MB)")
+        if changes:
+            parts.append(f"{model} {form}: {', '.join(changes)}")
+    if not parts:
+        return ""
+    return (
+        f"Peak RSS growth from {low:,} to {high:,} samples (the rows above): "
+        + "; ".join(parts)
+        + "."
+    )
+
+
+def table(rows, not_run) -> str:
     lines = [
         "### Streaming data: wall time / peak RSS of whole commands as the data grows "
-        "(synthetic JPEG folders and TFRecord shards at the model's input; one run)",
+        "(synthetic JPEG folders, TFRecord shards and .npz at the model's input; one run)",
         "",
         "| model | input | samples | form | convert --calib | TF converter | ratio | analyze | "
         "bench --data | optimize --prune 0.5, 1 epoch | fine-tune img/s (tfedge / plain fit) |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    order = {name: i for i, name in enumerate(MODELS)}
+    forms = ("folder", "npz", "tfrecord")
+    rows = sorted(rows, key=lambda r: (order[r["model"]], r["samples"], forms.index(r["form"])))
     for row in rows:
         rate = (
             f"{row['tfedge_images_s']:.0f} / {row['plain_images_s']:.0f} "
@@ -228,10 +360,11 @@ def table(rows, sizes, not_run) -> str:
             if "plain_images_s" in row
             else ""
         )
+        ratio = f"{row['convert_ratio']:.2f}x" if "convert_ratio" in row else ""
         lines.append(
             f"| {row['model']} | {'x'.join(map(str, row['input']))} | {row['samples']:,} | "
-            f"{row['form']} | {_cell(row['convert'])} | {_cell(row['tf_converter'])} | "
-            f"{row['convert_ratio']:.2f}x | {_cell(row['analyze'])} | {_cell(row['bench'])} | "
+            f"{row['form']} | {_cell(row.get('convert'))} | {_cell(row.get('tf_converter'))} | "
+            f"{ratio} | {_cell(row.get('analyze'))} | {_cell(row.get('bench'))} | "
             f"{_cell(row.get('optimize'))} | {rate} |"
         )
     lines += [
@@ -239,62 +372,95 @@ def table(rows, sizes, not_run) -> str:
         "Peak RSS is `/usr/bin/time -f %M` of the whole command (its largest process; the bench "
         "runner is a child process). The TF converter column is a script that loads the model "
         "and runs `TFLiteConverter` with 300 in-memory samples; the ratio is tfedge's convert "
-        f"wall time over it (TensorFlow's `from_keras_model` goes through a SavedModel export; "
+        "wall time over it (TensorFlow's `from_keras_model` goes through a SavedModel export; "
         "tfedge converts a concrete function). optimize validates on "
         f"{VAL_SIZE} samples. Sets of at most 64 MB as float32 (kws_ds_cnn up to 20,000 "
-        "samples, ic_resnet8 at 2,000) are read whole by design, so their RSS grows a little "
-        f"with the size. Wall times come from a shared 2-core machine with other test runs "
-        "going on, so compare them only within a row; the peak RSS does not depend on that "
-        f"load. {not_run}",
+        "samples, ic_resnet8 at 2,000, ad_autoencoder up to 20,000) are read whole by design, so "
+        "their RSS grows a little with the size; larger ones stream (the autoencoder's .npz "
+        "memory-mapped). ad_autoencoder's sets have no labels (bench --data measures the pass "
+        "over the set, no accuracy). Wall times come from a shared 2-core machine with other "
+        "test runs going on, so compare them only within a row; the peak RSS does not depend on "
+        f"that load. {not_run}",
     ]
+    sentence = growth(rows)
+    if sentence:
+        lines += ["", sentence]
     return "\n".join(lines) + "\n"
 
 
-def save(rows, names, sizes, previous) -> None:
+def merge(previous: list, rows: list) -> list:
+    """``previous`` rows updated by ``rows`` per (model, samples, form), cell by cell."""
+    merged = {}
+    for row in [*previous, *rows]:
+        key = (row["model"], row["samples"], row["form"])
+        merged[key] = {**merged.get(key, {}), **row}
+    return list(merged.values())
+
+
+def save(rows, previous, note: str | None = None) -> None:
     """Write streaming.json and streaming.md (after every row: a long run keeps what it measured)."""
-    if previous:
-        rows = previous["rows"] + rows
-        names = list(dict.fromkeys(previous["models"] + names))
-        sizes = sorted(set(previous["sizes"]) | set(sizes))
-    skipped = [n for n in IMAGE_MODELS if n not in names]
+    rows = merge(previous.get("rows", []), rows)
+    names = [n for n in MODELS if any(r["model"] == n for r in rows)]
+    sizes = sorted({r["samples"] for r in rows})
+    skipped = [n for n in MODELS if n not in names]
     not_run = (
-        "Blank cells and models or sizes missing from the table were not run: "
-        f"{', '.join(skipped) or 'no model'} not run, no size beyond "
-        f"{max(sizes):,} (100,000 does not fit this run's time), and ad_autoencoder is left out "
-        "(its 640 inputs are not images)."
+        note
+        or previous.get("not_run")
+        or (
+            'Cells reading "not run (time)" and models or sizes missing from the table were not '
+            f"run in the time of the run: {', '.join(skipped) or 'no model'} left out."
+        )
     )
     payload = {"sizes": sizes, "models": names, "rows": rows, "not_run": not_run}
     (RESULTS / "streaming.json").write_text(json.dumps(payload, indent=1) + "\n")
-    (RESULTS / "streaming.md").write_text(table(rows, sizes, not_run))
+    (RESULTS / "streaming.md").write_text(table(rows, not_run))
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="2000,20000")
     parser.add_argument("--models", default="vww_mobilenet")
+    parser.add_argument("--forms", default="folder,tfrecord,npz", help="those that fit each model")
+    parser.add_argument("--commands", default=",".join(COMMANDS))
     parser.add_argument("--optimize-up-to", type=int, default=2000)
     parser.add_argument(
         "--optimize-shards-up-to", type=int, default=20000, help="optimize on the shards up to N"
     )
-    parser.add_argument("--append", action="store_true", help="add to the previous rows")
+    parser.add_argument("--fit-rate-at", type=int, default=2000, help="fine-tune rate at N")
+    parser.add_argument("--note", help="the table's note on what was not run (kept if omitted)")
+    parser.add_argument("--table-only", action="store_true", help="rewrite the table, run nothing")
+    parser.add_argument("--fresh", action="store_true", help="drop the previous rows")
+    parser.add_argument("--large", action="store_true", help="the runs of LARGE_RUN in turn")
     args = parser.parse_args(argv)
+    if args.large:
+        note = ["--note", args.note] if args.note else []
+        return max(main([*run.split(), *note]) for run in LARGE_RUN)
     sizes = [int(s) for s in args.sizes.split(",")]
-    names = [n for n in args.models.split(",") if n in IMAGE_MODELS]
+    args.forms = args.forms.split(",")
+    args.commands = args.commands.split(",")
+    unknown = sorted({*args.models.split(",")} - set(MODELS)) + sorted(
+        set(args.commands) - set(COMMANDS)
+    )
+    if unknown:
+        parser.error(f"unknown model or command {unknown}; models: {MODELS}, commands: {COMMANDS}")
+    names = args.models.split(",")
     RESULTS.mkdir(exist_ok=True)
     previous_file = RESULTS / "streaming.json"
     previous = (
-        json.loads(previous_file.read_text()) if args.append and previous_file.is_file() else None
+        json.loads(previous_file.read_text()) if previous_file.is_file() and not args.fresh else {}
     )
+    if args.table_only:
+        save([], previous, args.note)
+        print((RESULTS / "streaming.md").read_text())
+        return 0
     rows = []
     with tempfile.TemporaryDirectory(prefix="tfedge-stream-bench-") as tmp:
         for name in names:
             folder = Path(tmp) / name
             folder.mkdir()
-            for row in run_model(
-                name, sizes, folder, args.optimize_up_to, args.optimize_shards_up_to
-            ):
+            for row in run_model(name, sizes, folder, args):
                 rows.append(row)
-                save(rows, names, sizes, previous)
+                save(rows, previous, args.note)
     print((RESULTS / "streaming.md").read_text())
     return 0
 
