@@ -21,6 +21,10 @@ three PCQAT.
   layer at all), QAT is :mod:`tfedge.models.fake_quant`'s registered layers, which save and load
   as ``.keras``.
 
+The stages :func:`tfedge.models.pruning.prune`, :func:`tfedge.models.clustering.cluster` and
+:func:`tfedge.models.qat.quantize_aware` (its ``preserve``: PQAT, CQAT, PCQAT) are this same
+``wrap`` -> ``fit`` with :func:`callbacks` -> :func:`finalize`, so there is one implementation.
+
 The model :func:`finalize` returns carries what was asked and which kernels were pruned and
 clustered (:func:`requested`), which :func:`tfedge.reports.compression.check_finalized` compares
 with the converted file.
