@@ -169,6 +169,7 @@ class Projection:
         schedule: ``"polynomial"`` or ``"constant"``.
         ramp: the fraction of the training steps the polynomial ramp takes.
         steps: the training steps in all (None: read from ``fit`` when training begins).
+        frequency: steps between mask updates on the ramp (None: about 20 updates over it).
 
     Example:
         >>> plan = Projection(kernels, prune=0.8, cluster=None)  # doctest: +SKIP
@@ -185,6 +186,7 @@ class Projection:
         schedule="polynomial",
         ramp=0.5,
         steps=None,
+        frequency=None,
     ):
         self.kernels = list(kernels)
         self.target = m_by_n[0] / m_by_n[1] if m_by_n is not None else prune
@@ -194,6 +196,7 @@ class Projection:
         self.schedule = schedule
         self.ramp = ramp
         self.steps = steps
+        self.frequency = frequency
         self.step = 0
         self.clustering = False
         self.started = False
@@ -212,7 +215,9 @@ class Projection:
         return max(1, int(round(self.ramp * (self.steps or 1))))
 
     def _frequency(self) -> int:
-        return max(1, self._ramp_end() // 20) if self._ramp_end() else 1
+        if not self._ramp_end():
+            return self.frequency or 1
+        return self.frequency or max(1, self._ramp_end() // 20)
 
     def begin(self, total_steps=None):
         """Start (or continue) training: ``total_steps`` sizes the polynomial ramp."""

@@ -1,8 +1,9 @@
 """Magnitude pruning that keeps accuracy: a schedule sized by the data, distillation, and a polish.
 
-``prune`` wraps the chosen layers with tfmot's ``prune_low_magnitude``, ramps the sparsity up over
+``prune`` is :func:`tfedge.models.wrapping.wrap` with ``prune`` (tfmot's ``prune_low_magnitude``
+underneath), trained by :func:`tfedge.models.training.fit` with its callbacks: it ramps the sparsity up over
 the first part of training (polynomial, or constant from the start), keeps fine-tuning at the final
-sparsity (from a teacher when one is given), keeps the best epoch, strips the wrappers and polishes
+sparsity (from a teacher when one is given), keeps the best epoch, finalizes (the wrappers stripped) and polishes
 the stripped model with its zeros held in place. The returned model converts to a fully-int8
 ``.tflite`` whose zero weights stay zero, so it compresses well with gzip.
 
@@ -23,16 +24,18 @@ Example:
 
 import math
 
-import numpy as np
-
-import tfedge.models.cloning as cloning
-import tfedge.models.layers as layers
 import tfedge.models.training as training
-from tfedge.core.backend import keras, tf, tfmot
-from tfedge.core.errors import OptimizationError, first_line
-from tfedge.core.keras_internals import rename_layer, weight_names
-from tfedge.core.serialization import tfmot_internal
-from tfedge.models.projection import Kernel, Projection
+import tfedge.models.wrapping as wrapping
+from tfedge.core.backend import keras, tf
+from tfedge.core.errors import OptimizationError
+from tfedge.models.rebuild import to_keras2
+from tfedge.models.sparsity import (
+    DEFAULT_SKIP,
+    layer_sparsity,
+    parse_structure,
+    pruning_plan,
+    weight_sparsity,
+)
 
 __all__ = [
     "prune",
@@ -47,12 +50,7 @@ __all__ = [
     "FINE_TUNE",
 ]
 
-SCHEDULES = ("polynomial", "constant")
-#: Prune every kernel tfmot can prune, each to the requested sparsity. (Leaving the first and
-#: last layers dense and pruning the rest harder to make up for them gave a DS-CNN 90 % sparse
-#: pointwise convolutions and a model that was neither at the asked sparsity per layer nor, once
-#: the depthwise kernels were counted, overall.)
-DEFAULT_SKIP = ()
+SCHEDULES = wrapping.SCHEDULES
 DEFAULT_STEPS = 900
 #: How :func:`prune` fine-tunes by default. learning_rate 2e-3 rather than 1e-3: a BatchNorm
 #: DS-CNN pruned to 75 % in 12 epochs kept 99.2 % (float 99.2 %) against 97.5 % at 1e-3; the
@@ -62,307 +60,8 @@ DEFAULT_STEPS = 900
 FINE_TUNE = training.FineTune(learning_rate=2e-3, temperature=1.0, alpha=0.5)
 
 
-def _sparsity_module():
-    return tfmot().sparsity.keras
-
-
-def _registry():
-    return tfmot_internal("sparsity.keras.prune_registry").PruneRegistry
-
-
-def _prunable_weights(layer) -> list:
-    """The weights tfmot would prune in ``layer`` (its kernels), or [] when it cannot."""
-    mot = _sparsity_module()
-    if isinstance(layer, mot.PrunableLayer):
-        return list(layer.get_prunable_weights())
-    registry = _registry()
-    if not registry.supports(layer):
-        return []
-    try:
-        names = weight_names(registry, layer)
-    except KeyError:  # RNNs: prunable through their cells
-        return [w for w in layer.trainable_weights if "kernel" in w.name]
-    return [getattr(layer, name) for name in names if getattr(layer, name, None) is not None]
-
-
-def parse_structure(structure):
-    """``None`` → ``(None, None)``; ``"2:4"`` → ``((2, 4), None)``; ``(h, w)`` or ``"HxW"`` → ``(None, (h, w))``."""
-    if structure is None:
-        return None, None
-    if isinstance(structure, str) and "x" in structure.lower():
-        parts = structure.lower().split("x")
-        if len(parts) == 2 and all(p.strip().isdigit() and int(p) >= 1 for p in parts):
-            return None, (int(parts[0]), int(parts[1]))
-        raise OptimizationError(
-            f"structure {structure!r} is not a block 'HxW' of positive integers",
-            "use a block such as '1x4' (zeros in whole 1x4 blocks) or an 'M:N' pattern such as '2:4'",
-        )
-    if isinstance(structure, str):
-        parts = structure.split(":")
-        if len(parts) == 2 and all(p.strip().isdigit() for p in parts):
-            m, n = (int(p) for p in parts)
-            if 0 < m < n:
-                return (m, n), None
-        raise OptimizationError(
-            f"structure {structure!r} is not an 'M:N' pattern with 0 < M < N",
-            "use structure='2:4' (2 zeros in every 4 weights) or a block such as (1, 4)",
-        )
-    if (
-        isinstance(structure, (tuple, list))
-        and len(structure) == 2
-        and all(isinstance(v, (int, np.integer)) and v >= 1 for v in structure)
-    ):
-        return None, (int(structure[0]), int(structure[1]))
-    raise OptimizationError(
-        f"structure {structure!r} is neither None, an 'M:N' string nor a (height, width) block",
-        "use structure=None (any weights), '2:4', or a block such as (1, 4)",
-    )
-
-
-def _skip_tuple(skip) -> tuple:
-    """``skip`` as a tuple (a single name, type or class becomes a 1-tuple)."""
-    return (skip,) if isinstance(skip, (str, type)) else tuple(skip or ())
-
-
-def _eligible(m_by_n, block):
-    def check(layer) -> bool:
-        weights = _prunable_weights(layer)
-        if not weights:
-            return False
-        for weight in weights:
-            shape = [int(d) for d in weight.shape]
-            if block is not None and len([d for d in shape if d != 1]) > 2:
-                return False
-            if m_by_n is not None and (len(shape) not in (2, 4) or shape[-2] % m_by_n[1]):
-                return False
-        return True
-
-    return check
-
-
-def _dense_reason(layer, m_by_n, block) -> str | None:
-    """Why tfmot leaves ``layer``'s kernels dense under this structure (None: it can prune them)."""
-    weights = _prunable_weights(layer)
-    kind = type(layer).__name__
-    if not weights:
-        if "Depthwise" in kind:
-            return "tfmot does not prune depthwise kernels"
-        return f"tfmot cannot prune a {kind}"
-    for weight in weights:
-        shape = [int(d) for d in weight.shape]
-        if block is not None and len([d for d in shape if d != 1]) > 2:
-            return f"a block needs a 2-D kernel, this one is {shape}"
-        if m_by_n is not None and (len(shape) not in (2, 4) or shape[-2] % m_by_n[1]):
-            return (
-                f"{m_by_n[0]}:{m_by_n[1]} needs input channels divisible by {m_by_n[1]}, "
-                f"this kernel has {shape[-2]}"
-            )
-    return None
-
-
-def pruning_plan(model, structure=None, skip=DEFAULT_SKIP) -> dict:
-    """Which kernels :func:`prune` prunes in ``model`` and which it leaves dense, and why.
-
-    Every kernel tfmot can prune is pruned to the requested sparsity; the rest (depthwise
-    kernels, a SeparableConv2D's depthwise half, kernels a structure does not fit, skipped
-    layers) stay dense and are listed with the reason.
-
-    Args:
-        model: a tf_keras (or Keras 3) functional or Sequential model.
-        structure: as in :func:`prune`.
-        skip: as in :func:`prune`.
-
-    Returns:
-        ``{"pruned": [layer names], "dense": [{"layer", "weight", "reason"}], "kernels":
-        [{"layer", "weight", "elements", "pruned"}] (every kernel, in model order),
-        "pruned_weights": n, "kernel_weights": n}``; ``pruned_weights / kernel_weights`` is the
-        share of all kernel weights the requested sparsity applies to.
-
-    Example:
-        >>> pruning_plan(build("ds_cnn"))["dense"][0]["reason"]  # doctest: +SKIP
-        'tfmot does not prune depthwise kernels'
-    """
-    m_by_n, block = parse_structure(structure)
-    flat = cloning.flatten_model(model)
-    skipped = layers.skipped_layers(flat, skip)
-    pruned, dense, kernels, pruned_weights, kernel_weights = [], [], [], 0, 0
-    for layer in layers.kernel_layers(flat):
-        reason = "skipped" if layer.name in skipped else _dense_reason(layer, m_by_n, block)
-        targets = [] if reason else _prunable_weights(layer)
-        if layer.name not in skipped:
-            targets = targets + _own_kernels(layer, m_by_n, block)
-            if targets and reason and reason.startswith("tfmot does not prune depthwise"):
-                reason = None
-        for weight in layer.trainable_weights:
-            if len(weight.shape) < 2:
-                continue
-            size = int(np.prod(weight.shape))
-            kernel_weights += size
-            hit = any(weight is t for t in targets)
-            kernels.append(
-                {"layer": layer.name, "weight": _short(weight), "elements": size, "pruned": hit}
-            )
-            if hit:
-                pruned_weights += size
-                continue
-            why = reason or f"tfmot prunes only the {', '.join(_short(t) for t in targets)}"
-            dense.append({"layer": layer.name, "weight": _short(weight), "reason": why})
-        if targets:
-            pruned.append(layer.name)
-    return {
-        "pruned": pruned,
-        "dense": dense,
-        "kernels": kernels,
-        "pruned_weights": pruned_weights,
-        "kernel_weights": kernel_weights,
-    }
-
-
-def _own_kernels(layer, m_by_n=None, block=None) -> list:
-    """The depthwise kernels of ``layer`` that tfmot leaves dense and tfedge prunes itself.
-
-    An M:N pattern (along input channels) and a 2-D block do not apply to a depthwise kernel:
-    with a structure those stay dense.
-    """
-    if m_by_n is not None or block is not None:
-        return []
-    theirs = {id(w) for w in _prunable_weights(layer)}
-    return [
-        w
-        for w in layer.trainable_weights
-        if len(w.shape) == 4 and "depthwise_kernel" in w.name and id(w) not in theirs
-    ]
-
-
-def _short(weight) -> str:
-    return weight.name.split("/")[-1].split(":")[0]
-
-
-def layer_sparsity(model, names=None) -> dict:
-    """The fraction of zeros of each prunable kernel (``"<layer>/<weight>"``) of the named layers.
-
-    Example:
-        >>> layer_sparsity(pruned, ["pw1"])  # doctest: +SKIP
-        {'pw1/kernel': 0.75}
-    """
-    out = {}
-    for layer in model.layers:
-        if names is not None and layer.name not in names:
-            continue
-        inner = getattr(layer, "layer", layer)  # a pruning wrapper's layer
-        for weight in _prunable_weights(inner):
-            values = weight.numpy()
-            out[f"{inner.name}/{_short(weight)}"] = float(np.mean(values == 0))
-    return out
-
-
-def _reached(model, target: float, tolerance: float = 0.005):
-    """A predicate: every pruned kernel of ``model`` (wrapped or stripped) holds ``target``."""
-
-    def check() -> bool:
-        values = layer_sparsity(model).values()
-        return bool(values) and min(values) >= target - tolerance
-
-    return check
-
-
-def _enforce(model, names, target: float, m_by_n) -> int:
-    """Zero the smallest weights a pruned kernel still needs to hold ``target`` (or M:N).
-
-    tfmot's schedule normally gets there itself; this makes the result independent of when its
-    last mask update ran. Returns the number of weights set to zero.
-    """
-    changed = 0
-    for name in names:
-        for weight in _prunable_weights(model.get_layer(name)):
-            values = weight.numpy()
-            if m_by_n is not None:
-                m, n = m_by_n
-                moved = np.moveaxis(values, -2, -1)
-                groups = moved.reshape(-1, n)
-                order = np.argsort(np.abs(groups), axis=1, kind="stable")
-                cut = np.zeros_like(groups, dtype=bool)
-                np.put_along_axis(cut, order[:, :m], True, axis=1)
-                new = np.where(cut, 0, groups).reshape(moved.shape)
-                new = np.moveaxis(new, -1, -2)
-            else:
-                flat = values.reshape(-1)
-                want = int(round(target * flat.size))
-                zeros = int(np.sum(flat == 0))
-                if zeros >= want:
-                    continue
-                new = flat.copy()
-                order = np.argsort(np.abs(flat), kind="stable")
-                new[order[:want]] = 0
-                new = new.reshape(values.shape)
-            diff = int(np.sum((new == 0) & (values != 0)))
-            if diff:
-                weight.assign(new.astype(values.dtype))
-                changed += diff
-    return changed
-
-
-def weight_sparsity(model, layers=None) -> float:
-    """The fraction of zeros among the kernels (weights of rank >= 2) of the model or named layers.
-
-    Biases are not counted, as in ``tfedge inspect``'s ``weight_sparsity``.
-
-    Example:
-        >>> round(weight_sparsity(pruned_model), 2)  # doctest: +SKIP
-        0.8
-    """
-    weights = []
-    for layer in model.layers:
-        if layers is None or layer.name in layers:
-            weights.extend(w for w in layer.trainable_weights if len(w.shape) >= 2)
-    zeros = sum(int(np.sum(w.numpy() == 0)) for w in weights)
-    total = sum(int(np.prod(w.shape)) for w in weights)
-    return zeros / max(total, 1)
-
-
-class _OwnPruning:
-    """tfedge's masks for the depthwise kernels tfmot leaves dense, driven by a callback."""
-
-    def __init__(self, projection):
-        self.projection = projection
-        self.callbacks = []
-        if projection is not None:
-            from tfedge.models.projection import projection_callback
-
-            self.callbacks = [projection_callback(projection)]
-
-    def reached(self, theirs, target: float, tolerance: float = 0.005):
-        if self.projection is None:
-            return theirs
-
-        def check() -> bool:
-            ours = [np.mean(k.values() == 0) for k in self.projection.pruned]
-            return theirs() and min(ours) >= target - tolerance
-
-        return check
-
-    def finish(self):
-        if self.projection is not None:
-            self.projection.finish()
-
-
-def _own_projection(work, skip, m_by_n, block, target, schedule, ramp, total):
-
-    skipped = layers.skipped_layers(work, skip)
-    kernels = [
-        Kernel(layer.name, _short(weight), weight, prune=True, cluster=False)
-        for layer in work.layers
-        if layer.name not in skipped
-        for weight in _own_kernels(layer, m_by_n, block)
-    ]
-    if not kernels:
-        return _OwnPruning(None)
-    projection = Projection(kernels, prune=target, schedule=schedule, ramp=ramp, steps=total)
-    return _OwnPruning(projection)
-
-
 class KeepZeros(keras.callbacks.Callback):
-    """Hold the zero weights of the given layers at zero while a stripped model trains.
+    """Hold the zero weights of the given layers' kernels at zero while a stripped model trains.
 
     Args:
         model: the stripped, pruned model.
@@ -376,9 +75,11 @@ class KeepZeros(keras.callbacks.Callback):
         super().__init__()
         self.pairs = []
         for name in names:
-            for weight in _prunable_weights(model.get_layer(name)):
-                mask = tf.constant((weight.numpy() != 0).astype(weight.dtype.as_numpy_dtype))
-                self.pairs.append((weight, mask))
+            for weight in model.get_layer(name).trainable_weights:
+                values = weight.numpy()
+                if len(weight.shape) >= 2 and (values == 0).any():
+                    mask = tf.constant((values != 0).astype(weight.dtype.as_numpy_dtype))
+                    self.pairs.append((weight, mask))
 
     def on_train_batch_end(self, batch, logs=None):
         for weight, mask in self.pairs:
@@ -446,17 +147,9 @@ def prune(
             f"sparsity {sparsity} must be between 0 and 1 (the fraction of zero weights)",
             "use e.g. sparsity=0.8 for 80 % zeros",
         )
-    if schedule not in SCHEDULES:
-        raise OptimizationError(
-            f"pruning schedule {schedule!r} is unknown; expected one of {', '.join(SCHEDULES)}",
-            "'polynomial' ramps the sparsity up gently and keeps more accuracy",
-        )
-    if not 0.0 < ramp <= 1.0:
-        raise OptimizationError(f"ramp {ramp} must be in (0, 1]", "use 0.6: 60 % of the steps")
     settings = training.with_keywords(settings, fine_tune, "prune")
-    m_by_n, block = parse_structure(structure)
+    m_by_n, _ = parse_structure(structure)
     training.check_data(train, "training")
-    mot = _sparsity_module()
     batch_size = settings.batch_size
     epochs = settings.epochs
     if epochs is None:
@@ -467,76 +160,38 @@ def prune(
     total = epochs * per_epoch
 
     with training.strategy_scope(settings.strategy):
-        work = cloning.clone_model(cloning.flatten_model(model))
-        training.check_data(train, "training", work)
-        names = layers.select_layers(work, skip, eligible=_eligible(m_by_n, block))
-        if not names:
-            what = f" with structure {structure!r}" if structure is not None else ""
-            raise OptimizationError(
-                f"no layer of {work.name!r} can be pruned{what}"
-                + (f" once {list(_skip_tuple(skip))} are skipped" if skip else ""),
-                "prune a model with Conv/Dense layers, skip fewer layers, or drop the structure "
-                "(2:4 needs input channels divisible by 4; blocks need 2-D kernels)",
-            )
-        # Each pruned kernel is pruned to the sparsity asked: what tfmot cannot prune stays dense
+        # Each pruned kernel is pruned to the sparsity asked: what cannot be pruned stays dense
         # (pruning_plan names it) rather than being made up for by pruning the rest harder.
-        target = m_by_n[0] / m_by_n[1] if m_by_n is not None else float(sparsity)
-        if schedule == "polynomial":
-            ramp_steps = max(1, int(round(ramp * total)))
-            step = frequency or max(1, ramp_steps // 20)
-            ramp_steps = max(step, ramp_steps // step * step)
-            pruning_schedule = mot.PolynomialDecay(
-                initial_sparsity=0.0,
-                final_sparsity=target,
-                begin_step=0,
-                end_step=ramp_steps,
-                frequency=step,
-            )
-        else:
-            ramp_steps = 0
-            step = frequency or max(1, per_epoch // 2)
-            pruning_schedule = mot.ConstantSparsity(target, begin_step=0, frequency=step)
-        params = {"pruning_schedule": pruning_schedule}
-        if m_by_n is not None:
-            params["sparsity_m_by_n"] = m_by_n
-        if block is not None:
-            params["block_size"] = block
-
-        def wrap(layer):
-            if layer.name in names:
-                return mot.prune_low_magnitude(layer, **params)
-            return layer
-
-        try:
-            with cloning.trusted_cloning():
-                wrapped = keras.models.clone_model(work, clone_function=wrap)
-        except ValueError as exc:
-            raise OptimizationError(
-                f"tfmot cannot prune {work.name!r}: {first_line(exc)}",
-                "skip the layer it names (skip=(..., 'NAME'))",
-            ) from exc
-        # The depthwise kernels tfmot leaves dense are pruned by tfedge's own masks, on the same
-        # ramp (the layers are shared by ``work`` and ``wrapped``, so are their variables).
-        own = _own_projection(work, skip, m_by_n, block, target, schedule, ramp, total)
+        wrapped = wrapping.wrap(
+            to_keras2(model),  # the fine-tune is tf_keras' (tfmot underneath)
+            prune=float(sparsity),
+            structure=structure,
+            schedule=schedule,
+            skip=skip,
+            steps=total,
+            ramp=ramp,
+            frequency=frequency,
+        )
+        training.check_data(train, "training", wrapped)
         # Epochs that end after the ramp run at full sparsity: only those compete for "best", and
         # only once every kernel really holds it (measured, not inferred from the step count).
+        ramp_steps = round(ramp * total) if schedule == "polynomial" and m_by_n is None else 0
         restore_from = min(epochs - 1, math.ceil(ramp_steps / per_epoch) - 1 if ramp_steps else 0)
         training.fit(
             wrapped,
             train,
             val,
             **settings.fit_options(epochs=epochs),
-            callbacks=[mot.UpdatePruningStep(), *own.callbacks],
+            callbacks=wrapping.callbacks(wrapped),
             restore_from=max(0, restore_from),
-            accept=own.reached(_reached(wrapped, target), target),
+            accept=lambda: wrapping.sparsity_reached(wrapped),
             desc=f"pruning to {sparsity:.0%}" if m_by_n is None else f"pruning {structure}",
         )
-        with cloning.trusted_cloning():
-            stripped = mot.strip_pruning(wrapped)
         # Whatever epoch was kept, the kernels leave at the sparsity asked (or the M:N pattern).
-        _enforce(stripped, names, target, m_by_n)
-        own.finish()
+        stripped = wrapping.finalize(wrapped)
         if polish_epochs:
+            kernels = wrapping.requested(stripped)["plans"]["kernels"]
+            names = list(dict.fromkeys(k["layer"] for k in kernels if k["pruned"]))
             training.fit(
                 stripped,
                 train,
@@ -544,9 +199,8 @@ def prune(
                 **settings.fit_options(
                     epochs=polish_epochs, learning_rate=settings.learning_rate / 10
                 ),
-                callbacks=[KeepZeros(stripped, names), *own.callbacks],
+                callbacks=[KeepZeros(stripped, names)],
                 keep_initial=True,
                 desc="polishing",
             )
-    rename_layer(stripped, model.name)
     return stripped

@@ -21,6 +21,10 @@ three PCQAT.
   layer at all), QAT is :mod:`tfedge.models.fake_quant`'s registered layers, which save and load
   as ``.keras``.
 
+The stages :func:`tfedge.models.pruning.prune`, :func:`tfedge.models.clustering.cluster` and
+:func:`tfedge.models.qat.quantize_aware` (its ``preserve``: PQAT, CQAT, PCQAT) are this same
+``wrap`` -> ``fit`` with :func:`callbacks` -> :func:`finalize`, so there is one implementation.
+
 The model :func:`finalize` returns carries what was asked and which kernels were pruned and
 clustered (:func:`requested`), which :func:`tfedge.reports.compression.check_finalized` compares
 with the converted file.
@@ -36,31 +40,42 @@ Example:
     >>> blob = tfedge.converters.convert(finalize(m), calib=x)  # doctest: +SKIP
 """
 
-import json
-
 import numpy as np
 
 import tfedge.models.cloning as cloning
 import tfedge.models.fake_quant as fake_quant  # noqa: F401 (registers the Keras 3 QAT layers by name)
+import tfedge.models.graph as graph
 import tfedge.models.layers as layer_choice
+import tfedge.models.record as record
+import tfedge.models.tfmot_qat as tfmot_qat
+import tfedge.models.tfmot_wrappers as tfmot_wrappers
+import tfedge.models.wrap_options as wrap_options
 from tfedge.core.backend import is_keras3_model, keras, keras3, tfmot
 from tfedge.core.errors import OptimizationError, first_line
 from tfedge.core.keras_internals import rename_layer
-from tfedge.models.clustering import _clusterable, _init
+from tfedge.core.serialization import patch_tfmot_saving, tfmot_internal
 from tfedge.models.fake_quant import copy_weights, fold_batch_norms, quantize_layers
-from tfedge.models.projection import Kernel, Projection, projection_callback, size_tfmot_schedule
-from tfedge.models.pruning import _eligible, parse_structure
+from tfedge.models.projection import projection_callback, size_tfmot_schedule
+from tfedge.models.record import requested
+from tfedge.models.sparsity import enforce, parse_structure, prunable_weights
+from tfedge.models.structure import HoldStructure
 
-__all__ = ["wrap", "callbacks", "finalize", "step", "requested", "SCHEDULES", "DEFAULT_RAMP"]
+__all__ = [
+    "wrap",
+    "callbacks",
+    "finalize",
+    "step",
+    "requested",
+    "sparsity_reached",
+    "SCHEDULES",
+    "DEFAULT_RAMP",
+]
 
-SCHEDULES = ("polynomial", "constant")
+SCHEDULES = wrap_options.SCHEDULES
 #: The polynomial ramp takes the first half of training; the rest trains at full sparsity (and
 #: clusters, when asked).
 DEFAULT_RAMP = 0.5
 _STATE = "_tfedge_wrapping"
-# finalize's record of what was asked, as JSON text: Keras tracks a dict or list attribute
-# (wrapping it in its own containers), never a string.
-_REQUESTED = "_tfedge_requested"
 
 
 class _State:
@@ -77,71 +92,8 @@ class _State:
         self.qat = False
         self.update_step = None  # tfmot's UpdatePruningStep, for step()
         self.steps_seen = 0
-
-
-def _check_options(prune, cluster, qat, schedule, ramp):
-    if prune is not None and not (isinstance(prune, (int, float)) and 0.0 < float(prune) < 1.0):
-        raise OptimizationError(
-            f"prune={prune!r} must be a fraction of zero weights between 0 and 1",
-            "use e.g. prune=0.8 for 80 % zeros, or leave it out",
-        )
-    if cluster is not None and (
-        isinstance(cluster, bool)
-        or not isinstance(cluster, (int, np.integer))
-        or not 2 <= int(cluster) <= 256
-    ):
-        raise OptimizationError(
-            f"cluster={cluster!r} must be an integer from 2 to 256 (shared values per kernel)",
-            "use cluster=16 (4-bit weights) or 32, or leave it out",
-        )
-    if schedule not in SCHEDULES:
-        raise OptimizationError(
-            f"schedule={schedule!r} is unknown; expected one of {', '.join(SCHEDULES)}",
-            "'polynomial' ramps the sparsity up gently and keeps more accuracy",
-        )
-    if not 0.0 < float(ramp) <= 1.0:
-        raise OptimizationError(f"ramp={ramp!r} must be in (0, 1]", "use 0.5: half of the steps")
-    if not isinstance(qat, bool):
-        raise OptimizationError(f"qat={qat!r} must be True or False", "use qat=True for QAT")
-
-
-def _short(variable) -> str:
-    return variable.name.split("/")[-1].split(":")[0]
-
-
-def _structure_fits(variable, kind: str, m_by_n, block) -> bool:
-    shape = [int(d) for d in variable.shape]
-    if m_by_n is not None:
-        return "Depthwise" not in kind and len(shape) in (2, 4) and shape[-2] % m_by_n[1] == 0
-    if block is not None:
-        return len(shape) == 2
-    return True
-
-
-def _kernels(model, skip, prune, cluster, m_by_n, block, exclude=()) -> list:
-    """A :class:`Kernel` for every kernel of ``model`` (a wrapper's layer included), minus ``skip``."""
-    skipped = layer_choice.skipped_layers(model, skip)
-    out, seen = [], set(id(v) for v in exclude)
-    for layer in model.layers:
-        inner = getattr(layer, "layer", layer)
-        if layer.name in skipped or inner.name in skipped:
-            continue
-        kind = type(inner).__name__
-        for variable in layer.trainable_weights:
-            if len(variable.shape) < 2 or id(variable) in seen:
-                continue
-            seen.add(id(variable))
-            size = int(np.prod(variable.shape))
-            out.append(
-                Kernel(
-                    inner.name,
-                    _short(variable),
-                    variable,
-                    prune=prune is not None and _structure_fits(variable, kind, m_by_n, block),
-                    cluster=cluster is not None and size > int(cluster),
-                )
-            )
-    return out
+        self.held = []  # layers frozen until finalize (too sparse to cluster)
+        self.hold = None  # HoldStructure of tf_keras QAT's preserve
 
 
 def wrap(
@@ -155,7 +107,11 @@ def wrap(
     skip=(),
     steps: int | None = None,
     ramp: float = DEFAULT_RAMP,
+    frequency: int | None = None,
     calib=None,
+    preserve: str | None = None,
+    cluster_init: str = "kmeans++",
+    per_channel: bool = False,
 ):
     """Prepare a trained model for compression in your own training code; return the model to train.
 
@@ -174,6 +130,16 @@ def wrap(
         steps: the training steps in all; ``fit`` tells the callbacks itself, a custom loop
             must say it for the polynomial schedule.
         ramp: the fraction of the steps the polynomial ramp takes (clustering starts after it).
+        frequency: steps between mask updates on the ramp (None: about 20 updates over it).
+        preserve: an earlier stage's structure to keep: ``"sparsity"`` (zero weights stay zero
+            in every kernel; with ``cluster`` only the non-zero weights are clustered, and a
+            tf_keras kernel with no more non-zero weights than ``cluster`` is held as it is),
+            ``"clusters"`` (weights that share a value keep sharing one: tf_keras with ``qat``)
+            or ``"sparsity+clusters"``; None keeps nothing.
+        cluster_init: tfmot's centroid start for a tf_keras model clustered alone:
+            ``"kmeans++"``, ``"linear"``, ``"density"`` or ``"random"``.
+        per_channel: with ``cluster`` alone on a tf_keras model, ``cluster`` values per output
+            channel of a Conv2D (tfmot's ``cluster_per_channel``).
         calib: representative inputs (an array) to start tf_keras QAT's ranges from (tfmot starts
             them at [-6, 6]); Keras 3 QAT starts them from the first training batch.
 
@@ -188,7 +154,13 @@ def wrap(
         >>> m = wrap(model, prune=0.8, cluster=16, qat=True)  # doctest: +SKIP
     """
 
-    _check_options(prune, cluster, qat, schedule, ramp)
+    wrap_options.check_options(prune, cluster, qat, schedule, ramp)
+    tfmot_qat.check_preserve(preserve)
+    if preserve is not None and "clusters" in preserve and (not qat or is_keras3_model(model)):
+        raise OptimizationError(
+            f"preserve={preserve!r} keeps shared values through tfmot's QAT only",
+            "pass qat=True with a tf_keras model, or preserve='sparsity'",
+        )
     m_by_n, block = parse_structure(structure)
     if m_by_n is not None:
         prune = m_by_n[0] / m_by_n[1]
@@ -204,6 +176,10 @@ def wrap(
         )
     if steps is not None and (not isinstance(steps, (int, np.integer)) or steps < 1):
         raise OptimizationError(f"steps={steps!r} must be a positive integer", "e.g. steps=1000")
+    if frequency is not None and (not isinstance(frequency, (int, np.integer)) or frequency < 1):
+        raise OptimizationError(
+            f"frequency={frequency!r} must be a positive integer", "e.g. frequency=50, or None"
+        )
     options = {
         "prune": prune,
         "m_by_n": m_by_n,
@@ -212,6 +188,10 @@ def wrap(
         "schedule": schedule,
         "ramp": float(ramp),
         "steps": steps,
+        "frequency": frequency,
+        "preserve": preserve,
+        "cluster_init": cluster_init,
+        "per_channel": bool(per_channel),
     }
     if is_keras3_model(model):
         return _wrap_keras3(model, skip, qat, options)
@@ -223,23 +203,10 @@ def wrap(
     return _wrap_keras2(model, skip, qat, options, calib)
 
 
-def _projection(kernels, options) -> Projection:
-    return Projection(
-        kernels,
-        prune=options["prune"],
-        m_by_n=options["m_by_n"],
-        block=options["block"],
-        cluster=options["cluster"],
-        schedule=options["schedule"],
-        ramp=options["ramp"],
-        steps=options["steps"],
-    )
-
-
 def _wrap_keras3(model, skip, qat, options):
 
+    skipped = layer_choice.skipped_layers(model, skip)
     if qat:
-        skipped = layer_choice.skipped_layers(model, skip)
         work = quantize_layers(fold_batch_norms(model), skip=skipped)
     else:
         try:
@@ -250,77 +217,69 @@ def _wrap_keras3(model, skip, qat, options):
                 "wrap a functional or Sequential model of standard (or registered) layers",
             ) from exc
         copy_weights(model, work)
-    kernels = _kernels(
-        work, skip, options["prune"], options["cluster"], options["m_by_n"], options["block"]
+    wrap_options.tfmot_only(options, "a Keras 3 model")
+    kernels = wrap_options.kernels(
+        work, skipped, options["prune"], options["cluster"], options["m_by_n"], options["block"]
     )
-    _check_something(model, kernels, options)
-    state = _State(model.name, True, _projection(kernels, options), options)
+    wrap_options.check_something(model, kernels, options)
+    if wrap_options.keeps_zeros(options):
+        kernels = wrap_options.hold_zeros(work, kernels)
+    state = _State(model.name, True, wrap_options.projection(kernels, options), options)
     state.qat = qat
     setattr(work, _STATE, state)
     return work
 
 
-def _check_something(model, kernels, options):
-    if options["prune"] is not None and not any(k.prune for k in kernels):
-        raise OptimizationError(
-            f"no kernel of {model.name!r} can be pruned with these options",
-            "skip fewer layers, or drop the structure (2:4 needs input channels divisible by 4;"
-            " blocks need 2-D kernels)",
-        )
-    if options["cluster"] is not None and not any(k.cluster for k in kernels):
-        raise OptimizationError(
-            f"no kernel of {model.name!r} has more than {options['cluster']} weights to cluster",
-            "cluster to fewer values, or skip fewer layers",
-        )
-
-
-def _tfmot_schedule(options):
-    """tfmot's schedule object; its steps are set (again) when training begins."""
-    mot = tfmot().sparsity.keras
-    if options["schedule"] == "constant" or options["m_by_n"] is not None:
-        return mot.ConstantSparsity(options["prune"], begin_step=0, frequency=1)
-    return mot.PolynomialDecay(
-        initial_sparsity=0.0, final_sparsity=options["prune"], begin_step=0, end_step=1000
-    )
-
-
 def _wrap_keras2(model, skip, qat, options, calib):
 
     work = cloning.clone_model(cloning.flatten_model(model))
+    skipped = layer_choice.skipped_layers(work, skip)
     state = _State(model.name, False, None, options)
     prune, cluster = options["prune"], options["cluster"]
     exclude = []
     if qat:
-        import tfedge.models.qat as qat_stage
-        from tfedge.core.serialization import patch_tfmot_saving
-        from tfedge.models.graph import fold_batch_norms
-
         patch_tfmot_saving()
-        work = fold_batch_norms(work)
-        names = qat_stage.annotatable_layers(work, None, skip)
+        # tfmot keeps a BatchNorm it cannot fuse as its own int8 MUL/ADD; folded beforehand, the
+        # QAT graph has the same operators as post-training int8.
+        work = graph.fold_batch_norms(work)
+        names = tfmot_qat.annotatable_layers(work, None, skip)
         if not names:
             raise OptimizationError(
-                f"tfmot's 8-bit scheme supports none of the layers of {work.name!r}",
-                "leave qat out and convert with post-training int8",
+                f"tfmot's 8-bit scheme supports none of the layers of {work.name!r} "
+                f"({', '.join(type(layer).__name__ for layer in work.layers)})",
+                "leave qat out and convert with post-training int8 (tfedge convert --mode int8)",
             )
-        work, _ = qat_stage._quantize(work, names, qat_stage._scheme(None))
+        work, _ = tfmot_qat.quantize(work, names)
         if calib is not None:
-            qat_stage.calibrate_ranges(work, np.asarray(calib, np.float32))
+            tfmot_qat.calibrate_ranges(work, np.asarray(calib, np.float32))
         state.qat = True
+        # Zeros and shared values are read from the kernels as QAT starts (BatchNorms folded),
+        # held after every step, and put back exactly by finalize.
+        preserve = options["preserve"] or ""
+        hold = HoldStructure(work, zeros="sparsity" in preserve, clusters="clusters" in preserve)
+        state.hold = hold if hold.held else None
     elif prune is not None and cluster is None:
-        work, state.tfmot_pruned, state.tfmot_schedule = _tfmot_prune(work, skip, options)
-        from tfedge.core.serialization import tfmot_internal
-
+        pruned = tfmot_wrappers.prune_layers(work, skip, options)
+        work, state.tfmot_pruned, state.tfmot_schedule = pruned
         wrapper = tfmot_internal("sparsity.keras.pruning_wrapper").PruneLowMagnitude
         for layer in work.layers:
             if isinstance(layer, wrapper):
-                exclude.extend(_prunable(layer))
+                exclude.extend(tfmot_wrappers.pruned_variables(layer))
     elif cluster is not None and prune is None:
-        work, exclude = _tfmot_cluster(work, skip, cluster)
+        preserve = wrap_options.keeps_zeros(options)
+        if preserve:  # too sparse to cluster: held as they are, or training fills in their zeros
+            state.held = tfmot_wrappers.too_sparse(work, cluster, skip)
+            for name in state.held:
+                work.get_layer(name).trainable = False
+        work, _, exclude = tfmot_wrappers.cluster_layers(
+            work, skip, cluster, options["cluster_init"], preserve, options["per_channel"]
+        )
         state.tfmot_clustered = True
-    kernels = _kernels(
+    if not state.tfmot_clustered:
+        wrap_options.tfmot_only(options, "in combination with prune or qat")
+    kernels = wrap_options.kernels(
         work,
-        skip,
+        skipped,
         prune,
         cluster,
         options["m_by_n"],
@@ -328,85 +287,16 @@ def _wrap_keras2(model, skip, qat, options, calib):
         exclude=exclude,
     )
     if not state.tfmot_pruned:
-        _check_something(model, kernels, {**options, "cluster": None if exclude else cluster})
-    state.projection = _projection(kernels, options)
+        wrap_options.check_something(
+            model, kernels, {**options, "cluster": None if exclude else cluster}
+        )
+    if wrap_options.keeps_zeros(options) and not qat:
+        kernels = wrap_options.hold_zeros(work, kernels, exclude)
+    state.projection = wrap_options.projection(kernels, options)
     if options["steps"] is not None:
         size_tfmot_schedule(state.tfmot_schedule, state.projection)
     setattr(work, _STATE, state)
     return work
-
-
-def _prunable(wrapper) -> list:
-    """The variables tfmot's pruning wrapper prunes (kept out of tfedge's own masks)."""
-    return [weight for weight, _, _ in wrapper.pruning_vars]
-
-
-def _tfmot_prune(work, skip, options):
-
-    mot = tfmot().sparsity.keras
-    m_by_n, block = options["m_by_n"], options["block"]
-    eligible = _eligible(m_by_n, block)
-    skipped = layer_choice.skipped_layers(work, skip)
-    names = [layer.name for layer in work.layers if layer.name not in skipped and eligible(layer)]
-    schedule = _tfmot_schedule(options)
-    params = {"pruning_schedule": schedule}
-    if m_by_n is not None:
-        params["sparsity_m_by_n"] = m_by_n
-    if block is not None:
-        params["block_size"] = block
-    if not names:
-        return work, [], None
-
-    def wrap_layer(layer):
-        return mot.prune_low_magnitude(layer, **params) if layer.name in names else layer
-
-    try:
-        with cloning.trusted_cloning():
-            wrapped = keras.models.clone_model(work, clone_function=wrap_layer)
-    except ValueError as exc:
-        raise OptimizationError(
-            f"tfmot cannot prune {work.name!r}: {first_line(exc)}",
-            "skip the layer it names (skip=[..., 'NAME'])",
-        ) from exc
-    return wrapped, names, schedule
-
-
-def _tfmot_cluster(work, skip, clusters):
-
-    mot = tfmot().clustering.keras
-    check = _clusterable(clusters)
-    skipped = layer_choice.skipped_layers(work, skip)
-    names = [layer.name for layer in work.layers if layer.name not in skipped and check(layer)]
-
-    def wrap_layer(layer):
-        if layer.name not in names:
-            return layer
-        return mot.cluster_weights(
-            layer, number_of_clusters=clusters, cluster_centroids_init=_init("kmeans++")
-        )
-
-    try:
-        with cloning.trusted_cloning():
-            wrapped = keras.models.clone_model(work, clone_function=wrap_layer)
-    except (ValueError, TypeError) as exc:
-        raise OptimizationError(
-            f"tfmot cannot cluster {work.name!r}: {first_line(exc)}",
-            "skip the layer it names (skip=[..., 'NAME'])",
-        ) from exc
-    if not names:
-        raise OptimizationError(
-            f"no layer of {work.name!r} can be clustered to {clusters} values",
-            "cluster a model with Conv/Dense layers larger than the number of clusters",
-        )
-    # tfmot's wrappers hold the clustered kernels (and the depthwise kernels it leaves alone):
-    # tfedge's projection keeps its hands off all of them.
-    exclude = [
-        w
-        for layer in wrapped.layers
-        if getattr(layer, "layer", None) is not None
-        for w in layer.weights
-    ]
-    return wrapped, exclude
 
 
 def _state(model) -> _State:
@@ -430,6 +320,8 @@ def callbacks(model) -> list:
     if state.tfmot_pruned:
         out.append(tfmot().sparsity.keras.UpdatePruningStep())
     out.append(projection_callback(state.projection, state.keras3, state.tfmot_schedule))
+    if state.hold is not None:
+        out.append(state.hold)
     return out
 
 
@@ -460,7 +352,31 @@ def step(model):
         state.projection.begin()
     else:
         state.projection.after_step()
+    if state.hold is not None and state.steps_seen:
+        state.hold.project()
     state.steps_seen += 1
+
+
+def sparsity_reached(model, tolerance: float = 0.005) -> bool:
+    """True once every kernel a model from :func:`wrap` prunes holds the final sparsity.
+
+    For keeping the best epoch among those at full sparsity only (``accept`` of
+    :func:`tfedge.models.training.fit`).
+
+    Example:
+        >>> sparsity_reached(m)  # doctest: +SKIP
+        True
+    """
+    state = _state(model)
+    target = state.projection.target
+    if target is None:
+        return True
+    values = [float(np.mean(k.values() == 0)) for k in state.projection.pruned]
+    for layer in model.layers:
+        inner = getattr(layer, "layer", layer)  # a pruning wrapper's layer
+        if inner.name in state.tfmot_pruned:
+            values += [float(np.mean(w.numpy() == 0)) for w in prunable_weights(inner)]
+    return bool(values) and min(values) >= target - tolerance
 
 
 def finalize(model):
@@ -482,17 +398,19 @@ def finalize(model):
 
     state = _state(model)
     state.projection.finish()
-    asked = _asked_kernels(model, state)
+    if state.hold is not None:
+        state.hold.project()
+    asked = record.asked_kernels(model, state)
     final = model
     if state.tfmot_pruned:
-        from tfedge.models.pruning import _enforce
-
         with cloning.trusted_cloning():
             final = tfmot().sparsity.keras.strip_pruning(model)
-        _enforce(final, state.tfmot_pruned, state.options["prune"], state.options["m_by_n"])
+        enforce(final, state.tfmot_pruned, state.options["prune"], state.options["m_by_n"])
     if state.tfmot_clustered:
         with cloning.trusted_cloning():
             final = tfmot().clustering.keras.strip_clustering(model)
+    for name in state.held:
+        final.get_layer(name).trainable = True
     if state.keras3 and state.qat:
         for layer in final.layers:
             if hasattr(layer, "update_kernel_range"):
@@ -503,111 +421,5 @@ def finalize(model):
         except AttributeError:
             pass
     rename_layer(final, state.name)
-    setattr(final, _REQUESTED, json.dumps(_record(final, state, *asked)))
+    record.attach(final, state, asked)
     return final
-
-
-def _asked_kernels(model, state) -> tuple[set, set]:
-    """The ``(layer, weight)`` keys of the kernels ``model`` prunes and clusters, tfmot's included.
-
-    A tfmot-clustered layer is keyed ``(layer, None)``: its kernels (never a depthwise one) are
-    its wrapper's centroids until it is stripped.
-    """
-    pruned = {(k.layer, k.weight) for k in state.projection.kernels if k.prune}
-    clustered = {(k.layer, k.weight) for k in state.projection.kernels if k.cluster}
-    for layer in model.layers:
-        inner = getattr(layer, "layer", None)
-        if inner is None:
-            continue
-        if state.tfmot_pruned and inner.name in state.tfmot_pruned:
-            pruned.update((inner.name, _short(w)) for w in _prunable(layer))
-        if state.tfmot_clustered:
-            clustered.add((inner.name, None))
-    return pruned, clustered
-
-
-def _record(final, state, pruned: set, clustered: set) -> dict:
-    """:func:`requested`'s record of ``final``: its kernels in model order, each asked or not."""
-    options = state.options
-    if options["m_by_n"] is not None:
-        structure = f"{options['m_by_n'][0]}:{options['m_by_n'][1]}"
-    elif options["block"] is not None:
-        structure = f"{options['block'][0]}x{options['block'][1]}"
-    else:
-        structure = None
-    kernels, dense, unclustered, clustered_layers = [], [], [], []
-    for layer in final.layers:
-        inner = getattr(layer, "layer", layer)
-        for weight in layer.trainable_weights:
-            if len(weight.shape) < 2:
-                continue
-            key = (inner.name, _short(weight))
-            shared = options["cluster"] is not None and (
-                key in clustered or ((key[0], None) in clustered and "depthwise" not in key[1])
-            )
-            kernels.append(
-                {
-                    "layer": key[0],
-                    "weight": key[1],
-                    "elements": int(np.prod(weight.shape)),
-                    "pruned": key in pruned,
-                    "clustered": shared,
-                }
-            )
-            if options["prune"] is not None and key not in pruned:
-                dense.append({"layer": key[0], "weight": key[1], "reason": "not pruned by wrap"})
-            if options["cluster"] is None:
-                continue
-            if shared:
-                if key[0] not in clustered_layers:
-                    clustered_layers.append(key[0])
-            else:
-                reason = "not clustered by wrap (skipped, or no more weights than clusters)"
-                unclustered.append({"layer": key[0], "weight": key[1], "reason": reason})
-    pruned_weights = sum(k["elements"] for k in kernels if k["pruned"])
-    return {
-        "sparsity": None if options["prune"] is None else float(options["prune"]),
-        "structure": structure,
-        "clusters": options["cluster"],
-        "qat": bool(state.qat),
-        "plans": {
-            "kernels": kernels,
-            "dense": dense,
-            "pruned_weights": pruned_weights,
-            "kernel_weights": sum(k["elements"] for k in kernels),
-            "clustered": clustered_layers,
-            "unclustered": unclustered,
-        },
-    }
-
-
-def requested(model) -> dict:
-    """What :func:`wrap` was asked for the model :func:`finalize` returned, and what it touched.
-
-    The record lives on the model object: it does not survive a ``.keras`` (or SavedModel) save
-    and load, which keep only Keras' own config. It is JSON: save it beside the model
-    (``json.dump(requested(final), f)``) and pass it back to
-    :func:`tfedge.reports.compression.check_finalized` in place of the model.
-
-    Returns:
-        ``{"sparsity", "structure", "clusters", "qat", "plans": {"kernels": [{"layer", "weight",
-        "elements", "pruned", "clustered"}], "dense", "pruned_weights", "kernel_weights", "clustered",
-        "unclustered"}}``: the request as :func:`tfedge.reports.compression.requested_after`
-        writes it, plus the plans :func:`tfedge.reports.compression.compression_entry` reads.
-
-    Raises:
-        OptimizationError: the model was not returned by :func:`finalize`.
-
-    Example:
-        >>> final = finalize(wrap(model, prune=0.8))  # doctest: +SKIP
-        >>> requested(final)["sparsity"]  # doctest: +SKIP
-        0.8
-    """
-    text = getattr(model, _REQUESTED, None)
-    if not isinstance(text, str):
-        raise OptimizationError(
-            f"model {getattr(model, 'name', model)!r} carries no record of models.finalize",
-            "pass the model models.finalize returned (a saved and loaded model has lost it:"
-            " pass the json.dump of models.requested(final) instead)",
-        )
-    return json.loads(text)

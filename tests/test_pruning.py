@@ -196,6 +196,7 @@ def test_prunes_under_a_distribution_strategy(trained_digits_cnn, digits):
 
 
 def test_keras3_model_is_rebuilt_and_pruned(digits):
+    from tfedge import models
     from tfedge.core.backend import keras3
     from tfedge.models.pruning import prune, weight_sparsity
 
@@ -212,6 +213,9 @@ def test_keras3_model_is_rebuilt_and_pruned(digits):
     pruned = prune(model, digits[0], digits[1], sparsity=0.5, epochs=1, polish_epochs=0)
     assert type(pruned).__module__.startswith("tf_keras")
     assert weight_sparsity(pruned) >= 0.5
+    # The stage is models.wrap -> fit -> models.finalize: the final model carries finalize's record.
+    assert models.requested(pruned)["sparsity"] == 0.5
+    assert all(k["pruned"] for k in models.requested(pruned)["plans"]["kernels"])
 
 
 @pytest.mark.parametrize(

@@ -251,6 +251,10 @@ def test_a_layer_keras3_qat_cannot_wrap_is_named(digits):
         ({"cluster": 1}, "cluster=1"),
         ({"prune": 0.5, "schedule": "cubic"}, "schedule='cubic'"),
         ({"prune": 0.5, "structure": "4:2"}, "4:2"),
+        ({"prune": 0.5, "frequency": 0}, "frequency=0"),
+        ({"cluster": 16, "preserve": "sparse"}, "preserve='sparse'"),
+        ({"cluster": 16, "preserve": "clusters"}, "QAT only"),
+        ({"cluster": 16, "cluster_init": "linear"}, "tfmot does not cluster a Keras 3 model"),
     ],
 )
 def test_bad_options(user_models, options, message):
