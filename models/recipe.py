@@ -328,7 +328,7 @@ def load_recipe(path) -> dict:
 def with_preservation(stages: list[dict]) -> list[dict]:
     """Make clustering keep earlier sparsity, and QAT keep earlier sparsity and clusters.
 
-    What each stage keeps is declared in the stage registry (:func:`tfedge.models.registry.preserving`);
+    What each stage keeps is declared in the stage registry (:func:`tfedge.models.stages.preserving`);
     a stage that rebuilds the model (a student, factorization, filter pruning) starts afresh.
 
     Example:

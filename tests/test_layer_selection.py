@@ -92,7 +92,7 @@ def test_tensorflow_tensor_names_still_map_to_their_keras_layers(kind, flavour):
 
     If this fails after a TensorFlow or Keras upgrade, the converter names tensors differently
     (``model/layer/Op``, Keras 3's ``layer_N`` scopes, ``Identity_N`` outputs): fix
-    ``tfedge/converters/tensor_names.py`` (LayerMatcher), not the callers.
+    ``converters/tensor_names.py`` (LayerMatcher), not the callers.
     """
     model = BUILD[kind](flavour)
     blob = convert(model, mode="float32")
@@ -207,7 +207,7 @@ def test_layer_errors_name_every_operator_by_its_keras_layer(flavour, calib):
     (int8 output first, float second), and its plain model keeps the converter's names.
 
     If this fails after a TensorFlow upgrade, fix ``_run_debug_model`` / ``_original_names`` in
-    ``tfedge/converters/layer_errors.py``.
+    ``converters/layer_errors.py``.
     """
     from tfedge.converters.layer_errors import layer_errors
 

@@ -153,7 +153,7 @@ def test_an_old_module_path_is_the_moved_module(old):
 
 def test_no_package_name_is_both_a_module_and_something_else():
     # ``from tfedge.models.wrapping import callbacks`` in models/__init__.py beside a module
-    # models/callbacks.py: whichever binds last wins, and `import tfedge.models.callbacks as m`
+    # a module models/callbacks.py: whichever binds last wins, and `import tfedge.models.callbacks as m`
     # can hand back the function.
     clashes = []
     for package, path in MODULES.items():
