@@ -346,3 +346,14 @@ def test_a_corrupt_record_deep_in_the_shards_is_named(tmp_path, images, shuffle)
     ):
         for _ in stream.batches(16, shuffle=shuffle):
             pass
+
+
+def test_a_file_that_is_not_a_tfrecord_is_named_without_tensorflow_internals(tmp_path):
+    from tfedge.core.errors import InputFileError
+
+    (tmp_path / "bad.tfrecord").write_bytes(b"garbage" * 100)
+    with pytest.raises(InputFileError) as caught:
+        stream_data(str(tmp_path / "bad.tfrecord"), input_shape=(16, 16, 1))
+    message = str(caught.value)
+    assert "bad.tfrecord" in message and "corrupted record" in message
+    assert "function_node" not in message and "[Op:" not in message

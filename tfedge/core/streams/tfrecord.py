@@ -7,7 +7,7 @@ import os
 
 import numpy as np
 
-from tfedge.core.errors import DataError, InputFileError, first_line, tf_message
+from tfedge.core.errors import DataError, InputFileError, tf_message
 from tfedge.core.streams.readers import SHUFFLE_RECORDS, _file_key, _Reader, decode_resized
 
 #: The default feature names of TFRecord shards (``tf.train.Example``).
@@ -51,7 +51,7 @@ class _TfRecordReader(_Reader):
                 first = next(iter(tf.data.TFRecordDataset(file).take(1)), None)
             except tf.errors.OpError as exc:
                 raise InputFileError(
-                    f"cannot read TFRecord file {file}: {first_line(exc)}", TFRECORD_HINT
+                    f"cannot read TFRecord file {file}: {tf_message(exc)}", TFRECORD_HINT
                 ) from None
             if first is not None:
                 self.first_file = file
