@@ -23,11 +23,14 @@ Example:
 """
 
 import contextlib
+import hashlib
 import json
+import math
 import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 from tfedge.core.console import echo
 from tfedge.core.errors import OptimizationError, first_line
@@ -296,11 +299,18 @@ def _error(exc: BaseException) -> dict:
     return {"error": str(message), "hint": getattr(exc, "hint", None)}
 
 
-def fraction_of(train, fraction: float):
-    """A seeded ``fraction`` of a training set (a data stream or a ``Dataset``), in memory.
+def fraction_of(train, fraction: float, folder=None, in_memory_bytes: int | None = None):
+    """A seeded ``fraction`` of a training set (a data stream or a ``Dataset``).
 
     The search's low-fidelity screen fine-tunes on it. The same seed gives the same samples in
-    every process, so a screen's stage outputs are cached and shared like full ones.
+    every process, so a screen's stage outputs are cached and shared like full ones. A share of a
+    stream that holds more than ``in_memory_bytes`` as float32 (default: the streams'
+    ``IN_MEMORY_BYTES``, 64 MB) is never held whole: it is written once, batch by batch, to
+    ``folder/screen-<key>.npz`` (uncompressed, memory-mapped by its reader) and streamed from
+    there; a smaller share, or a ``Dataset``, is taken in memory. The samples are a seeded
+    choice without replacement: for an ``.npz``, an image folder or arrays the same ones as
+    ``train.sample(count, seed=0)``; for TFRecord shards or a ``tf.data`` pipeline (read in
+    order), the same choice of positions in their order.
 
     Example:
         >>> len(fraction_of(Dataset(np.zeros((100, 4)), np.zeros(100, int)), 0.25))  # doctest: +SKIP
@@ -308,7 +318,31 @@ def fraction_of(train, fraction: float):
     """
     if fraction is None or fraction >= 1:
         return train
-    return train.take(max(1, int(len(train) * float(fraction))), seed=0)
+    count = max(1, int(len(train) * float(fraction)))
+    from tfedge.core import streams
+
+    limit = streams.IN_MEMORY_BYTES if in_memory_bytes is None else int(in_memory_bytes)
+    if not isinstance(train, streams.DataStream) or folder is None:
+        return train.take(count, seed=0)
+    per_sample = 4 * math.prod(train.input_shape) + 8
+    if count * per_sample <= limit:
+        return train.take(count, seed=0)
+    import numpy as np
+
+    total = len(train)
+    select = np.zeros(total, bool)
+    select[np.random.default_rng(0).choice(total, count, replace=False)] = True
+    key = hashlib.sha256(f"{train.key()}:{total}:{count}".encode()).hexdigest()[:16]
+    path = Path(folder) / f"screen-{key}.npz"
+    if not path.is_file():  # another process of the same search may have written it
+        streams.write_npz(path, train.picked(select), count, train.input_shape)
+    return streams.stream_data(
+        path,
+        require_labels=train.has_labels,
+        name=f"{train.name} (a {float(fraction) * 100:g} % share)",
+        num_classes=train.num_classes,
+        in_memory_bytes=0,  # a set that streams keeps streaming
+    )
 
 
 def _serve(config: dict) -> None:
@@ -346,7 +380,8 @@ def _serve(config: dict) -> None:
             model = base if source == config["base"] else load_model(source).model
             fraction = request.get("data_fraction")
             if fraction is not None and fraction not in subsets:
-                subsets[fraction] = fraction_of(train, fraction)
+                folder = Path(request["output"]).parent
+                subsets[fraction] = fraction_of(train, fraction, folder=folder)
             used = train if fraction is None else subsets[fraction]
             result = run_stage(
                 request["stage"], model, used, val, teacher=teacher, strategy=strategy

@@ -118,6 +118,24 @@ class DataStream:
             )
         return checked.x, checked.y
 
+    def picked(self, select: np.ndarray):
+        """Yield the checked batches, in order, with only the samples ``select`` marks.
+
+        Args:
+            select: one bool per sample of the stream.
+
+        Example:
+            >>> mask = np.arange(len(stream)) % 4 == 0  # doctest: +SKIP
+            >>> sum(len(x) for x, _ in stream.picked(mask)) == mask.sum()  # doctest: +SKIP
+            True
+        """
+        start = 0
+        for x, y in self.batches():
+            keep = select[start : start + len(x)]
+            start += len(x)
+            if keep.any():
+                yield x[keep], (None if y is None else y[keep])
+
     def head(self, count: int) -> np.ndarray:
         """The first ``count`` inputs, float32.
 
