@@ -392,3 +392,17 @@ def test_a_bad_sample_met_inside_fit_is_named_like_the_checked_batches(tmp_path,
     )
     with pytest.raises(DataError, match=expected):
         fit(model, stream, None, epochs=1, batch_size=16, restore_best=False)
+
+
+def test_a_stream_of_large_samples_reads_fewer_a_batch(tmp_path):
+    from tfedge.core.streams import BATCH_BYTES, DEFAULT_BATCH
+
+    x = np.zeros((600, 64, 64, 3), np.float32)  # 48 KB a sample: 682 fit in BATCH_BYTES
+    np.savez(tmp_path / "small.npz", x=x)
+    assert stream_data(tmp_path / "small.npz", in_memory_bytes=0).batch_size == DEFAULT_BATCH
+    big = np.zeros((100, 224, 224, 3), np.float32)  # 602 KB a sample
+    np.savez(tmp_path / "big.npz", x=big)
+    stream = stream_data(tmp_path / "big.npz", in_memory_bytes=0)
+    assert stream.batch_size == BATCH_BYTES // (4 * 224 * 224 * 3) == 55
+    assert [len(b) for b, _ in stream.batches()] == [55, 45]
+    assert stream_data(tmp_path / "big.npz", in_memory_bytes=0, batch_size=8).batch_size == 8

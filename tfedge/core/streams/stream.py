@@ -10,7 +10,7 @@ import numpy as np
 from tfedge.core.data import DATA_HINT, Dataset, _checked, check_labels, sharded
 from tfedge.core.errors import DataError
 from tfedge.core.streams.npz import write_npz
-from tfedge.core.streams.readers import DEFAULT_BATCH, SAMPLE_BUFFER_FACTOR
+from tfedge.core.streams.readers import BATCH_BYTES, DEFAULT_BATCH, SAMPLE_BUFFER_FACTOR
 
 
 class DataStream:
@@ -27,14 +27,12 @@ class DataStream:
         has_labels: whether the batches carry labels.
     """
 
-    def __init__(
-        self, reader, *, input_shape=None, name="data", num_classes=None, batch_size=DEFAULT_BATCH
-    ):
+    def __init__(self, reader, *, input_shape=None, name="data", num_classes=None, batch_size=None):
         self._reader = reader
         self._wanted_shape = None if input_shape is None else tuple(input_shape)
         self.name = name
         self.num_classes = num_classes
-        self.batch_size = int(batch_size)
+        self.batch_size = int(batch_size or DEFAULT_BATCH)
         self.source = reader.source
         self.class_names = reader.class_names
         first = next(self.batches(min(self.batch_size, 64)), None)
@@ -42,6 +40,9 @@ class DataStream:
             raise DataError(f"{name} ({self.source}) is empty: no samples", DATA_HINT)
         self.input_shape = tuple(first[0].shape[1:])
         self.has_labels = first[1] is not None
+        if batch_size is None:  # large samples: fewer a batch, so a read holds tens of MB
+            per_sample = 4 * max(1, math.prod(self.input_shape))
+            self.batch_size = max(1, min(DEFAULT_BATCH, BATCH_BYTES // per_sample))
 
     def __repr__(self) -> str:
         return f"DataStream({self.source!r}, input_shape={list(self.input_shape)})"
