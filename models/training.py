@@ -237,9 +237,9 @@ def fit(
                 verbose=0,
             )
     except (tf.errors.InvalidArgumentError, UnicodeDecodeError) as exc:
-        # (TensorFlow's message of a record that does not parse can hold its bytes, not text.)
         # A streamed set's records decode, and its labels are checked, inside the tf.data graph:
-        # find the bad sample with the checked batches, which name it.
+        # find the bad sample with the checked batches, which name it. (The message of a record
+        # that does not parse can quote its bytes, which are not text: a UnicodeDecodeError.)
         for data in (train, val) if streamed else ():
             if _streamed(data):
                 found = data.locate_error(exc)

@@ -251,7 +251,7 @@ class _TfRecordReader(_Reader):
                     TFRECORD_HINT,
                 )
         why = (
-            "a record is not text TensorFlow can report"
+            "TensorFlow's error quoted a record's bytes, which are not text"
             if isinstance(exc, UnicodeDecodeError)
             else tf_message(exc)
         )
