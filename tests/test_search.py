@@ -281,6 +281,28 @@ def test_multi_fidelity_screens_candidates_and_fully_tunes_only_the_promoted(tmp
     assert result.best is not None and result.best["within_tolerance"]
 
 
+def test_a_stage_that_fails_in_its_screen_is_recorded_and_closes_its_branch(tmp_path):
+    evaluator = ScreenedEvaluator()
+    seeds = [{}, {"prune": "2:4"}, {"prune": "2:4", "qat": True}, {"qat": True}]
+    result = search.run_search(
+        None,
+        evaluator=evaluator,
+        tolerance=0.01,
+        objective="size",
+        max_trials=len(seeds),
+        seeds=seeds,
+        storage=f"sqlite:///{tmp_path / 's.db'}",
+        fingerprint={"model": "screen-fails"},
+        fidelity=search.SCREEN,
+    )
+    by_label = {c["label"]: c for c in result.candidates}
+    failed = by_label["prune(2:4)"]
+    assert failed["state"] == "fail" and "2:4 is not supported" in failed["error"]
+    # The recipe that starts the same way is not screened: its branch is closed.
+    assert "failed at the same point" in by_label["prune(2:4) + qat"]["pruned"]
+    assert evaluator.screens.count("prune(2:4) + qat") == 0
+
+
 def test_budget_stops_and_returns_the_best_so_far(tmp_path):
     evaluator = RuleEvaluator(delay=0.4)
     lines = []
