@@ -548,6 +548,30 @@ def test_a_native_crash_in_a_fine_tune_is_retried_without_onednn(tiny, tmp_path,
         evaluator.close()
 
 
+def test_a_fine_tune_process_whose_memory_grew_is_replaced_between_stages(
+    tiny, tmp_path, monkeypatch
+):
+    """A child over its memory allowance says so in its answer and ends; the next stage gets a
+    fresh child, and no stage fails for it."""
+    from tfedge.commands.evaluator import RecipeEvaluator
+
+    monkeypatch.setenv("TFEDGE_WORKER_RECYCLE_BYTES", "0")  # every child ends after one stage
+    evaluator = RecipeEvaluator(tiny["model"], tiny["train"], tiny["val"], out_dir=tmp_path, runs=3)
+    children = []
+    try:
+        for recipe in (
+            {"stages": [{"name": "prune", "sparsity": 0.5, "epochs": 1}]},
+            {"stages": [{"name": "prune", "sparsity": 0.5, "epochs": 1}, {"name": "qat"}]},
+            {"stages": [{"name": "cluster", "clusters": 8, "epochs": 1}]},
+        ):
+            figures = evaluator(recipe)
+            assert figures["accuracy"] > 0.3
+            children.append(evaluator._worker.process)
+    finally:
+        evaluator.close()
+    assert children == [None, None, None]  # each child ended after its stage
+
+
 def test_the_evaluator_runs_the_worst_layer_in_int16_and_marks_the_edgetpu(tiny, tmp_path):
     from tfedge.commands.evaluator import RecipeEvaluator
     from tfedge.core.inspector import inspect_model
