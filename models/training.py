@@ -19,7 +19,7 @@ Example:
 
 import math
 
-from tfedge.core.backend import keras
+from tfedge.core.backend import keras, tf
 from tfedge.core.console import quiet
 from tfedge.core.errors import OptimizationError
 from tfedge.models.classifiers import (
@@ -227,14 +227,25 @@ def fit(
     else:
         inputs = {"x": train.x, "y": train.y, "batch_size": batch_size, "shuffle": True}
         validation = None if val is None else (val.x, val.y)
-    with quiet():
-        trainer.fit(
-            **inputs,
-            epochs=epochs,
-            validation_data=validation,
-            callbacks=all_callbacks,
-            verbose=0,
-        )
+    try:
+        with quiet():
+            trainer.fit(
+                **inputs,
+                epochs=epochs,
+                validation_data=validation,
+                callbacks=all_callbacks,
+                verbose=0,
+            )
+    except (tf.errors.InvalidArgumentError, UnicodeDecodeError) as exc:
+        # A streamed set's records decode, and its labels are checked, inside the tf.data graph:
+        # find the bad sample with the checked batches, which name it. (The message of a record
+        # that does not parse can quote its bytes, which are not text: a UnicodeDecodeError.)
+        for data in (train, val) if streamed else ():
+            if _streamed(data):
+                found = data.locate_error(exc)
+                if found is not exc:
+                    raise found from None
+        raise
     return best
 
 

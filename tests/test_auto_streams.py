@@ -104,3 +104,42 @@ def test_auto_runs_on_tfrecord_shards(shards, model_file, tmp_path, streamed, ca
     assert report["search"]["candidates"] and (out / "model.tflite").is_file()
     assert (out / "val.npz").is_file() and (out / "confirm.npz").is_file()
     assert not list((out / "cache").glob("train-*.npz"))  # the fine-tunes stream the shards
+
+
+def test_the_screen_streams_its_share_from_a_file_it_writes_once(shards, tmp_path, streamed):
+    from tfedge.commands.stage_worker import fraction_of
+    from tfedge.core.streams import DataStream, stream_data
+
+    stream = stream_data(shards, input_shape=SHAPE, require_labels=True, in_memory_bytes=0)
+    share = fraction_of(stream, 0.25, folder=tmp_path, in_memory_bytes=0)
+    assert isinstance(share, DataStream) and len(share) == COUNT // 4
+    (written,) = tmp_path.glob("screen-*.npz")
+    # A seeded choice of positions: the marked samples of the whole stream, in its order.
+    xs, ys = zip(*stream.batches(), strict=True)
+    select = np.zeros(COUNT, bool)
+    select[np.random.default_rng(0).choice(COUNT, COUNT // 4, replace=False)] = True
+    with np.load(written) as got:
+        assert np.array_equal(got["x"], np.concatenate(xs)[select])
+        assert np.array_equal(got["y"], np.concatenate(ys)[select])
+    # Another process of the same search reads the file already written.
+    before = written.stat().st_mtime_ns
+    assert len(fraction_of(stream, 0.25, folder=tmp_path, in_memory_bytes=0)) == COUNT // 4
+    assert written.stat().st_mtime_ns == before
+    # A share that fits the in-memory limit is taken in memory, as before.
+    small = fraction_of(stream, 0.25, folder=tmp_path, in_memory_bytes=2**30)
+    assert not isinstance(small, DataStream) and len(small) == COUNT // 4
+
+
+def test_a_screen_here_fine_tunes_on_the_streamed_share(shards, model_file, tmp_path, streamed):
+    from tfedge.commands.evaluator import RecipeEvaluator
+    from tfedge.models.search import SCREEN
+
+    evaluator = RecipeEvaluator(model_file, shards, shards, out_dir=tmp_path, isolate=False)
+    try:
+        row = evaluator({"stages": [{"name": "qat"}]}, fidelity=dict(SCREEN))
+    finally:
+        evaluator.close()
+    assert 0 <= row["accuracy"] <= 1 and row["fidelity"] == SCREEN
+    (share,) = (tmp_path / "cache").glob("screen-*.npz")
+    with np.load(share) as got:
+        assert len(got["y"]) == int(COUNT * SCREEN["data_fraction"])

@@ -281,6 +281,28 @@ def test_multi_fidelity_screens_candidates_and_fully_tunes_only_the_promoted(tmp
     assert result.best is not None and result.best["within_tolerance"]
 
 
+def test_a_stage_that_fails_in_its_screen_is_recorded_and_closes_its_branch(tmp_path):
+    evaluator = ScreenedEvaluator()
+    seeds = [{}, {"prune": "2:4"}, {"prune": "2:4", "qat": True}, {"qat": True}]
+    result = search.run_search(
+        None,
+        evaluator=evaluator,
+        tolerance=0.01,
+        objective="size",
+        max_trials=len(seeds),
+        seeds=seeds,
+        storage=f"sqlite:///{tmp_path / 's.db'}",
+        fingerprint={"model": "screen-fails"},
+        fidelity=search.SCREEN,
+    )
+    by_label = {c["label"]: c for c in result.candidates}
+    failed = by_label["prune(2:4)"]
+    assert failed["state"] == "fail" and "2:4 is not supported" in failed["error"]
+    # The recipe that starts the same way is not screened: its branch is closed.
+    assert "failed at the same point" in by_label["prune(2:4) + qat"]["pruned"]
+    assert evaluator.screens.count("prune(2:4) + qat") == 0
+
+
 def test_budget_stops_and_returns_the_best_so_far(tmp_path):
     evaluator = RuleEvaluator(delay=0.4)
     lines = []
@@ -524,6 +546,30 @@ def test_a_native_crash_in_a_fine_tune_is_retried_without_onednn(tiny, tmp_path,
         assert evaluator._worker.process is None  # the oneDNN-off process is not kept
     finally:
         evaluator.close()
+
+
+def test_a_fine_tune_process_whose_memory_grew_is_replaced_between_stages(
+    tiny, tmp_path, monkeypatch
+):
+    """A child over its memory allowance says so in its answer and ends; the next stage gets a
+    fresh child, and no stage fails for it."""
+    from tfedge.commands.evaluator import RecipeEvaluator
+
+    monkeypatch.setenv("TFEDGE_WORKER_RECYCLE_BYTES", "0")  # every child ends after one stage
+    evaluator = RecipeEvaluator(tiny["model"], tiny["train"], tiny["val"], out_dir=tmp_path, runs=3)
+    children = []
+    try:
+        for recipe in (
+            {"stages": [{"name": "prune", "sparsity": 0.5, "epochs": 1}]},
+            {"stages": [{"name": "prune", "sparsity": 0.5, "epochs": 1}, {"name": "qat"}]},
+            {"stages": [{"name": "cluster", "clusters": 8, "epochs": 1}]},
+        ):
+            figures = evaluator(recipe)
+            assert figures["accuracy"] > 0.3
+            children.append(evaluator._worker.process)
+    finally:
+        evaluator.close()
+    assert children == [None, None, None]  # each child ended after its stage
 
 
 def test_the_evaluator_runs_the_worst_layer_in_int16_and_marks_the_edgetpu(tiny, tmp_path):

@@ -357,3 +357,52 @@ def test_a_file_that_is_not_a_tfrecord_is_named_without_tensorflow_internals(tmp
     message = str(caught.value)
     assert "bad.tfrecord" in message and "corrupted record" in message
     assert "function_node" not in message and "[Op:" not in message
+
+
+@pytest.mark.parametrize("bad", ["label", "record"])
+def test_a_bad_sample_met_inside_fit_is_named_like_the_checked_batches(tmp_path, images, bad):
+    """Streamed shards train from a tf.data graph pipeline; what fails in it is still named."""
+    from tfedge.core.backend import keras, tf
+    from tfedge.models.training import fit
+
+    x, y = images
+    for shard in range(3):
+        with tf.io.TFRecordWriter(str(tmp_path / f"s-{shard}.tfrecord")) as writer:
+            for i in range(40):
+                if (shard, i) != (2, 5):
+                    writer.write(_example(tf, x[i], y[i]))
+                elif bad == "label":
+                    writer.write(_example(tf, x[i], 12))
+                else:
+                    writer.write(_example(tf, x[i], y[i])[:-9] + b"truncated")
+    # Opened with a batch of 16, which checks only the first 64 samples: 85 is met in fit.
+    stream = stream_data(
+        f"{tmp_path}/*.tfrecord",
+        input_shape=SHAPE,
+        in_memory_bytes=0,
+        require_labels=True,
+        num_classes=CLASSES,
+        batch_size=16,
+    )
+    model = keras.Sequential([keras.layers.Flatten(input_shape=SHAPE), keras.layers.Dense(3)])
+    expected = (
+        r"label 85 \(.*s-2\.tfrecord record 5\) is 12 but the model has 3"
+        if bad == "label"
+        else r"sample 85 \(.*s-2\.tfrecord record 5\) cannot be read"
+    )
+    with pytest.raises(DataError, match=expected):
+        fit(model, stream, None, epochs=1, batch_size=16, restore_best=False)
+
+
+def test_a_stream_of_large_samples_reads_fewer_a_batch(tmp_path):
+    from tfedge.core.streams import BATCH_BYTES, DEFAULT_BATCH
+
+    x = np.zeros((600, 64, 64, 3), np.float32)  # 48 KB a sample: 682 fit in BATCH_BYTES
+    np.savez(tmp_path / "small.npz", x=x)
+    assert stream_data(tmp_path / "small.npz", in_memory_bytes=0).batch_size == DEFAULT_BATCH
+    big = np.zeros((100, 224, 224, 3), np.float32)  # 602 KB a sample
+    np.savez(tmp_path / "big.npz", x=big)
+    stream = stream_data(tmp_path / "big.npz", in_memory_bytes=0)
+    assert stream.batch_size == BATCH_BYTES // (4 * 224 * 224 * 3) == 55
+    assert [len(b) for b, _ in stream.batches()] == [55, 45]
+    assert stream_data(tmp_path / "big.npz", in_memory_bytes=0, batch_size=8).batch_size == 8

@@ -7,6 +7,7 @@ Example:
 
 import optuna
 
+from tfedge.models.search.confirmation import _error_text
 from tfedge.models.search.objectives import _describe, _jsonable, _score
 
 __all__ = ["SCREEN", "SCREEN_REDUCTION", "SCREEN_PENALTY"]
@@ -31,9 +32,18 @@ def _screened(screen, evaluator, recipe, fidelity, trial, floor, tolerance, obje
     peer = screen.ask()
     try:
         figures = dict(evaluator(recipe, fidelity=dict(fidelity)))
-    except Exception:
+    except Exception as exc:
         screen.tell(peer, state=optuna.trial.TrialState.FAIL)
-        raise  # a stage that fails briefly fails at full fidelity too
+        # A stage that fails briefly fails at full fidelity too: the trial is recorded as the
+        # full evaluation records a failure, its error and the stages that failed (the screen's
+        # carry its epochs; the recipe's own close the branch).
+        trial.set_user_attr("error", _error_text(exc))
+        if getattr(exc, "hint", None):
+            trial.set_user_attr("hint", exc.hint)
+        failed = getattr(exc, "stages", None)
+        if isinstance(failed, list) and failed:
+            trial.set_user_attr("failed_prefix", recipe["stages"][: len(failed)])
+        raise
     if figures.get("error") or figures.get("accuracy") is None:
         screen.tell(peer, state=optuna.trial.TrialState.FAIL)
         return  # the full evaluation reports the error

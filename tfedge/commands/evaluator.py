@@ -113,6 +113,7 @@ class RecipeEvaluator:
 
         self.out = Path(out_dir)
         self.cache = self.out / "cache"
+        self._shares = {}  # the screens' shares of the training data, by fraction
         self.candidates = self.out / "candidates"
         for folder in (self.cache, self.candidates):
             folder.mkdir(parents=True, exist_ok=True)
@@ -297,13 +298,21 @@ class RecipeEvaluator:
         model = run_stage(
             stage,
             model,
-            fraction_of(self.train, fraction),
+            self._share(fraction),
             self.val,
             teacher=self.teacher,
             strategy=self.strategy,
         )
         save_atomically(model, path)
         return model
+
+    def _share(self, fraction):
+        """The training data a stage fine-tunes on here: all of it, or the screen's share."""
+        if fraction is None:
+            return self.train
+        if fraction not in self._shares:
+            self._shares[fraction] = fraction_of(self.train, fraction, folder=self.cache)
+        return self._shares[fraction]
 
     def _stage_worker(self):
         """The child process the fine-tunes run in (None: they run here, see ``isolate``)."""

@@ -119,7 +119,7 @@ def split_confirmation(
     parts = []
     for name, select in (("val.npz", ~mask), ("confirm.npz", mask)):
         path = write_npz(
-            Path(folder) / name, _selected(data, select), int(select.sum()), data.input_shape
+            Path(folder) / name, data.picked(select), int(select.sum()), data.input_shape
         )
         parts.append(
             stream_data(
@@ -131,16 +131,6 @@ def split_confirmation(
             )
         )
     return tuple(parts)
-
-
-def _selected(stream, select: np.ndarray):
-    """The batches of ``stream`` with only the samples ``select`` marks."""
-    start = 0
-    for x, y in stream.batches():
-        keep = select[start : start + len(x)]
-        start += len(x)
-        if keep.any():
-            yield x[keep], y[keep]
 
 
 def fingerprint(source, model, train, val, *, device: str, target=None) -> dict:

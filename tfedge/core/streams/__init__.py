@@ -45,6 +45,7 @@ from tfedge.core.errors import DataError
 from tfedge.core.streams.folder import _FolderReader
 from tfedge.core.streams.npz import _npz_reader, write_npz
 from tfedge.core.streams.readers import (
+    BATCH_BYTES,
     DEFAULT_BATCH,
     SAMPLE_BUFFER_FACTOR,
     SHUFFLE_RECORDS,
@@ -63,6 +64,8 @@ __all__ = [
     "TFRECORD_FEATURES",
     "SAMPLE_BUFFER_FACTOR",
     "SHUFFLE_RECORDS",
+    "DEFAULT_BATCH",
+    "BATCH_BYTES",
     "write_npz",
 ]
 
@@ -77,7 +80,7 @@ def stream_data(
     require_labels: bool = False,
     name: str = "data",
     num_classes: int | None = None,
-    batch_size: int = DEFAULT_BATCH,
+    batch_size: int | None = None,
     in_memory_bytes: int | None = None,
 ):
     """Open a data set for reading in batches; small sets are read whole.
@@ -91,7 +94,9 @@ def stream_data(
         require_labels: raise when there are no labels.
         name: what to call the data in messages (``--calib``, ``--train``...).
         num_classes: the model's class count; labels outside ``0..num_classes - 1`` are refused.
-        batch_size: the batch size of the checks and of :meth:`DataStream.batches` by default.
+        batch_size: the batch size of the checks and of :meth:`DataStream.batches` by default
+            (None: :data:`DEFAULT_BATCH` samples, fewer where they would hold over
+            :data:`BATCH_BYTES` as float32).
         in_memory_bytes: read sets up to this size whole (default :data:`IN_MEMORY_BYTES`;
             0 always streams).
 

@@ -15,7 +15,11 @@ from tfedge.core.errors import DataError
 SAMPLE_BUFFER_FACTOR = 10
 #: Shuffled passes over TFRecord shards draw from a buffer of this many (serialized) records.
 SHUFFLE_RECORDS = 4096
+#: The batch of a stream's reads and checks: at most this many samples...
 DEFAULT_BATCH = 256
+#: ...and at most this many bytes as float32 (55 samples of 224x224x3), so that a read holds a few
+#: tens of MB whatever the input size.
+BATCH_BYTES = 32 * 2**20
 
 
 class _nothing:

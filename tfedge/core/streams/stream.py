@@ -10,7 +10,7 @@ import numpy as np
 from tfedge.core.data import DATA_HINT, Dataset, _checked, check_labels, sharded
 from tfedge.core.errors import DataError
 from tfedge.core.streams.npz import write_npz
-from tfedge.core.streams.readers import DEFAULT_BATCH, SAMPLE_BUFFER_FACTOR
+from tfedge.core.streams.readers import BATCH_BYTES, DEFAULT_BATCH, SAMPLE_BUFFER_FACTOR
 
 
 class DataStream:
@@ -27,14 +27,12 @@ class DataStream:
         has_labels: whether the batches carry labels.
     """
 
-    def __init__(
-        self, reader, *, input_shape=None, name="data", num_classes=None, batch_size=DEFAULT_BATCH
-    ):
+    def __init__(self, reader, *, input_shape=None, name="data", num_classes=None, batch_size=None):
         self._reader = reader
         self._wanted_shape = None if input_shape is None else tuple(input_shape)
         self.name = name
         self.num_classes = num_classes
-        self.batch_size = int(batch_size)
+        self.batch_size = int(batch_size or DEFAULT_BATCH)
         self.source = reader.source
         self.class_names = reader.class_names
         first = next(self.batches(min(self.batch_size, 64)), None)
@@ -42,6 +40,9 @@ class DataStream:
             raise DataError(f"{name} ({self.source}) is empty: no samples", DATA_HINT)
         self.input_shape = tuple(first[0].shape[1:])
         self.has_labels = first[1] is not None
+        if batch_size is None:  # large samples: fewer a batch, so a read holds tens of MB
+            per_sample = 4 * max(1, math.prod(self.input_shape))
+            self.batch_size = max(1, min(DEFAULT_BATCH, BATCH_BYTES // per_sample))
 
     def __repr__(self) -> str:
         return f"DataStream({self.source!r}, input_shape={list(self.input_shape)})"
@@ -117,6 +118,24 @@ class DataStream:
                 index_of=index_of,
             )
         return checked.x, checked.y
+
+    def picked(self, select: np.ndarray):
+        """Yield the checked batches, in order, with only the samples ``select`` marks.
+
+        Args:
+            select: one bool per sample of the stream.
+
+        Example:
+            >>> mask = np.arange(len(stream)) % 4 == 0  # doctest: +SKIP
+            >>> sum(len(x) for x, _ in stream.picked(mask)) == mask.sum()  # doctest: +SKIP
+            True
+        """
+        start = 0
+        for x, y in self.batches():
+            keep = select[start : start + len(x)]
+            start += len(x)
+            if keep.any():
+                yield x[keep], (None if y is None else y[keep])
 
     def head(self, count: int) -> np.ndarray:
         """The first ``count`` inputs, float32.
@@ -229,13 +248,17 @@ class DataStream:
         it, so the buffer costs a few KB a record); a ``tf.data`` pipeline or a compressed
         ``.npz`` is read in its own order (shuffle a pipeline yourself).
 
-        With ``workers`` above 1 (a MultiWorkerMirroredStrategy), TFRecord shards and image
-        folders come from a ``tf.data`` pipeline over their file list that each worker reads a
-        share of (FILE auto-sharding: every ``workers``-th file; at least as many files as
-        workers), decoded in the graph and not checked batch by batch (the first batches were
-        checked when the stream was opened). Other forms (``.npz``, arrays, a ``tf.data``
-        pipeline), or fewer files than workers: the checked batches, of which each worker keeps
-        every ``workers``-th (DATA auto-sharding: all read, each trains on its share).
+        TFRecord shards and image folders come from a ``tf.data`` pipeline over their file
+        list, decoded in the graph by ``tf.data``'s parallel map (as fast as a hand-written
+        pipeline: no Python per batch). Their labels are checked in the graph; the samples'
+        shapes are the model's by the decoding. A bad record or label then fails inside
+        ``fit`` as a TensorFlow error: :meth:`locate_error` turns it into the ``DataError``
+        naming the file or record. With ``workers`` above 1 (a MultiWorkerMirroredStrategy),
+        each worker reads a share of that file list (FILE auto-sharding: every ``workers``-th
+        file; at least as many files as workers). Other forms (``.npz``, arrays, a ``tf.data``
+        pipeline), or fewer files than workers: the checked batches of :meth:`batches`, of
+        which each worker keeps every ``workers``-th (DATA auto-sharding: all read, each
+        trains on its share).
 
         Example:
             >>> model.fit(stream.as_tf_dataset(32, shuffle=True), epochs=1)  # doctest: +SKIP
@@ -243,10 +266,12 @@ class DataStream:
         from tfedge.core.backend import tf
 
         files = getattr(self._reader, "files", ())
-        if workers > 1 and hasattr(self._reader, "file_dataset") and len(files) >= workers:
+        if hasattr(self._reader, "file_dataset") and len(files) >= workers:
             dataset = self._reader.file_dataset(batch_size, shuffle=shuffle, seed=seed)
             if dataset is not None:
-                dataset = sharded(dataset, workers, by_file=True)
+                dataset = self._labels_checked(dataset)
+                if workers > 1:
+                    dataset = sharded(dataset, workers, by_file=True)
                 return dataset.prefetch(tf.data.AUTOTUNE) if prefetch else dataset
 
         epoch = [0]
@@ -283,6 +308,43 @@ class DataStream:
             )
         dataset = sharded(dataset, workers)
         return dataset.prefetch(tf.data.AUTOTUNE) if prefetch else dataset
+
+    def _labels_checked(self, dataset):
+        """``dataset`` (batches) with its labels asserted to be class ids of the model."""
+        if not self.has_labels or self.num_classes is None:
+            return dataset
+        from tfedge.core.backend import tf
+
+        classes = max(int(self.num_classes), 2)
+
+        def check(x, y):
+            valid = tf.reduce_all((y >= 0) & (y < classes))
+            with tf.control_dependencies(
+                [tf.debugging.Assert(valid, [f"{self.name}: a label is not a class id"])]
+            ):
+                return x, tf.identity(y)
+
+        return dataset.map(check)
+
+    def locate_error(self, error: Exception) -> Exception:
+        """The ``DataError`` naming the bad sample behind a TensorFlow ``error`` of the graph
+        pipeline, or ``error`` itself when every sample is good (the error is not the data's).
+
+        It reads the set once more through the checked batches, which name the file, record or
+        index of the first bad sample or label.
+
+        Example:
+            >>> try:  # doctest: +SKIP
+            ...     model.fit(stream.as_tf_dataset(32))
+            ... except tf.errors.InvalidArgumentError as exc:
+            ...     raise stream.locate_error(exc) from None
+        """
+        try:
+            for _ in self.batches():
+                pass
+        except DataError as found:
+            return found
+        return error
 
     def save(self, path) -> Path:
         """Write the set as an uncompressed ``.npz`` (``x`` float32, ``y``), batch by batch.

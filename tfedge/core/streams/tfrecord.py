@@ -214,7 +214,7 @@ class _TfRecordReader(_Reader):
                 batch = next(iterator)
             except StopIteration:
                 return
-            except tf.errors.OpError as exc:
+            except (tf.errors.OpError, UnicodeDecodeError) as exc:
                 start, count = (0, None) if shuffle is not None else (position, batch_size)
                 raise self._bad_record(start, count, parse, exc) from None
             ids = None
@@ -237,12 +237,22 @@ class _TfRecordReader(_Reader):
             try:
                 parse(record)
             except (tf.errors.OpError, ValueError) as inner:
+                # UnicodeDecodeError is a ValueError: TensorFlow's message quoted the record's
+                # bytes, which are not text.
+                why = (
+                    "it does not parse as a tf.train.Example"
+                    if isinstance(inner, UnicodeDecodeError)
+                    else tf_message(inner)
+                )
                 where = self.locate(position + offset)
                 return DataError(
                     f"{self.name} ({self.source}) sample {position + offset} ({where}) cannot be read: "
-                    f"{tf_message(inner)}",
+                    f"{why}",
                     TFRECORD_HINT,
                 )
-        return InputFileError(
-            f"cannot read {self.name} ({self.source}): {tf_message(exc)}", TFRECORD_HINT
+        why = (
+            "TensorFlow's error quoted a record's bytes, which are not text"
+            if isinstance(exc, UnicodeDecodeError)
+            else tf_message(exc)
         )
+        return InputFileError(f"cannot read {self.name} ({self.source}): {why}", TFRECORD_HINT)
