@@ -347,11 +347,11 @@ def fraction_of(train, fraction: float, folder=None, in_memory_bytes: int | None
     )
 
 
-# A child whose resident memory has grown this much since it was ready ends after its answer,
-# and the next stage gets a fresh one (about 10 s to start). TensorFlow's allocations are not all
-# given back between fine-tunes: on MobileNetV1 0.25 at 96x96 one child grew by about 300 MB a
-# stage, to 9.6 GB in a search of 29 candidates.
-RECYCLE_GROWTH = int(os.environ.get("TFEDGE_WORKER_RECYCLE_BYTES", 1 << 30))
+# A child whose resident memory has grown this much (768 MB) since it was ready ends after it
+# answers, and the next stage gets a fresh one (about 10 s to start). TensorFlow's allocations are
+# not all given back between fine-tunes: on MobileNetV1 0.25 at 96x96 one child grew by about
+# 300 MB a stage, to 9.6 GB in a search of 29 candidates.
+RECYCLE_GROWTH = int(os.environ.get("TFEDGE_WORKER_RECYCLE_BYTES", 768 << 20))
 
 
 def _resident_bytes() -> int:
