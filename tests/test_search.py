@@ -247,10 +247,9 @@ class ScreenedEvaluator(RuleEvaluator):
         return figures
 
 
-def test_multi_fidelity_screens_candidates_and_fully_tunes_only_the_promoted(tmp_path):
+def _screened_search(tmp_path, seeds, model_name):
+    """Runs a multi-fidelity size search over ``seeds``; returns (evaluator, result)."""
     evaluator = ScreenedEvaluator()
-    seeds = [{}, {"qat": True}, {"prune": 0.9}, {"prune": 0.5}, {"prune": 0.8, "cluster": 16}]
-    seeds += [{"prune": 0.9, "qat": True}, {"prune": 0.7, "qat": True}]
     result = search.run_search(
         None,
         evaluator=evaluator,
@@ -259,9 +258,16 @@ def test_multi_fidelity_screens_candidates_and_fully_tunes_only_the_promoted(tmp
         max_trials=len(seeds),
         seeds=seeds,
         storage=f"sqlite:///{tmp_path / 's.db'}",
-        fingerprint={"model": "screened"},
+        fingerprint={"model": model_name},
         fidelity=search.SCREEN,
     )
+    return evaluator, result
+
+
+def test_multi_fidelity_screens_candidates_and_fully_tunes_only_the_promoted(tmp_path):
+    seeds = [{}, {"qat": True}, {"prune": 0.9}, {"prune": 0.5}, {"prune": 0.8, "cluster": 16}]
+    seeds += [{"prune": 0.9, "qat": True}, {"prune": 0.7, "qat": True}]
+    evaluator, result = _screened_search(tmp_path, seeds, "screened")
     by_label = {c["label"]: c for c in result.candidates}
     assert by_label["int8 (post-training)"]["fidelity"] == "full"  # nothing to fine-tune
     screened = [c for c in result.candidates if c["label"] != "int8 (post-training)"]
@@ -282,19 +288,8 @@ def test_multi_fidelity_screens_candidates_and_fully_tunes_only_the_promoted(tmp
 
 
 def test_a_stage_that_fails_in_its_screen_is_recorded_and_closes_its_branch(tmp_path):
-    evaluator = ScreenedEvaluator()
     seeds = [{}, {"prune": "2:4"}, {"prune": "2:4", "qat": True}, {"qat": True}]
-    result = search.run_search(
-        None,
-        evaluator=evaluator,
-        tolerance=0.01,
-        objective="size",
-        max_trials=len(seeds),
-        seeds=seeds,
-        storage=f"sqlite:///{tmp_path / 's.db'}",
-        fingerprint={"model": "screen-fails"},
-        fidelity=search.SCREEN,
-    )
+    evaluator, result = _screened_search(tmp_path, seeds, "screen-fails")
     by_label = {c["label"]: c for c in result.candidates}
     failed = by_label["prune(2:4)"]
     assert failed["state"] == "fail" and "2:4 is not supported" in failed["error"]
