@@ -5,6 +5,8 @@ Example:
     {'epochs': 1, 'data_fraction': 0.25}
 """
 
+import warnings
+
 import optuna
 
 from tfedge.models.search.confirmation import _error_text
@@ -29,7 +31,11 @@ def _screened(screen, evaluator, recipe, fidelity, trial, floor, tolerance, obje
     """
 
     trial.set_user_attr("fidelity", {"screen": dict(fidelity)})
-    peer = screen.ask()
+    with warnings.catch_warnings():
+        # The companion study shares the storage's heartbeats, which only Study.optimize beats;
+        # its one-step trials need none, and Optuna's warning would print once per screen.
+        warnings.filterwarnings("ignore", message="Heartbeat of storage", category=UserWarning)
+        peer = screen.ask()
     try:
         figures = dict(evaluator(recipe, fidelity=dict(fidelity)))
     except Exception as exc:
