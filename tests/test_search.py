@@ -981,3 +981,20 @@ def test_multiworker_without_tf_config_is_an_error(monkeypatch):
     monkeypatch.delenv("TF_CONFIG", raising=False)
     with pytest.raises(OptimizationError, match="TF_CONFIG"):
         resolve_strategy("multiworker")
+
+
+@pytest.mark.parametrize(
+    ("samples", "share"),
+    [(100_000, 0.25), (4_096, 0.25), (2_048, 0.5), (1_000, 1.0), (None, 0.25)],
+)
+def test_a_screen_holds_at_least_min_screen_samples(samples, share):
+    train = None if samples is None else range(samples)  # only its length matters
+    screen = search.screen_for(train)
+    assert screen == {**search.SCREEN, "data_fraction": share}
+    if samples is not None:
+        assert samples * screen["data_fraction"] >= min(samples, search.MIN_SCREEN_SAMPLES)
+
+
+def test_a_screen_is_sized_from_the_data_not_its_path():
+    with pytest.raises(TypeError, match="not the path"):
+        search.screen_for("train.npz")

@@ -37,7 +37,13 @@ Example:
 from tfedge.models.search.branches import BRANCH_SLACK
 from tfedge.models.search.confirmation import CONFIRM_MARGIN, SearchResult, collect, confirm_best
 from tfedge.models.search.objectives import OBJECTIVES, check_settings
-from tfedge.models.search.screening import SCREEN, SCREEN_PENALTY, SCREEN_REDUCTION
+from tfedge.models.search.screening import (
+    MIN_SCREEN_SAMPLES,
+    SCREEN,
+    SCREEN_PENALTY,
+    SCREEN_REDUCTION,
+    screen_for,
+)
 from tfedge.models.search.seeding import seed_recipes
 from tfedge.models.search.space import (
     REFERENCE_RECIPE,
@@ -75,6 +81,8 @@ __all__ = [
     "SCREEN",
     "SCREEN_REDUCTION",
     "SCREEN_PENALTY",
+    "MIN_SCREEN_SAMPLES",
+    "screen_for",
     "DEFAULT_STUDY",
     "HEARTBEAT_S",
     "GRACE_S",

@@ -5,6 +5,7 @@ Example:
     {'epochs': 1, 'data_fraction': 0.25}
 """
 
+import os
 import warnings
 
 import optuna
@@ -12,7 +13,7 @@ import optuna
 from tfedge.models.search.confirmation import _error_text
 from tfedge.models.search.objectives import _describe, _jsonable, _score
 
-__all__ = ["SCREEN", "SCREEN_REDUCTION", "SCREEN_PENALTY"]
+__all__ = ["SCREEN", "SCREEN_REDUCTION", "SCREEN_PENALTY", "MIN_SCREEN_SAMPLES", "screen_for"]
 
 # Multi-fidelity: the screen every candidate with stages gets first, the share of screens the
 # successive-halving pruner promotes to the full fine-tune (1 / SCREEN_REDUCTION), and how much a
@@ -20,6 +21,34 @@ __all__ = ["SCREEN", "SCREEN_REDUCTION", "SCREEN_PENALTY"]
 SCREEN = {"epochs": 1, "data_fraction": 0.25}
 SCREEN_REDUCTION = 2
 SCREEN_PENALTY = 4.0
+# The fewest training samples a screen fine-tunes on: a quarter of a small set is a handful of
+# steps, too few for a pruning schedule to recover in, and on such a set the screen's cost is
+# mostly loading, tracing and conversion, not training.
+MIN_SCREEN_SAMPLES = 1024
+
+
+def screen_for(train, screen: dict = SCREEN) -> dict:
+    """The screen for ``train``: its share raised so that it holds :data:`MIN_SCREEN_SAMPLES`.
+
+    A set whose size is unknown (a ``tf.data`` pipeline of unknown cardinality, or None) keeps
+    the share.
+
+    Example:
+        >>> screen_for(range(100_000))
+        {'epochs': 1, 'data_fraction': 0.25}
+        >>> screen_for(range(1_000))
+        {'epochs': 1, 'data_fraction': 1.0}
+    """
+    if isinstance(train, (str, bytes, os.PathLike)):
+        raise TypeError(f"screen_for takes the loaded training data, not the path {train!r}")
+    try:
+        count = len(train)
+    except TypeError:
+        return dict(screen)
+    share = float(screen["data_fraction"])
+    if count > 0 and count * share < MIN_SCREEN_SAMPLES:
+        share = min(1.0, MIN_SCREEN_SAMPLES / count)
+    return {**screen, "data_fraction": round(share, 4)}
 
 
 def _screened(screen, evaluator, recipe, fidelity, trial, floor, tolerance, objective) -> None:

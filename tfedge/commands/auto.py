@@ -35,7 +35,13 @@ from tfedge.commands.evaluator import (
 )
 from tfedge.core.console import echo
 from tfedge.core.errors import OptimizationError
-from tfedge.models.search import SCREEN, check_settings, open_storage, recipe_label, run_search
+from tfedge.models.search import (
+    check_settings,
+    open_storage,
+    recipe_label,
+    run_search,
+    screen_for,
+)
 from tfedge.reports.search import tolerance_text, write_outputs
 
 __all__ = [
@@ -156,9 +162,9 @@ def auto_optimize(
         seed: the sampler's seed.
         confirm_fraction: the part of ``val`` kept back to confirm the choice (0: none).
         fidelity: ``"full"`` fine-tunes every candidate fully; ``"multi"`` screens each
-            candidate first (1 epoch on a seeded 25 % of ``train``) and gives the full fine-tune
-            only to those Optuna's successive-halving pruner promotes (the report's ``fidelity``
-            column says which).
+            candidate first (1 epoch on a seeded 25 % of ``train``, at least 1,024 samples)
+            and gives the full fine-tune only to those Optuna's successive-halving pruner
+            promotes (the report's ``fidelity`` column says which).
 
     Returns:
         The :class:`tfedge.models.search.SearchResult`.
@@ -218,7 +224,7 @@ def auto_optimize(
             seed=seed,
             on_progress=echo,
             confirm=confirm,
-            fidelity=SCREEN if fidelity == "multi" else None,
+            fidelity=screen_for(getattr(measure, "train", None)) if fidelity == "multi" else None,
         )
         write_outputs(result, out, measure)
     finally:
