@@ -344,11 +344,12 @@ def _convert(
             failure = exc
     if failure is not None:  # raised here: the converter's log is in log.text once quiet() ends
         raise _conversion_error(failure, log.text, mode) from failure
+    from tfedge.converters.bias_scales import rescale_biases
     from tfedge.converters.flatbuffer import rewrite
     from tfedge.converters.float_islands import integerize_islands
     from tfedge.converters.tensor_names import shorten_names
 
-    passes = [shorten_names]
+    passes = [rescale_biases, shorten_names]
     if spec.calibration and not keep_float:
         passes.insert(0, integerize_islands)
     blob = rewrite(blob, *passes)

@@ -35,3 +35,18 @@ def custom_objects() -> dict:
     quant = {cls.__name__: cls for cls in QUANT_CLASSES.values()}
     quant.update({f"tfedge>{name}": cls for name, cls in quant.items()})
     return {**tfmot_objects(), "Distiller": Distiller, "tfedge>Distiller": Distiller, **quant}
+
+
+def _register_with_tf_keras() -> None:
+    """tfmot's wrappers, quantizers and configs and the Distiller, registered with tf_keras by
+    name: a tf_keras model that ``finalize`` returns with QAT (tfmot's quantize wrappers) and
+    saves as ``.keras`` then loads with plain ``tf_keras.models.load_model`` in any program that
+    imports ``tfedge.models``, as a Keras 3 one does with ``keras.saving.load_model``."""
+    from tfedge.core.backend import keras
+
+    registered = keras.utils.get_custom_objects()
+    for name, obj in {**tfmot_objects(), "Distiller": Distiller}.items():
+        registered.setdefault(name, obj)
+
+
+_register_with_tf_keras()

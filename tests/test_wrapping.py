@@ -127,16 +127,22 @@ def test_own_fit_then_int8(user_models, digits, tflite_accuracy, tmp_path, flavo
     assert tflite_accuracy(blob, test, tmp_path) >= floor
 
 
-def test_keras3_qat_saves_and_loads_as_keras(user_models, digits, tmp_path, train_npz):
+def _qat_finalized(model, train):
+    """``model`` wrapped for QAT, fitted one short epoch with tfedge's callbacks, finalized."""
     from tfedge import models
+
+    m = models.wrap(model, qat=True)
+    m.compile("adam", "sparse_categorical_crossentropy")
+    m.fit(train.x[:256], train.y[:256], epochs=1, verbose=0, callbacks=models.callbacks(m))
+    return models.finalize(m)
+
+
+def test_keras3_qat_saves_and_loads_as_keras(user_models, digits, tmp_path, train_npz):
     from tfedge.core.backend import keras3
     from tfedge.core.loading import load_model
 
     train, test = digits
-    m = models.wrap(user_models["keras3"], qat=True)
-    m.compile("adam", "sparse_categorical_crossentropy")
-    m.fit(train.x[:256], train.y[:256], epochs=1, verbose=0, callbacks=models.callbacks(m))
-    final = models.finalize(m)
+    final = _qat_finalized(user_models["keras3"], train)
     path = tmp_path / "qat.keras"
     final.save(path)
     for loaded in (keras3.saving.load_model(path), load_model(path).model):
@@ -166,6 +172,27 @@ def test_keras3_qat_saves_and_loads_as_keras(user_models, digits, tmp_path, trai
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "fully integer: yes" in done.stdout
+    # And tfedge's loader alone, without tfedge.models imported (what analyze and bench use).
+    load = "from tfedge.core.loading import load_model; print(load_model({!r}).model.name)"
+    done = subprocess.run(
+        [sys.executable, "-c", load.format(str(path))], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.strip().splitlines()[-1] == final.name
+
+
+def test_tf_keras_qat_loads_with_plain_tf_keras(user_models, digits, tmp_path):
+    from tfedge.core.backend import keras
+
+    train, test = digits
+    final = _qat_finalized(user_models["tf_keras"], train)
+    path = tmp_path / "qat.keras"
+    final.save(path)
+    loaded = keras.models.load_model(path)  # no quantize_scope: tfedge.models registered it
+    assert "QuantizeWrapperV2" in {type(layer).__name__ for layer in loaded.layers}
+    np.testing.assert_allclose(
+        loaded.predict(test.x[:16], verbose=0), final.predict(test.x[:16], verbose=0), atol=1e-6
+    )
 
 
 def test_keras3_batch_norm_is_folded_before_qat(digits):

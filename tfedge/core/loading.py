@@ -11,6 +11,7 @@ Example:
 
 # TensorFlow, and the tfedge modules that import it, load inside the functions that use them:
 # `tfedge --help` and `tfedge inspect` import this module (0.15 s, against 4.5 s with TensorFlow).
+import importlib
 import json
 import zipfile
 from dataclasses import dataclass
@@ -184,7 +185,10 @@ def load_model(path, custom_objects: dict | None = None, safe_mode: bool = True)
                 else:
                     model = tf.saved_model.load(path)
             elif keras_version == 3:
-                model = keras3.saving.load_model(path, compile=False, safe_mode=safe_mode)
+                _register_tfedge_layers(path)
+                model = keras3.saving.load_model(
+                    path, custom_objects=custom_objects, compile=False, safe_mode=safe_mode
+                )
             else:
                 with _tfmot_scope():
                     model = keras.models.load_model(
@@ -209,6 +213,23 @@ def load_model(path, custom_objects: dict | None = None, safe_mode: bool = True)
             "(keras.saving.register_keras_serializable) or passed as custom_objects",
         ) from exc
     return LoadedModel(model=model, path=path, format=fmt, keras_version=keras_version)
+
+
+# The module that defines (and registers with Keras 3 as ``tfedge>...``) the fake-quantized
+# layers of a Keras 3 QAT model. It belongs to tfedge.models, above this floor: it is named here,
+# not imported, and loaded only for a file whose config holds one of its layers.
+KERAS3_LAYERS_MODULE = "tfedge.models.fake_quant"
+
+
+def _register_tfedge_layers(path: str) -> None:
+    """Import tfedge's Keras 3 layers when the ``.keras`` file at ``path`` uses them."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            config = archive.read("config.json")
+    except (OSError, KeyError, zipfile.BadZipFile):
+        return  # not a .keras archive (or no config): Keras reports what is wrong
+    if b'"tfedge>' in config:
+        importlib.import_module(KERAS3_LAYERS_MODULE)
 
 
 def _tfedge_custom_objects() -> dict:
