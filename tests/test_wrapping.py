@@ -14,7 +14,7 @@ import pytest
 from tfedge.core.errors import OptimizationError
 
 # The user's fine-tune: 3 epochs, 6 for PCQAT (its clusters start once the sparsity is reached).
-FIT_EPOCHS = {"prune": 3, "cluster": 3, "qat": 3, "pcqat": 6}
+FIT_EPOCHS = {"prune": 4, "cluster": 3, "qat": 3, "pcqat": 6}
 SCHEMES = {
     "prune": {"prune": 0.8},
     "cluster": {"cluster": 16},
