@@ -216,8 +216,8 @@ def load_model(path, custom_objects: dict | None = None, safe_mode: bool = True)
 
 
 # The module that defines (and registers with Keras 3 as ``tfedge>...``) the fake-quantized
-# layers of a Keras 3 QAT model. It belongs to tfedge.models, above this floor: it is named here,
-# not imported, and loaded only for a file whose config holds one of its layers.
+# layers of a Keras 3 QAT model. It belongs to tfedge.models, above this floor (a lazy import up a
+# layer, the one this floor makes): it is imported only for a file whose config holds its layers.
 KERAS3_LAYERS_MODULE = "tfedge.models.fake_quant"
 
 
